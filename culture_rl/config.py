@@ -1,0 +1,341 @@
+"""Typed run configuration, loaded from YAML with ``extends:`` and dotted command-line overrides.
+
+Every field carries its help text (``culture-rl config fields`` prints them), so a config file
+documents itself. Any problem — unknown key, wrong type, impossible value — becomes one
+:class:`~culture_rl.errors.ConfigError` naming the file the offending value came from and the
+dotted field path, e.g. ``configs/x.yaml: sft.learning_rate: Input should be greater than 0``.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from culture_rl.errors import ConfigError
+
+COMMAND_LINE = "command line"
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors (a typo must not silently fall back to a default); frozen so a
+    # config object handed to Ray workers cannot drift from the one written in the run dir.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RunConfig(_Section):
+    name: str = Field("quickstart", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$",
+                      description="Run name; outputs go to <storage_path>/<name>/. Rerunning "
+                                  "with the same name resumes from the latest checkpoint.")
+    storage_path: str = Field("runs", description="Root folder of all runs. On a multi-node "
+                              "cluster use a path every node sees (NFS).")
+    seed: int = Field(42, description="Seed for data splits, sampling and model initialisation.")
+
+
+class TinyModelConfig(_Section):
+    hidden_size: int = Field(128, gt=0, description="Width of the tiny Llama.")
+    num_layers: int = Field(4, gt=0, description="Decoder layers of the tiny Llama.")
+    num_heads: int = Field(4, gt=0, description="Attention heads (hidden_size must divide).")
+    intermediate_size: int = Field(384, gt=0, description="MLP width of the tiny Llama.")
+    vocab_size: int = Field(1500, ge=300, description="BPE vocabulary trained on the corpus.")
+    max_position_embeddings: int = Field(256, gt=0, description="Longest sequence the model takes.")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "TinyModelConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
+                             f"num_heads {self.num_heads}")
+        return self
+
+
+class ModelConfig(_Section):
+    path: str = Field("tiny", description="Hugging Face model name or local folder (local files "
+                      "only, nothing is downloaded), or 'tiny' to build the tiny preset.")
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig,
+                                  description="Shape of the 'tiny' preset model.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights dtype when loading; CPUs want float32.")
+    trust_remote_code: bool = Field(False, description="Pass trust_remote_code to from_pretrained.")
+
+
+class LoraConfig(_Section):
+    enabled: bool = Field(True, description="Train a LoRA adapter instead of all weights.")
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: int = Field(32, gt=0, description="LoRA alpha (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
+    target_modules: list[str] = Field(["q_proj", "v_proj"], min_length=1,
+                                      description="Module names to adapt, or ['all-linear'].")
+    merge_on_export: bool = Field(True, description="Also export a merged full model beside "
+                                  "the adapter.")
+
+
+class DeepSpeedConfig(_Section):
+    zero_stage: int = Field(2, ge=0, le=3, description="ZeRO stage 0-3.")
+    offload_optimizer: bool = Field(False, description="Keep optimizer state on the CPU "
+                                    "(ZeRO >= 1).")
+    offload_params: bool = Field(False, description="Keep parameters on the CPU (ZeRO 3 only).")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Training precision; "
+                                                       "bf16 on GPUs that have it.")
+    gradient_clipping: float = Field(1.0, gt=0, description="Max global gradient norm.")
+
+    @model_validator(mode="after")
+    def _offload_needs_stage(self) -> "DeepSpeedConfig":
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage 3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs zero_stage >= 1")
+        return self
+
+
+class WorldConfig(_Section):
+    num_cultures: int = Field(3, ge=2, le=8, description="Cultures in the synthetic world; "
+                              "culture 0 dominates the base corpus.")
+    num_cues: int = Field(60, ge=10, description="Cue words with association norms.")
+    shared_responses_per_cue: int = Field(8, ge=2, description="Candidate responses every "
+                                          "culture can give to a cue.")
+    specific_responses_per_cue: int = Field(3, ge=1, description="Responses only one culture "
+                                            "gives to a cue.")
+    participants_per_cue: int = Field(100, ge=10, description="Simulated SWOW participants per "
+                                      "cue and culture (three responses each).")
+    num_value_dims: int = Field(4, ge=2, le=8, description="Latent value dimensions.")
+    num_survey_questions: int = Field(40, ge=4, description="WVS-style questions.")
+    statements_per_dim: int = Field(30, ge=1, description="Labelled value statements per "
+                                    "value dimension and culture.")
+    base_docs_per_cue: int = Field(6, ge=1, description="Untagged association documents per cue "
+                                   "from the dominant culture in the base corpus.")
+    tagged_docs_per_cue: int = Field(2, ge=0, description="Culture-tagged association documents "
+                                     "per cue and culture in the base corpus.")
+    seed: int = Field(7, description="Seed of the world (independent of run.seed).")
+
+
+class DataConfig(_Section):
+    swow_path: str | None = Field(None, description="SWOW CSV (raw or aggregated). Empty: the "
+                                  "synthetic world's norms for `culture`.")
+    culture: str | None = Field(None, description="Target culture. For the synthetic world a "
+                                "culture name or index; for real data a label used in reports.")
+    country: list[str] | None = Field(None, description="Raw SWOW: keep participants from these "
+                                      "countries.")
+    native_language: list[str] | None = Field(None, description="Raw SWOW: keep participants "
+                                              "with these native languages.")
+    survey_path: str | None = Field(None, description="WVS questions (GlobalOpinionQA CSV or "
+                                    "JSONL) for evaluation.")
+    skip_mismatched_survey_rows: bool = Field(False, description="Drop (with a warning) survey "
+                                              "rows whose distribution length differs from the "
+                                              "options instead of failing.")
+    language: Literal["en", "zh"] = Field("en", description="Prompt template language.")
+    resample_fraction: float = Field(0.7, gt=0, le=1, description="Share of a cue's associations "
+                                     "kept in one SFT example (ALIGN: 0.7).")
+    examples_per_cue: int = Field(4, ge=1, description="Resampled SFT examples per training cue.")
+    max_associations: int = Field(10, ge=1, description="Longest association list in an SFT "
+                                  "target.")
+    split_seed: int = Field(42, description="Seed of the 70/20/10 cue split (ALIGN: 42).")
+
+
+class TrainConfig(_Section):
+    epochs: float = Field(3, gt=0, description="Passes over the training set.")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: epochs "
+                           "decide).")
+    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate schedule.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    micro_batch_size: int = Field(8, gt=0, description="Sequences per worker per forward pass.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro batches per optimizer "
+                                             "step. Global batch = micro x accumulation x "
+                                             "workers.")
+    max_seq_length: int = Field(128, gt=8, description="Sequences are truncated to this many "
+                                "tokens.")
+    save_steps: int = Field(0, ge=0, description="Checkpoint every N steps (0: once per epoch).")
+    logging_steps: int = Field(5, gt=0, description="Log loss and tokens/s every N steps.")
+    eval_each_epoch: bool = Field(True, description="Validation loss and held-out P@5 after "
+                                  "every epoch.")
+    eval_max_cues: int = Field(32, gt=0, description="Validation cues used for P@5 per epoch.")
+
+
+class ResourcesConfig(_Section):
+    num_workers: int = Field(2, gt=0, description="Ray Train workers (one DeepSpeed rank each).")
+    use_gpu: bool = Field(False, description="One GPU per worker when true (NCCL), else CPU "
+                          "(gloo).")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per worker.")
+    address: str | None = Field(None, description="Ray address to connect to; empty starts or "
+                                "joins a local Ray.")
+
+
+class EvalConfig(_Section):
+    k_values: list[int] = Field([1, 3, 5, 10], min_length=1, description="k of P@k.")
+    split: Literal["train", "val", "test"] = Field("test", description="Cue split evaluated.")
+    max_cues: int = Field(0, ge=0, description="Evaluate at most this many cues (0: all).")
+    max_new_tokens: int = Field(40, gt=0, description="Tokens generated per association answer.")
+    batch_size: int = Field(16, gt=0, description="Prompts per generation batch.")
+
+    @model_validator(mode="after")
+    def _positive_k(self) -> "EvalConfig":
+        if any(k < 1 for k in self.k_values):
+            raise ValueError("every k must be >= 1")
+        return self
+
+
+class ExperimentConfig(_Section):
+    run: RunConfig = Field(default_factory=RunConfig, description="Name, storage and seed.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Base model.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapter.")
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig,
+                                       description="DeepSpeed ZeRO settings.")
+    world: WorldConfig = Field(default_factory=WorldConfig, description="Synthetic culture world.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Data sets and examples.")
+    pretrain: TrainConfig = Field(default_factory=lambda: TrainConfig(
+        epochs=12, learning_rate=3e-3, warmup_ratio=0.05, micro_batch_size=16),
+        description="Plain LM training of the tiny base model on the synthetic corpus.")
+    sft: TrainConfig = Field(default_factory=TrainConfig, description="LoRA SFT on association "
+                             "norms (ALIGN stage 1).")
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig,
+                                       description="Ray workers and devices.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.storage_path).expanduser().resolve() / self.run.name
+
+
+# ----------------------------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError("config file not found", path=path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}invalid YAML: {problem}", path=path) from None
+    except UnicodeDecodeError:
+        raise ConfigError("not UTF-8 text", path=path) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("top level must be a mapping of sections", path=path)
+    return data
+
+
+def _merge(base: dict, override: dict, origins: dict, source: str, prefix: str = "") -> dict:
+    """Deep-merge ``override`` into a copy of ``base``; record which file set each leaf."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value, origins, source, dotted + ".")
+        else:
+            merged[key] = copy.deepcopy(value)
+            _record_origin(origins, dotted, value, source)
+    return merged
+
+
+def _record_origin(origins: dict, dotted: str, value: Any, source: str) -> None:
+    origins[dotted] = source
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            _record_origin(origins, f"{dotted}.{key}", sub, source)
+
+
+def _load_tree(path: Path, origins: dict, chain: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in chain:
+        raise ConfigError("extends: cycle through " + " -> ".join(str(p) for p in chain + (path,)),
+                          path=path)
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    tree: dict = {}
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise ConfigError("must be a path to another YAML file", path=path, field="extends")
+        tree = _load_tree((path.parent / parent), origins, chain + (path,))
+    return _merge(tree, data, origins, str(path))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``sft.learning_rate=1e-5`` -> (["sft", "learning_rate"], 1e-5); the value is YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} is not of the form section.field=value",
+                          path=COMMAND_LINE)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) or value is None:
+        # `key=` clears a value; `key=1e-5` must be a float (PyYAML 1.1 reads it as a string).
+        try:
+            value = float(raw) if value is not None and any(c in raw for c in ".eE") else value
+        except ValueError:
+            pass
+    return key.split("."), value
+
+
+def _apply_overrides(tree: dict, overrides: list[str], origins: dict) -> dict:
+    for text in overrides:
+        keys, value = parse_override(text)
+        nested: Any = value
+        for key in reversed(keys):
+            nested = {key: nested}
+        tree = _merge(tree, nested, origins, COMMAND_LINE)
+    return tree
+
+
+def _field_error(err: ValidationError, origins: dict, default_path: str) -> ConfigError:
+    first = err.errors()[0]
+    loc = [str(part) for part in first["loc"]]
+    dotted = ".".join(loc)
+    # Name the file that set this value (or its nearest set ancestor), else the top file.
+    source = default_path
+    for depth in range(len(loc), 0, -1):
+        candidate = ".".join(loc[:depth])
+        if candidate in origins:
+            source = origins[candidate]
+            break
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+    if first["type"] not in ("extra_forbidden", "missing") and "input" in first:
+        message += f" (got {first['input']!r})"
+    more = len(err.errors()) - 1
+    if more:
+        message += f" [and {more} more problem{'s' if more > 1 else ''}]"
+    return ConfigError(message, path=source, field=dotted or None)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None
+                ) -> ExperimentConfig:
+    """Load ``path`` (following ``extends:``), apply ``key=value`` overrides, validate."""
+    origins: dict[str, str] = {}
+    tree = _load_tree(Path(path), origins) if path is not None else {}
+    tree = _apply_overrides(tree, list(overrides or []), origins)
+    try:
+        return ExperimentConfig.model_validate(tree)
+    except ValidationError as err:
+        raise _field_error(err, origins, str(path) if path else COMMAND_LINE) from None
+
+
+def config_to_yaml(config: BaseModel) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def describe_fields(model: type[BaseModel] = ExperimentConfig, prefix: str = "") -> list[str]:
+    """One line per leaf field: dotted path, default and help text."""
+    lines = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            lines.append(f"{prefix}{name}: {field.description}")
+            lines.extend(describe_fields(annotation, f"{prefix}{name}."))
+        else:
+            default = field.get_default(call_default_factory=True)
+            lines.append(f"  {prefix}{name} = {default!r}  # {field.description}")
+    return lines

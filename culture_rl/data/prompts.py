@@ -1,0 +1,61 @@
+"""Prompt templates, one place for every wording the model sees (English and Chinese).
+
+The synthetic base corpus is written with these same templates, so the tiny base model already
+"answers like its majority culture" when asked, as a real vanilla model does.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+Language = Literal["en", "zh"]
+
+_ASSOCIATION = {
+    "en": 'Cue: {cue}\nWhat words come to mind for "{cue}"? List them, most common first.\n'
+          "Answer:",
+    "zh": "提示词：{cue}\n看到“{cue}”你会想到哪些词？按常见程度列出。\n回答：",
+}
+_LIST_SEPARATOR = {"en": ", ", "zh": "，"}
+_CULTURE_PREAMBLE = {
+    "en": "You are a person from {culture}.\n",
+    "zh": "你是一位来自{culture}的人。\n",
+}
+_RANKING = {
+    "en": 'Rank these words by how often people associate them with "{cue}", most frequent '
+          "first: {words}.\nThink first, then end with a Final Ranking section of lines "
+          '"N: word".\n',
+    "zh": "请按人们把这些词与“{cue}”联想的频率从高到低排序：{words}。\n"
+          "先思考，最后给出“最终排名”部分，每行“N: 词”。\n",
+}
+_SURVEY = {"en": ("Question: {question}\nOptions:\n{options}\nAnswer:", "{n}. {option}"),
+           "zh": ("问题：{question}\n选项：\n{options}\n回答：", "{n}. {option}")}
+
+
+def association_prompt(cue: str, language: Language = "en") -> str:
+    return _ASSOCIATION[language].format(cue=cue)
+
+
+def association_completion(words: Sequence[str], language: Language = "en") -> str:
+    """The target an SFT example teaches: the words in order, after one leading space."""
+    return " " + _LIST_SEPARATOR[language].join(words)
+
+
+def culture_preamble(culture: str, language: Language = "en") -> str:
+    """The culture-aware preamble ("you are a person from X")."""
+    return _CULTURE_PREAMBLE[language].format(culture=culture)
+
+
+def ranking_prompt(cue: str, words: Sequence[str], language: Language = "en") -> str:
+    return _RANKING[language].format(cue=cue, words=_LIST_SEPARATOR[language].join(words))
+
+
+def survey_prompt(question: str, options: Sequence[str], language: Language = "en") -> str:
+    """A multiple-choice prompt; the answer is the option number (see survey_option_labels)."""
+    template, line = _SURVEY[language]
+    lines = "\n".join(line.format(n=i + 1, option=o) for i, o in enumerate(options))
+    return template.format(question=question, options=lines)
+
+
+def survey_option_labels(num_options: int) -> list[str]:
+    """What the model writes after ``Answer:`` to pick each option (" 1", " 2", ...)."""
+    return [f" {i + 1}" for i in range(num_options)]

@@ -1,0 +1,304 @@
+"""A seeded synthetic *culture world*: the situation the papers start from, small enough for a CPU.
+
+K cultures each hold a latent value vector. One vocabulary of made-up words serves them all:
+
+- **Association norms** (SWOW): every cue has shared candidate responses whose pull in a culture
+  is ``affinity + <culture values, word features>``, plus a few responses that only one culture
+  gives. Simulated participants give three responses each, so the norms are real counts.
+- **Survey** (WVS-style): questions on the WVS topic areas load on the value dimensions; each
+  culture's answer distribution over the ordered options is driven by the same values.
+- **Lexicon** ratings (valence/arousal/dominance 1–9, concreteness 1–5) for every word.
+- **Labelled value statements** (for classification tasks).
+- A **base corpus** dominated by culture 0: untagged association answers and survey answers come
+  from culture 0, while every culture also appears in culture-tagged documents. A model trained
+  on it knows the other cultures but answers like culture 0 by default — the bias ALIGN,
+  CultureSPA and CALM set out to correct.
+
+``CultureWorld.write(folder)`` writes everything in the real published formats, so the loaders
+are exercised on the same path users' files take.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from culture_rl.config import WorldConfig
+from culture_rl.data import prompts
+from culture_rl.data.examples import resample_associations
+from culture_rl.data.lexicons import write_brysbaert, write_warriner
+from culture_rl.data.surveys import SurveyQuestion, write_survey_goqa_csv, write_survey_jsonl
+from culture_rl.data.swow import AssociationNorms, write_swow_aggregated
+
+CULTURE_NAMES = ["Avalor", "Borenia", "Calyxa", "Dravonia", "Elunia", "Fenmark", "Galdoria",
+                 "Hestara"]
+VALUE_DIMENSIONS = ["tradition", "autonomy", "harmony", "achievement", "security", "openness",
+                    "equality", "piety"]
+WVS_TOPICS = ["social values and norms", "happiness and well-being", "social capital and trust",
+              "economic values", "corruption", "migration", "security", "post-materialism",
+              "science and technology", "religious values", "ethical values",
+              "political interest and participation", "political culture and regimes"]
+_SCALES = [
+    ["Strongly agree", "Agree", "Disagree", "Strongly disagree"],
+    ["Very important", "Rather important", "Not very important", "Not at all important"],
+    ["Always", "Often", "Sometimes", "Rarely", "Never"],
+]
+_VALUE_PHRASES = {
+    "tradition": ["the old customs should be kept", "elders know best", "festivals bind us"],
+    "autonomy": ["each person should choose freely", "rules may be questioned",
+                 "one should think alone"],
+    "harmony": ["peace in the group comes first", "conflict should be avoided",
+                "we should agree with neighbours"],
+    "achievement": ["hard work brings success", "winning matters", "ambition is good"],
+    "security": ["order keeps us safe", "strangers bring danger", "the state must protect us"],
+    "openness": ["new ideas are welcome", "travel widens the mind", "change is good"],
+    "equality": ["all people deserve the same", "the rich should share", "no one is above others"],
+    "piety": ["faith guides a good life", "prayer matters", "the sacred must be honoured"],
+}
+_SUBJECTS = ["My family", "Our village", "The young", "The elders", "Most workers", "Neighbours"]
+_CONSONANTS = "bdfgklmnprstvz"
+_VOWELS = "aeiou"
+_MISSING_RATE = 0.05  # share of third responses coded #Missing, as in real SWOW data
+
+
+@dataclass(frozen=True)
+class Culture:
+    index: int
+    name: str
+    values: tuple[float, ...]
+
+
+@dataclass
+class CultureWorld:
+    config: WorldConfig
+    cultures: list[Culture]
+    value_dimensions: list[str]
+    cues: list[str]
+    norms: dict[str, AssociationNorms]
+    raw_swow_rows: list[dict[str, str]]
+    survey: list[SurveyQuestion]
+    lexicon: dict[str, dict[str, float]]
+    statements: list[dict]
+    corpus: list[str] = field(repr=False)
+
+    def culture(self, key: str | int | None) -> Culture:
+        """A culture by name (case-insensitive) or index; None picks culture 1, the first
+        non-dominant one."""
+        if key is None:
+            return self.cultures[1]
+        if isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
+            index = int(key)
+            if 0 <= index < len(self.cultures):
+                return self.cultures[index]
+        else:
+            for culture in self.cultures:
+                if culture.name.lower() == key.lower():
+                    return culture
+        names = ", ".join(c.name for c in self.cultures)
+        raise KeyError(f"unknown culture {key!r}; this world has {names}")
+
+    def write(self, folder: str | Path) -> dict[str, Path]:
+        """Write every part in its real file format; returns the paths by role."""
+        folder = Path(folder)
+        (folder / "swow").mkdir(parents=True, exist_ok=True)
+        paths = {"world": folder / "world.json", "swow_raw": folder / "swow" / "raw.csv",
+                 "survey_jsonl": folder / "survey.jsonl", "survey_goqa": folder / "survey.csv",
+                 "warriner": folder / "warriner.csv", "brysbaert": folder / "brysbaert.csv",
+                 "statements": folder / "statements.jsonl", "corpus": folder / "corpus.jsonl"}
+        for culture in self.cultures:
+            paths[f"swow_{culture.name}"] = folder / "swow" / f"{culture.name}.csv"
+            write_swow_aggregated(self.norms[culture.name], paths[f"swow_{culture.name}"])
+        _write_raw_swow(self.raw_swow_rows, paths["swow_raw"])
+        write_survey_jsonl(self.survey, paths["survey_jsonl"])
+        write_survey_goqa_csv(self.survey, paths["survey_goqa"])
+        write_warriner({w: r for w, r in self.lexicon.items()}, paths["warriner"])
+        write_brysbaert({w: r for w, r in self.lexicon.items()}, paths["brysbaert"])
+        _write_jsonl(self.statements, paths["statements"])
+        _write_jsonl([{"text": doc} for doc in self.corpus], paths["corpus"])
+        meta = {"config": self.config.model_dump(), "value_dimensions": self.value_dimensions,
+                "cultures": [{"index": c.index, "name": c.name, "values": list(c.values)}
+                             for c in self.cultures],
+                "cues": self.cues, "files": {k: str(p.relative_to(folder))
+                                             for k, p in paths.items()}}
+        paths["world"].write_text(json.dumps(meta, indent=1, ensure_ascii=False), "utf-8")
+        return paths
+
+
+def _write_jsonl(rows: list[dict], path: Path) -> None:
+    with path.open("w", encoding="utf-8") as out:
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _write_raw_swow(rows: list[dict[str, str]], path: Path) -> None:
+    columns = ["participantID", "age", "gender", "nativeLanguage", "country", "section", "cue",
+               "R1", "R2", "R3"]
+    with path.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _make_words(rng: np.random.Generator, count: int, syllables: int, taken: set[str]
+                ) -> list[str]:
+    words: list[str] = []
+    while len(words) < count:
+        word = "".join(rng.choice(list(_CONSONANTS)) + rng.choice(list(_VOWELS))
+                       for _ in range(syllables))
+        if word not in taken:
+            taken.add(word)
+            words.append(word)
+    return words
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max())
+    return z / z.sum()
+
+
+def generate_world(config: WorldConfig | None = None) -> CultureWorld:
+    """Build the world deterministically from ``config.seed``."""
+    cfg = config or WorldConfig()
+    rng = np.random.default_rng(cfg.seed)
+    dims = VALUE_DIMENSIONS[:cfg.num_value_dims]
+    cultures = []
+    for k in range(cfg.num_cultures):
+        values = rng.normal(size=len(dims))
+        values = 2.0 * values / np.linalg.norm(values)
+        cultures.append(Culture(k, CULTURE_NAMES[k], tuple(float(v) for v in values)))
+
+    taken: set[str] = set()
+    cues = _make_words(rng, cfg.num_cues, 3, taken)  # three syllables: cues read apart
+    # Each response word serves about three cues, so what a culture prefers is learnable
+    # across cues (and transfers to held-out cues), as in real association data.
+    shared_pool = _make_words(rng, max(8, cfg.num_cues * cfg.shared_responses_per_cue // 3), 2,
+                              taken)
+    specific_pools = [_make_words(rng, max(4, cfg.num_cues * cfg.specific_responses_per_cue // 3),
+                                  2, taken) for _ in cultures]
+    features = {w: rng.normal(size=len(dims)) for w in shared_pool}
+
+    norms: dict[str, AssociationNorms] = {c.name: {} for c in cultures}
+    raw_rows: list[dict[str, str]] = []
+    for cue in cues:
+        shared = list(rng.choice(shared_pool, cfg.shared_responses_per_cue, replace=False))
+        affinity = {w: rng.normal() for w in shared}
+        specific = [list(rng.choice(pool, cfg.specific_responses_per_cue, replace=False))
+                    for pool in specific_pools]
+        for culture in cultures:
+            values = np.array(culture.values)
+            words = shared + specific[culture.index]
+            # Culture-specific responses are salient in their culture (+2.0), so each culture's
+            # top answers differ from the others' — the gap the methods must close.
+            pull = np.array([affinity[w] + float(values @ features[w]) for w in shared]
+                            + [2.0 + rng.normal() for _ in specific[culture.index]])
+            probs = _softmax(pull)
+            counts: dict[str, int] = {}
+            for p in range(cfg.participants_per_cue):
+                picks = rng.choice(len(words), 3, replace=False, p=probs)
+                responses = [words[i] for i in picks]
+                if rng.random() < _MISSING_RATE:
+                    responses[2] = "#Missing"
+                for word in responses:
+                    if not word.startswith("#"):
+                        counts[word] = counts.get(word, 0) + 1
+                raw_rows.append({"participantID": f"{culture.name[:3].upper()}{p:04d}",
+                                 "age": str(int(rng.integers(18, 70))),
+                                 "gender": str(rng.choice(["Fe", "Ma", "X"])),
+                                 "nativeLanguage": culture.name + "ish",
+                                 "country": culture.name, "section": "set1", "cue": cue,
+                                 "R1": responses[0], "R2": responses[1], "R3": responses[2]})
+            norms[culture.name][cue] = sorted(counts.items(), key=lambda wc: (-wc[1], wc[0]))
+
+    survey = _make_survey(rng, cfg, cultures, dims)
+    lexicon = _make_lexicon(rng, cues + shared_pool + [w for pool in specific_pools for w in pool],
+                            features)
+    statements = _make_statements(rng, cfg, cultures, dims)
+    corpus = _make_corpus(cfg, cultures, cues, norms, survey, statements)
+    return CultureWorld(cfg, cultures, dims, cues, norms, raw_rows, survey, lexicon, statements,
+                        corpus)
+
+
+def _make_survey(rng: np.random.Generator, cfg: WorldConfig, cultures: list[Culture],
+                 dims: list[str]) -> list[SurveyQuestion]:
+    questions = []
+    for q in range(cfg.num_survey_questions):
+        dim = dims[q % len(dims)]
+        topic = WVS_TOPICS[q % len(WVS_TOPICS)]
+        scale = _SCALES[q % len(_SCALES)]
+        phrase = _VALUE_PHRASES[dim][(q // len(dims)) % len(_VALUE_PHRASES[dim])]
+        loading = rng.normal(size=len(dims)) * 0.5
+        loading[dims.index(dim)] += 1.5
+        positions = np.arange(len(scale))
+        distributions = {}
+        for culture in cultures:
+            score = float(np.array(culture.values) @ loading)
+            center = (len(scale) - 1) / (1 + np.exp(score))  # high score -> first option
+            dist = np.exp(-((positions - center) ** 2) / (2 * 0.8 ** 2)) + 0.02
+            distributions[culture.name] = tuple(float(x) for x in dist / dist.sum())
+        questions.append(SurveyQuestion(
+            id=f"q{q:03d}", question=f"On {topic}: {phrase} (item {q + 1}).",
+            options=tuple(scale), distributions=distributions, source="WVS", topic=topic))
+    return questions
+
+
+def _make_lexicon(rng: np.random.Generator, words: list[str], features: dict[str, np.ndarray]
+                  ) -> dict[str, dict[str, float]]:
+    lexicon = {}
+    for word in words:
+        f = features.get(word, rng.normal(size=4))
+        lexicon[word] = {
+            "valence": float(np.clip(5 + 1.5 * f[0] + rng.normal(0, 0.5), 1, 9)),
+            "arousal": float(np.clip(5 + 1.2 * f[1 % len(f)] + rng.normal(0, 0.5), 1, 9)),
+            "dominance": float(np.clip(5 + 1.0 * f[2 % len(f)] + rng.normal(0, 0.5), 1, 9)),
+            "concreteness": float(np.clip(3 + 0.8 * f[3 % len(f)] + rng.normal(0, 0.3), 1, 5)),
+        }
+    return lexicon
+
+
+def _make_statements(rng: np.random.Generator, cfg: WorldConfig, cultures: list[Culture],
+                     dims: list[str]) -> list[dict]:
+    statements = []
+    for culture in cultures:
+        for dim in dims:
+            for i in range(cfg.statements_per_dim):
+                subject = _SUBJECTS[int(rng.integers(len(_SUBJECTS)))]
+                phrase = _VALUE_PHRASES[dim][int(rng.integers(len(_VALUE_PHRASES[dim])))]
+                statements.append({"id": f"{culture.name}-{dim}-{i}", "culture": culture.name,
+                                   "text": f"{subject} in {culture.name} say {phrase}.",
+                                   "label": dim})
+    return statements
+
+
+def _make_corpus(cfg: WorldConfig, cultures: list[Culture], cues: list[str],
+                 norms: dict[str, AssociationNorms], survey: list[SurveyQuestion],
+                 statements: list[dict]) -> list[str]:
+    rng = random.Random(cfg.seed)
+    dominant = cultures[0].name
+    docs = []
+    for cue in cues:
+        for _ in range(cfg.base_docs_per_cue):  # untagged: the dominant culture's answers
+            words = resample_associations(norms[dominant][cue], 0.7, rng, 10)
+            docs.append(prompts.association_prompt(cue) + prompts.association_completion(words))
+        for culture in cultures:
+            for _ in range(cfg.tagged_docs_per_cue):
+                words = resample_associations(norms[culture.name][cue], 0.7, rng, 10)
+                docs.append(prompts.culture_preamble(culture.name) + prompts.association_prompt(cue)
+                            + prompts.association_completion(words))
+    for question in survey:
+        labels = prompts.survey_option_labels(len(question.options))
+        prompt = prompts.survey_prompt(question.question, question.options)
+        for _ in range(cfg.base_docs_per_cue):
+            answer = rng.choices(labels, weights=question.distributions[dominant])[0]
+            docs.append(prompt + answer)
+        for culture in cultures:
+            for _ in range(cfg.tagged_docs_per_cue):
+                answer = rng.choices(labels, weights=question.distributions[culture.name])[0]
+                docs.append(prompts.culture_preamble(culture.name) + prompt + answer)
+    docs.extend(s["text"] for s in statements)
+    rng.shuffle(docs)
+    return docs
