@@ -94,6 +94,8 @@ class WorldConfig(_Section):
     num_cultures: int = Field(3, ge=2, le=8, description="Cultures in the synthetic world; "
                               "culture 0 dominates the base corpus.")
     num_cues: int = Field(60, ge=10, description="Cue words with association norms.")
+    num_topics: int = Field(6, ge=1, le=40, description="Topics of cues; a topic's cues share "
+                            "response words, so preferences transfer to held-out cues.")
     shared_responses_per_cue: int = Field(8, ge=2, description="Candidate responses every "
                                           "culture can give to a cue.")
     specific_responses_per_cue: int = Field(3, ge=1, description="Responses only one culture "
@@ -149,11 +151,16 @@ class TrainConfig(_Section):
                                              "workers.")
     max_seq_length: int = Field(128, gt=8, description="Sequences are truncated to this many "
                                 "tokens.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the "
+                                         "backward pass: less memory, ~30% more compute.")
     save_steps: int = Field(0, ge=0, description="Checkpoint every N steps (0: once per epoch).")
     logging_steps: int = Field(5, gt=0, description="Log loss and tokens/s every N steps.")
     eval_each_epoch: bool = Field(True, description="Validation loss and held-out P@5 after "
                                   "every epoch.")
     eval_max_cues: int = Field(32, gt=0, description="Validation cues used for P@5 per epoch.")
+    fault_injection_step: int = Field(0, ge=0, description="Testing aid: fail the run right "
+                                      "after the checkpoint of this step, unless it resumed "
+                                      "from a checkpoint (0: off).")
 
 
 class ResourcesConfig(_Section):
@@ -161,13 +168,18 @@ class ResourcesConfig(_Section):
     use_gpu: bool = Field(False, description="One GPU per worker when true (NCCL), else CPU "
                           "(gloo).")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per worker.")
-    address: str | None = Field(None, description="Ray address to connect to; empty starts or "
-                                "joins a local Ray.")
+    address: str | None = Field(None, description="Ray address to connect to; empty joins "
+                                "RAY_ADDRESS or starts a local Ray.")
+    autoscaling: bool = Field(False, description="The cluster starts nodes on demand: do not "
+                              "fail when the plan exceeds the nodes running now.")
+    max_failures: int = Field(0, ge=-1, description="Worker failures Ray Train recovers from "
+                              "(restart from the latest checkpoint); -1: unlimited.")
 
 
 class EvalConfig(_Section):
     k_values: list[int] = Field([1, 3, 5, 10], min_length=1, description="k of P@k.")
-    split: Literal["train", "val", "test"] = Field("test", description="Cue split evaluated.")
+    split: Literal["train", "val", "test", "heldout"] = Field(
+        "heldout", description="Cue split evaluated ('heldout': validation + test cues).")
     max_cues: int = Field(0, ge=0, description="Evaluate at most this many cues (0: all).")
     max_new_tokens: int = Field(40, gt=0, description="Tokens generated per association answer.")
     batch_size: int = Field(16, gt=0, description="Prompts per generation batch.")

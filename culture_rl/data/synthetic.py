@@ -173,22 +173,31 @@ def generate_world(config: WorldConfig | None = None) -> CultureWorld:
         cultures.append(Culture(k, CULTURE_NAMES[k], tuple(float(v) for v in values)))
 
     taken: set[str] = set()
-    cues = _make_words(rng, cfg.num_cues, 3, taken)  # three syllables: cues read apart
-    # Each response word serves about three cues, so what a culture prefers is learnable
-    # across cues (and transfers to held-out cues), as in real association data.
-    shared_pool = _make_words(rng, max(8, cfg.num_cues * cfg.shared_responses_per_cue // 3), 2,
-                              taken)
-    specific_pools = [_make_words(rng, max(4, cfg.num_cues * cfg.specific_responses_per_cue // 3),
-                                  2, taken) for _ in cultures]
+    # Cues belong to topics, marked by their last syllable (as words in a real language share
+    # roots): a topic's cues draw on the topic's response pool, and each culture has its own
+    # salient words per topic. What a culture prefers is therefore learnable across cues and
+    # transfers to held-out cues of the same topic, as in real association data.
+    markers = _make_words(rng, cfg.num_topics, 1, taken)
+    stems = _make_words(rng, cfg.num_cues, 2, taken)
+    cues = [stem + markers[i % cfg.num_topics] for i, stem in enumerate(stems)]
+    topic_of = {cue: i % cfg.num_topics for i, cue in enumerate(cues)}
+    shared_pools = [_make_words(rng, cfg.shared_responses_per_cue + 2, 2, taken)
+                    for _ in range(cfg.num_topics)]
+    specific_pools = [[_make_words(rng, cfg.specific_responses_per_cue + 1, 2, taken)
+                       for _ in cultures] for _ in range(cfg.num_topics)]
+    shared_pool = [w for pool in shared_pools for w in pool]
     features = {w: rng.normal(size=len(dims)) for w in shared_pool}
 
     norms: dict[str, AssociationNorms] = {c.name: {} for c in cultures}
     raw_rows: list[dict[str, str]] = []
     for cue in cues:
-        shared = list(rng.choice(shared_pool, cfg.shared_responses_per_cue, replace=False))
-        affinity = {w: rng.normal() for w in shared}
-        specific = [list(rng.choice(pool, cfg.specific_responses_per_cue, replace=False))
-                    for pool in specific_pools]
+        topic = topic_of[cue]
+        shared = [str(w) for w in rng.choice(shared_pools[topic], cfg.shared_responses_per_cue,
+                                             replace=False)]
+        affinity = {w: 0.5 * rng.normal() for w in shared}
+        specific = [[str(w) for w in rng.choice(pool, cfg.specific_responses_per_cue,
+                                                replace=False)]
+                    for pool in specific_pools[topic]]
         for culture in cultures:
             values = np.array(culture.values)
             words = shared + specific[culture.index]
@@ -215,7 +224,8 @@ def generate_world(config: WorldConfig | None = None) -> CultureWorld:
             norms[culture.name][cue] = sorted(counts.items(), key=lambda wc: (-wc[1], wc[0]))
 
     survey = _make_survey(rng, cfg, cultures, dims)
-    lexicon = _make_lexicon(rng, cues + shared_pool + [w for pool in specific_pools for w in pool],
+    lexicon = _make_lexicon(rng, cues + shared_pool + [w for topic in specific_pools
+                                                        for pool in topic for w in pool],
                             features)
     statements = _make_statements(rng, cfg, cultures, dims)
     corpus = _make_corpus(cfg, cultures, cues, norms, survey, statements)

@@ -1,0 +1,34 @@
+# make demo / make test do all set-up on a fresh machine: create .venv, install, run.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# torch is pinned first: this version resolves to the local CPU wheel; any other spec pulls a
+# multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: demo test test-fast bench install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[test]" "$(TORCH_SPEC)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/culture-rl demo --config configs/quickstart.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest tests -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest tests/unit -q
+
+bench: $(STAMP)
+	$(PY) -m ray_jobs.benchmarks.sft_throughput --out docs/benchmarks.json
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,180 @@
+"""``culture-rl``: the command line.
+
+Every command takes ``--config FILE`` and dotted ``key=value`` overrides. Bad input of any kind
+(config, data file, flag) ends with one line on stderr and exit code 2, and a run folder this
+invocation created is removed again, so nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from culture_rl.errors import CultureRLError, ConfigError, DataError, ResourceError
+
+INPUT_ERRORS = (ConfigError, DataError, ResourceError)
+EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints usage + message)
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _add_config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--config", required=required, help="YAML config file")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted overrides, e.g. sft.learning_rate=1e-5 run.name=try2")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="culture-rl", description="Culturally aware language models on Ray.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    config = commands.add_parser("config", help="show the resolved config or every field's help")
+    config_commands = config.add_subparsers(dest="config_command", required=True,
+                                            parser_class=_Parser)
+    _add_config_args(config_commands.add_parser("show", help="print the resolved config"),
+                     required=False)
+    config_commands.add_parser("fields", help="list every field with its default and help")
+
+    for name, text in (("synth", "write the synthetic culture world in the real file formats"),
+                       ("pretrain", "train the tiny base model on the synthetic corpus"),
+                       ("sft", "ALIGN stage 1: LoRA SFT on association norms (Ray Train + "
+                               "DeepSpeed)"),
+                       ("eval", "evaluate a model: association P@k and survey alignment per "
+                                "culture"),
+                       ("demo", "the quickstart: world, base, SFT, evaluation, summary")):
+        sub = commands.add_parser(name, help=text)
+        _add_config_args(sub, required=name != "demo")
+        if name == "eval":
+            sub.add_argument("--model", help="model folder (default: the run's SFT export)")
+            sub.add_argument("--label", default=None, help="name of this model in eval/")
+    return parser
+
+
+def _load(args) -> "ExperimentConfig":  # noqa: F821
+    from culture_rl.config import load_config
+
+    path = args.config
+    if path is None and args.command == "demo":
+        path = _default_quickstart()
+    return load_config(path, args.overrides)
+
+
+def _default_quickstart() -> str | None:
+    shipped = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+    return str(shipped) if shipped.is_file() else None
+
+
+def _save_config(config) -> None:
+    from culture_rl.config import config_to_yaml
+
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    text = config_to_yaml(config)
+    target = config.run_dir / "config.yaml"
+    if target.is_file() and target.read_text("utf-8") != text:
+        print(f"note: {target} differs from this config; it is replaced (checkpoints of the "
+              "earlier settings are still resumed)", flush=True)
+    target.write_text(text, "utf-8")
+
+
+def _print_table(summary: dict, run_dir: Path) -> None:
+    from culture_rl.workflows.quickstart import render_markdown
+
+    print()
+    print(render_markdown(summary))
+    print(f"Report: {run_dir / 'summary.md'}  (numbers: {run_dir / 'summary.json'})")
+
+
+def run_command(args) -> int:
+    from culture_rl.config import config_to_yaml, describe_fields
+
+    if args.command == "config":
+        if args.config_command == "fields":
+            print("\n".join(describe_fields()))
+        else:
+            print(config_to_yaml(_load(args)), end="")
+        return 0
+
+    config = _load(args)
+    from culture_rl.workflows.align_data import load_align_data
+
+    if args.command == "synth":
+        from culture_rl.workflows.align_data import synthesise_world
+
+        world, paths = synthesise_world(config)
+        print(f"synthetic world: {len(world.cultures)} cultures "
+              f"({', '.join(c.name for c in world.cultures)}), {len(world.cues)} cues, "
+              f"{len(world.survey)} survey questions, {len(world.corpus)} corpus documents")
+        for role, path in sorted(paths.items()):
+            print(f"  {role}: {path}")
+        return 0
+    if args.command == "demo":
+        from culture_rl.workflows.quickstart import run_quickstart
+
+        _save_config(config)
+        summary = run_quickstart(config)
+        _print_table(summary, config.run_dir)
+        return 0
+    if args.command in ("pretrain", "sft"):
+        from culture_rl.workflows import align_sft
+
+        data = load_align_data(config)
+        job = (align_sft.build_pretrain_job if args.command == "pretrain"
+               else align_sft.build_sft_job)(config, data)  # validates before any Ray work
+        _save_config(config)
+        from culture_rl.train.sft import run_stage
+
+        result = run_stage(job, config.resources)
+        print(f"{args.command}: model in {result.model_dir}")
+        return 0
+    if args.command == "eval":
+        from culture_rl.workflows.align_sft import stage_dir
+        from culture_rl.workflows.quickstart import evaluate_stage, stage_summary
+
+        data = load_align_data(config)
+        model_dir = args.model or str(stage_dir(config, "sft") / "export" / "model")
+        if not Path(model_dir).is_dir():
+            raise ConfigError(f"no model at {model_dir}; pass --model or train with `sft`",
+                              field="--model")
+        label = args.label or Path(model_dir).name
+        report = evaluate_stage(config, data, model_dir, label)
+        print(json.dumps(stage_summary(report, data.target_culture), indent=2))
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run_dir = None
+    existed = True
+    try:
+        if args.command not in ("config",):
+            config = _load(args)
+            run_dir = config.run_dir
+            existed = run_dir.exists()
+        return run_command(args)
+    except CultureRLError as err:
+        if isinstance(err, INPUT_ERRORS) and run_dir is not None and not existed:
+            shutil.rmtree(run_dir, ignore_errors=True)  # created by us, nothing worth keeping
+        sys.stderr.write(f"culture-rl: error: {' '.join(str(err).split())}\n")
+        return EXIT_BAD_INPUT if isinstance(err, INPUT_ERRORS) else EXIT_FAILED
+    except KeyboardInterrupt:
+        sys.stderr.write("culture-rl: interrupted; rerun the same command to resume\n")
+        return 130
+
+
+def entrypoint() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

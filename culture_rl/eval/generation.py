@@ -1,0 +1,101 @@
+"""Batched inference helpers shared by training-time evaluation and the evaluation harness.
+
+Greedy association answers come from ``generate`` on left-padded batches (so every prompt ends at
+the same position and the KV cache is used); survey answers are option *distributions* read from
+the log-probabilities of each option label after the prompt, never from sampled text.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def _batches(items: Sequence, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 40,
+                     batch_size: int = 16, synced_gpus: bool = False) -> list[str]:
+    """Greedy completions of ``prompts`` (new text only, special tokens dropped).
+
+    ``synced_gpus`` must be true under ZeRO-3, where every rank has to join every forward pass
+    (their shards are gathered on the fly): ranks then keep stepping until all have finished.
+    """
+    was_training = model.training
+    model.eval()
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
+    answers: list[str] = []
+    try:
+        for batch in _batches(list(prompts), batch_size):
+            encoded = tokenizer(batch, return_tensors="pt", padding=True,
+                                add_special_tokens=False).to(device)
+            output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
+                                    pad_token_id=tokenizer.pad_token_id,
+                                    eos_token_id=tokenizer.eos_token_id, synced_gpus=synced_gpus)
+            new_tokens = output[:, encoded["input_ids"].shape[1]:]
+            answers.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+    return answers
+
+
+@torch.no_grad()
+def continuation_logprobs(model, tokenizer, prompt_continuations: Sequence[tuple[str, str]], *,
+                          batch_size: int = 32) -> list[float]:
+    """Sum of token log-probabilities of each continuation given its prompt.
+
+    Tokenised as prompt ids + continuation ids (not the joined string), so the continuation's
+    tokens are exactly the ones scored even where BPE would merge across the boundary.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id
+    scores: list[float] = []
+    try:
+        for batch in _batches(list(prompt_continuations), batch_size):
+            rows, spans = [], []
+            for prompt, continuation in batch:
+                prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+                cont_ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+                rows.append(prompt_ids + cont_ids)
+                spans.append((len(prompt_ids), len(prompt_ids) + len(cont_ids)))
+            width = max(len(r) for r in rows)
+            input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+            attention = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, row in enumerate(rows):
+                input_ids[i, :len(row)] = torch.tensor(row)
+                attention[i, :len(row)] = 1
+            logits = model(input_ids=input_ids.to(device),
+                           attention_mask=attention.to(device)).logits.float()
+            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+            targets = input_ids[:, 1:].to(device)
+            token_scores = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            for i, (start, end) in enumerate(spans):
+                # logits at position t predict token t+1, hence the shift by one
+                scores.append(float(token_scores[i, start - 1:end - 1].sum()))
+    finally:
+        model.train(was_training)
+    return scores
+
+
+def option_distributions(model, tokenizer, prompts: Sequence[str],
+                         labels: Sequence[Sequence[str]], *, batch_size: int = 32
+                         ) -> list[list[float]]:
+    """For each prompt, a probability distribution over its option labels (softmax of the
+    labels' log-probabilities, i.e. renormalised over the offered options)."""
+    pairs = [(p, label) for p, options in zip(prompts, labels) for label in options]
+    flat = continuation_logprobs(model, tokenizer, pairs, batch_size=batch_size)
+    distributions, offset = [], 0
+    for options in labels:
+        scores = torch.tensor(flat[offset:offset + len(options)])
+        distributions.append(torch.softmax(scores, dim=0).tolist())
+        offset += len(options)
+    return distributions

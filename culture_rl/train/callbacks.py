@@ -1,0 +1,128 @@
+"""Hugging Face ``TrainerCallback``s used inside every Ray Train worker.
+
+- :class:`ProgressLogger` (rank 0 only): one progress line per logging step with loss and
+  tokens/s, and every logged record appended to ``<stage dir>/metrics.jsonl`` — our own record,
+  because Ray Train V2 leaves ``result.metrics`` empty unless a checkpoint was reported.
+- :class:`HeldOutPrecision`: held-out P@5 by greedy generation at the end of every epoch; all
+  ranks generate their share of the cues and the sums are all-reduced.
+- :class:`FaultInjection`: raises after a chosen step on a fresh (non-resumed) attempt, so tests
+  can interrupt a run at a known point and check that the rerun resumes correctly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Sequence
+
+from transformers import TrainerCallback
+
+from culture_rl.eval.generation import generate_answers
+from culture_rl.eval.metrics import precision_at_k
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+class ProgressLogger(TrainerCallback):
+    def __init__(self, stage: str, metrics_path: str | Path):
+        self.stage = stage
+        self.metrics_path = Path(metrics_path)
+        self._last_time: float | None = None
+        self._last_tokens = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last_time = time.perf_counter()
+        self._last_tokens = state.num_input_tokens_seen or 0
+        if state.is_world_process_zero:
+            where = f"resuming at step {state.global_step}" if state.global_step else "starting"
+            print(f"[{self.stage}] {where}: {state.max_steps} optimizer steps", flush=True)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        now = time.perf_counter()
+        tokens = state.num_input_tokens_seen or 0
+        record = {"stage": self.stage, "step": state.global_step,
+                  "epoch": round(state.epoch or 0.0, 4), "time": time.time()}
+        record.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
+        if "loss" in logs and self._last_time is not None and now > self._last_time:
+            record["tokens_per_s"] = round((tokens - self._last_tokens) / (now - self._last_time), 1)
+            self._last_time, self._last_tokens = now, tokens
+        append_jsonl(self.metrics_path, record)
+        print(f"[{self.stage}] " + _format_progress(record, state.max_steps), flush=True)
+
+
+def _format_progress(record: dict, max_steps: int) -> str:
+    parts = [f"step {record['step']}/{max_steps}", f"epoch {record['epoch']:.2f}"]
+    for key, fmt in (("loss", ".4f"), ("eval_loss", ".4f"), ("eval_p@5", ".3f"),
+                     ("learning_rate", ".2e"), ("tokens_per_s", ".0f")):
+        if key in record and not (isinstance(record[key], float) and math.isnan(record[key])):
+            parts.append(f"{key} {record[key]:{fmt}}")
+    return "  ".join(parts)
+
+
+class HeldOutPrecision(TrainerCallback):
+    """P@k of greedy association answers on held-out cues, logged as ``eval_p@k``."""
+
+    def __init__(self, prompts: Sequence[str], human: Sequence[Sequence[str]], *, k: int = 5,
+                 max_new_tokens: int = 40, batch_size: int = 16, synced_gpus: bool = False,
+                 metrics_path: str | Path | None = None, stage: str = ""):
+        self.prompts, self.human = list(prompts), [list(h) for h in human]
+        self.k, self.max_new_tokens, self.batch_size = k, max_new_tokens, batch_size
+        self.synced_gpus = synced_gpus
+        self.metrics_path = Path(metrics_path) if metrics_path else None
+        self.stage = stage
+        self.tokenizer = None  # set by the caller (callbacks get the tokenizer only in some hooks)
+
+    def score(self, model) -> float:
+        import torch
+        import torch.distributed as dist
+
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        # Strided shards; under ZeRO-3 every rank must run the same number of batches, so each
+        # shard is padded to the longest with a repeated prompt whose score is dropped.
+        indices = list(range(rank, len(self.prompts), world))
+        longest = math.ceil(len(self.prompts) / world)
+        padded = indices + [indices[0] if indices else 0] * (longest - len(indices))
+        answers = generate_answers(model, self.tokenizer, [self.prompts[i] for i in padded],
+                                   max_new_tokens=self.max_new_tokens,
+                                   batch_size=self.batch_size, synced_gpus=self.synced_gpus)
+        total = sum(precision_at_k(answers[j], self.human[i], self.k)
+                    for j, i in enumerate(indices))
+        sums = torch.tensor([total, float(len(indices))], dtype=torch.float64)
+        if world > 1:
+            dist.all_reduce(sums)
+        return float(sums[0] / max(sums[1], 1.0))
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        value = self.score(model)
+        record = {f"eval_p@{self.k}": round(value, 4), "epoch": round(state.epoch or 0.0, 4),
+                  "step": state.global_step}
+        # Into log_history so RayTrainReportCallback reports it with the epoch's checkpoint.
+        state.log_history.append(dict(record))
+        if state.is_world_process_zero and self.metrics_path is not None:
+            append_jsonl(self.metrics_path, {"stage": self.stage, "time": time.time(), **record})
+            print(f"[{self.stage}] epoch {record['epoch']:.2f}: held-out P@{self.k} "
+                  f"{value:.3f} on {len(self.prompts)} cues", flush=True)
+
+
+class FaultInjection(TrainerCallback):
+    """Raise after optimizer step ``at_step`` unless the run resumed from a checkpoint."""
+
+    def __init__(self, at_step: int):
+        self.at_step = at_step
+        self._resumed = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._resumed = state.global_step > 0
+
+    def on_save(self, args, state, control, **kwargs):
+        # After the checkpoint of this step is written and reported, so a rerun resumes from it.
+        if not self._resumed and state.global_step >= self.at_step:
+            raise RuntimeError(f"fault injected after step {state.global_step} "
+                               f"(train.fault_injection_step={self.at_step})")

@@ -1,0 +1,87 @@
+"""Resolve a config into the data an ALIGN run uses: world, target norms, cue split, survey.
+
+Everything here runs on the driver *before* any Ray work or run-folder write, so a bad file is a
+one-line DataError and nothing half-written is left behind. The synthetic world is written in
+the real file formats and read back through the same loaders a user's files go through.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from culture_rl.config import ExperimentConfig
+from culture_rl.data import examples
+from culture_rl.data.surveys import SurveyQuestion, load_survey
+from culture_rl.data.swow import AssociationNorms, load_swow
+from culture_rl.data.synthetic import CultureWorld, generate_world
+from culture_rl.errors import ConfigError
+
+
+@dataclass
+class AlignData:
+    target_culture: str
+    norms_by_culture: dict[str, AssociationNorms]  # the target plus, for the world, the others
+    split: dict[str, list[str]]  # cue split of the target culture's norms
+    survey: list[SurveyQuestion]
+    corpus: list[str]  # base corpus (synthetic world only)
+    world: CultureWorld | None
+
+
+def world_dir(config: ExperimentConfig) -> Path:
+    return config.run_dir / "world"
+
+
+def synthesise_world(config: ExperimentConfig) -> tuple[CultureWorld, dict[str, Path]]:
+    """Generate the world; write it once to ``<run dir>/world`` (atomically, by rename)."""
+    world = generate_world(config.world)
+    folder = world_dir(config)
+    meta = folder / "world.json"
+    if meta.is_file():
+        written = json.loads(meta.read_text("utf-8"))
+        if written.get("config") != config.world.model_dump():
+            raise ConfigError(f"{folder} holds a world made with other settings; use another "
+                              "run.name or restore the world settings", field="world")
+        return world, {k: folder / v for k, v in written["files"].items()}
+    partial = folder.with_name("world.partial")
+    paths = world.write(partial)
+    partial.rename(folder)
+    return world, {k: folder / p.relative_to(partial) for k, p in paths.items()}
+
+
+def load_align_data(config: ExperimentConfig, *, write_world: bool = True) -> AlignData:
+    data = config.data
+    world = paths = None
+    if data.swow_path is None or data.survey_path is None:
+        if write_world:
+            world, paths = synthesise_world(config)
+        else:
+            world = generate_world(config.world)
+
+    survey: list[SurveyQuestion] = []
+    if data.survey_path:
+        survey = load_survey(data.survey_path, skip_mismatched=data.skip_mismatched_survey_rows)
+    elif paths is not None:
+        survey = load_survey(paths["survey_jsonl"])
+    elif world is not None:
+        survey = world.survey
+
+    if data.swow_path:
+        target = data.culture or Path(data.swow_path).stem
+        norms = {target: load_swow(data.swow_path, country=data.country,
+                                   native_language=data.native_language)}
+        corpus: list[str] = []
+    else:
+        assert world is not None
+        try:
+            target = world.culture(data.culture).name
+        except KeyError as err:
+            raise ConfigError(str(err.args[0]), field="data.culture") from None
+        norms = {}
+        for culture in world.cultures:
+            norms[culture.name] = (load_swow(paths[f"swow_{culture.name}"]) if paths
+                                   else world.norms[culture.name])
+        corpus = world.corpus
+    split = examples.split_cues(list(norms[target]), seed=data.split_seed)
+    return AlignData(target, norms, split, survey, corpus, world)

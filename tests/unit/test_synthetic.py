@@ -1,0 +1,74 @@
+from culture_rl.config import WorldConfig
+from culture_rl.data.surveys import load_survey
+from culture_rl.data.swow import load_swow
+from culture_rl.data.lexicons import load_warriner
+from culture_rl.data.synthetic import generate_world
+from culture_rl.eval.metrics import js_distance
+
+SMALL = WorldConfig(num_cues=24, num_survey_questions=8, participants_per_cue=30)
+
+
+def test_same_seed_same_world_other_seed_other_world():
+    a, b = generate_world(SMALL), generate_world(SMALL)
+    assert a.norms == b.norms and a.corpus == b.corpus and a.survey == b.survey
+    c = generate_world(SMALL.model_copy(update={"seed": 8}))
+    assert c.norms != a.norms
+
+
+def test_cultures_share_some_associations_and_differ_on_others():
+    world = generate_world(SMALL)
+    first, second = world.cultures[0].name, world.cultures[1].name
+    for cue in world.cues:
+        top_a = {w for w, _ in world.norms[first][cue][:5]}
+        top_b = {w for w, _ in world.norms[second][cue][:5]}
+        assert top_a != top_b
+        all_a = {w for w, _ in world.norms[first][cue]}
+        all_b = {w for w, _ in world.norms[second][cue]}
+        assert all_a & all_b
+
+
+def test_survey_distributions_differ_between_cultures():
+    world = generate_world(SMALL)
+    names = [c.name for c in world.cultures]
+    gaps = [js_distance(q.distributions[names[0]], q.distributions[names[1]])
+            for q in world.survey]
+    assert max(gaps) > 0.1
+
+
+def test_base_corpus_is_dominated_by_culture_zero():
+    world = generate_world(SMALL)
+    dominant = world.cultures[0].name
+    untagged = [d for d in world.corpus if d.startswith("Cue:")]
+    assert len(untagged) == SMALL.num_cues * SMALL.base_docs_per_cue
+    for doc in untagged:  # every untagged answer is the dominant culture's
+        cue = doc.split("\n", 1)[0].removeprefix("Cue: ")
+        answer = doc.rsplit("Answer: ", 1)[1].split(", ")
+        assert set(answer) <= {w for w, _ in world.norms[dominant][cue]}
+    per_culture = [sum(d.startswith(f"You are a person from {c.name}.\nCue:")
+                       for d in world.corpus) for c in world.cultures]
+    assert len(set(per_culture)) == 1 and per_culture[0] < len(untagged)
+
+
+def test_written_files_load_through_the_real_loaders(tmp_path):
+    world = generate_world(SMALL)
+    paths = world.write(tmp_path)
+    culture = world.cultures[1].name
+    assert load_swow(paths[f"swow_{culture}"]) == world.norms[culture]
+    raw = load_swow(paths["swow_raw"], country=culture, native_language=culture + "ish")
+    assert raw == world.norms[culture]
+    survey = load_survey(paths["survey_jsonl"])
+    assert [q.id for q in survey] == [q.id for q in world.survey]
+    assert len(load_survey(paths["survey_goqa"])) == len(world.survey)
+    assert len(load_warriner(paths["warriner"])) > 0
+
+
+def test_held_out_cues_share_topic_words_with_training_cues():
+    world = generate_world(SMALL)
+    culture = world.cultures[1].name
+    from culture_rl.data.examples import split_cues
+
+    split = split_cues(world.cues)
+    train_words = {w for c in split["train"] for w, _ in world.norms[culture][c]}
+    for cue in split["test"]:
+        top = [w for w, _ in world.norms[culture][cue][:5]]
+        assert sum(w in train_words for w in top) >= 3
