@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[test]" "$(TORCH_SPEC)"
+	@# DeepSpeed JIT-compiles its CPU shared-memory comm op the first time a worker starts
+	@# (~1-2 min); build it now so the first training run does not pay for it.
+	$(PY) -c "from deepspeed.accelerator import get_accelerator as a; b = a().create_op_builder('ShareMemCommBuilder'); b and b.load(verbose=False)"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -109,6 +109,7 @@ def run_command(args) -> int:
     if args.command == "synth":
         from culture_rl.workflows.align_data import synthesise_world
 
+        load_align_data(config)  # validates data.culture and any user files
         world, paths = synthesise_world(config)
         print(f"synthetic world: {len(world.cultures)} cultures "
               f"({', '.join(c.name for c in world.cultures)}), {len(world.cues)} cues, "
@@ -151,19 +152,26 @@ def run_command(args) -> int:
     raise AssertionError(args.command)
 
 
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what a run would create)."""
+    missing = None
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    run_dir = None
-    existed = True
+    created = None
     try:
         if args.command not in ("config",):
-            config = _load(args)
-            run_dir = config.run_dir
-            existed = run_dir.exists()
+            created = _first_missing(_load(args).run_dir)
         return run_command(args)
     except CultureRLError as err:
-        if isinstance(err, INPUT_ERRORS) and run_dir is not None and not existed:
-            shutil.rmtree(run_dir, ignore_errors=True)  # created by us, nothing worth keeping
+        if isinstance(err, INPUT_ERRORS) and created is not None:
+            shutil.rmtree(created, ignore_errors=True)  # made by this call, nothing worth keeping
         sys.stderr.write(f"culture-rl: error: {' '.join(str(err).split())}\n")
         return EXIT_BAD_INPUT if isinstance(err, INPUT_ERRORS) else EXIT_FAILED
     except KeyboardInterrupt:

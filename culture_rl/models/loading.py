@@ -59,7 +59,9 @@ def build_tiny_model(config: ModelConfig, corpus: list[str], out_dir: str | Path
     return out_dir
 
 
-def _check_available(path: str) -> None:
+def check_available(path: str) -> None:
+    """ConfigError (field model.path) unless ``path`` is a saved model folder or could be a
+    hub name already in the local cache."""
     local = Path(path).expanduser()
     if local.exists():
         if not (local / "config.json").is_file() and not (local / "adapter_config.json").is_file():
@@ -68,12 +70,19 @@ def _check_available(path: str) -> None:
         return
     if path.startswith((".", "/", "~")) or path.count("/") > 1:
         raise ConfigError(f"model folder {path!r} does not exist", field="model.path")
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(path, "config.json"), str):
+        raise ConfigError(f"{path!r} is neither a local folder nor in the local Hugging Face "
+                          "cache (nothing is downloaded at run time: fetch it first with "
+                          "`huggingface-cli download` or give a folder on shared storage)",
+                          field="model.path")
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    _check_available(str(path))
+    check_available(str(path))
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True,
                                                   trust_remote_code=trust_remote_code)
@@ -92,7 +101,7 @@ def load_model(path: str | Path, dtype: str = "float32", trust_remote_code: bool
     import torch
     from transformers import AutoModelForCausalLM
 
-    _check_available(str(path))
+    check_available(str(path))
     torch_dtype = getattr(torch, dtype)
     adapter_config = Path(path) / "adapter_config.json"
     try:

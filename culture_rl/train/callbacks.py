@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -21,6 +22,11 @@ from transformers import TrainerCallback
 
 from culture_rl.eval.generation import generate_answers
 from culture_rl.eval.metrics import precision_at_k
+
+# Inside Ray Train workers, print() is patched to go through the root logger *and*, when a
+# library has wrapped sys.stdout, to the stream as well, so each line showed up twice on the
+# driver. Logging through a logger goes through Ray's path exactly once.
+worker_log = logging.getLogger("culture_rl.worker")
 
 
 def append_jsonl(path: Path, record: dict) -> None:
@@ -39,8 +45,10 @@ class ProgressLogger(TrainerCallback):
         self._last_time = time.perf_counter()
         self._last_tokens = state.num_input_tokens_seen or 0
         if state.is_world_process_zero:
+            if state.global_step:
+                _drop_records_after(self.metrics_path, state.global_step)
             where = f"resuming at step {state.global_step}" if state.global_step else "starting"
-            print(f"[{self.stage}] {where}: {state.max_steps} optimizer steps", flush=True)
+            worker_log.info(f"[{self.stage}] {where}: {state.max_steps} optimizer steps")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -54,7 +62,19 @@ class ProgressLogger(TrainerCallback):
             record["tokens_per_s"] = round((tokens - self._last_tokens) / (now - self._last_time), 1)
             self._last_time, self._last_tokens = now, tokens
         append_jsonl(self.metrics_path, record)
-        print(f"[{self.stage}] " + _format_progress(record, state.max_steps), flush=True)
+        worker_log.info(f"[{self.stage}] " + _format_progress(record, state.max_steps))
+
+
+def _drop_records_after(path: Path, step: int) -> None:
+    """On resume, forget what the interrupted attempt logged past the checkpoint: those steps
+    are trained again, and metrics.jsonl must show each step once."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text("utf-8").splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept), "utf-8")
+    tmp.replace(path)
 
 
 def _format_progress(record: dict, max_steps: int) -> str:
@@ -107,8 +127,8 @@ class HeldOutPrecision(TrainerCallback):
         state.log_history.append(dict(record))
         if state.is_world_process_zero and self.metrics_path is not None:
             append_jsonl(self.metrics_path, {"stage": self.stage, "time": time.time(), **record})
-            print(f"[{self.stage}] epoch {record['epoch']:.2f}: held-out P@{self.k} "
-                  f"{value:.3f} on {len(self.prompts)} cues", flush=True)
+            worker_log.info(f"[{self.stage}] epoch {record['epoch']:.2f}: held-out "
+                            f"P@{self.k} {value:.3f} on {len(self.prompts)} cues")
 
 
 class FaultInjection(TrainerCallback):

@@ -19,6 +19,7 @@ when complete, so a half-written export is never mistaken for a finished one).
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 import uuid
@@ -75,7 +76,10 @@ class StageResult:
     already_finished: bool = False
 
 
-def _sft_args(job: TrainJob, world_size: int, use_gpu: bool, scratch_dir: str):
+def sft_args(job: TrainJob, world_size: int, use_gpu: bool, scratch_dir: str,
+             use_deepspeed: bool = True):
+    """TRL ``SFTConfig`` for a job (``use_deepspeed=False``: the plain single-process baseline
+    the benchmark compares against)."""
     from trl import SFTConfig
 
     train = job.train
@@ -99,7 +103,8 @@ def _sft_args(job: TrainJob, world_size: int, use_gpu: bool, scratch_dir: str):
         # CPU runs 10x slower.
         bf16=job.deepspeed.precision == "bf16", fp16=job.deepspeed.precision == "fp16",
         gradient_checkpointing=train.gradient_checkpointing,
-        deepspeed=build_deepspeed_config(job.deepspeed, train, world_size, use_gpu),
+        deepspeed=(build_deepspeed_config(job.deepspeed, train, world_size, use_gpu)
+                   if use_deepspeed else None),
         save_strategy="steps" if train.save_steps else "epoch",
         save_steps=train.save_steps or 500, save_total_limit=1,
         eval_strategy="epoch" if has_eval else "no",
@@ -121,8 +126,13 @@ def train_worker(loop_config: dict) -> None:
 
     from culture_rl.models.loading import export_merged, load_model, load_tokenizer, \
         peft_lora_config
-    from culture_rl.train.callbacks import FaultInjection, HeldOutPrecision, ProgressLogger
+    from transformers import PrinterCallback
 
+    from culture_rl.train.callbacks import (FaultInjection, HeldOutPrecision, ProgressLogger,
+                                            worker_log)
+
+    # Ray Train logs every report with all its metrics at INFO; our progress lines say it.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     job: TrainJob = loop_config["job"]
     use_gpu: bool = loop_config["use_gpu"]
     torch.set_num_threads(loop_config["threads"])
@@ -131,7 +141,7 @@ def train_worker(loop_config: dict) -> None:
 
     tokenizer = load_tokenizer(job.model_path, job.trust_remote_code)
     model = load_model(job.model_path, job.dtype, job.trust_remote_code)
-    args = _sft_args(job, world_size, use_gpu, loop_config["scratch_dir"])
+    args = sft_args(job, world_size, use_gpu, loop_config["scratch_dir"])
     columns = [job.text_field] if job.text_field else ["prompt", "completion"]
     train_set = Dataset.from_list([{c: row[c] for c in columns} for row in job.train_rows])
     eval_set = (Dataset.from_list([{c: row[c] for c in columns} for row in job.eval_rows])
@@ -155,12 +165,13 @@ def train_worker(loop_config: dict) -> None:
                          processing_class=tokenizer,
                          peft_config=peft_lora_config(job.lora) if job.lora else None,
                          callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # raw dicts; ProgressLogger prints our lines
     trainer = prepare_trainer(trainer)
     if rank == 0:
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-        print(f"[{job.stage}] {describe_batch(job.train, world_size)}; ZeRO-"
-              f"{job.deepspeed.zero_stage}; {trainable:,} trainable parameters; "
-              f"{len(train_set)} training rows", flush=True)
+        worker_log.info(f"[{job.stage}] {describe_batch(job.train, world_size)}; ZeRO-"
+                        f"{job.deepspeed.zero_stage}; {trainable:,} trainable parameters; "
+                        f"{len(train_set)} training rows")
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -188,7 +199,7 @@ def train_worker(loop_config: dict) -> None:
         if job.export_dir.exists():
             shutil.rmtree(job.export_dir)
         partial.rename(job.export_dir)
-        print(f"[{job.stage}] exported to {job.export_dir}", flush=True)
+        worker_log.info(f"[{job.stage}] exported to {job.export_dir}")
     if dist.is_initialized():
         dist.barrier()
     if context.get_local_rank() == 0:

@@ -12,7 +12,7 @@ from pathlib import Path
 from culture_rl.config import ExperimentConfig
 from culture_rl.data import examples, prompts
 from culture_rl.errors import ConfigError
-from culture_rl.models.loading import build_tiny_model
+from culture_rl.models.loading import build_tiny_model, check_available
 from culture_rl.train.sft import StageResult, TrainJob, run_stage
 from culture_rl.workflows.align_data import AlignData
 
@@ -48,6 +48,7 @@ def build_pretrain_job(config: ExperimentConfig, data: AlignData) -> TrainJob:
         model_path = str(init)
     else:
         model_path = config.model.path
+        check_available(model_path)
     dominant = data.world.cultures[0].name if data.world else data.target_culture
     prompts_, human = _heldout(config, data, dominant)
     return TrainJob(stage="pretrain", stage_dir=str(folder), model_path=model_path,
@@ -62,6 +63,7 @@ def build_pretrain_job(config: ExperimentConfig, data: AlignData) -> TrainJob:
 def base_model_path(config: ExperimentConfig) -> str:
     """The model SFT starts from: the pretrained tiny model for ``tiny``, else model.path."""
     if config.model.path != TINY:
+        check_available(config.model.path)
         return config.model.path
     path = pretrained_tiny_path(config)
     if not (path / "config.json").is_file():

@@ -1,0 +1,154 @@
+"""SFT throughput: Ray Train + DeepSpeed (2 workers; ZeRO 0, 2, 3) against a single-process
+Hugging Face training loop on the same tiny model, data and global batch — in one run, so the
+ratios are fair on a shared, noisy machine — and achieved FLOP/s against this CPU's matmul peak
+measured in the same run.
+
+    python -m ray_jobs.benchmarks.sft_throughput --out docs/benchmarks.json
+
+Steady-state tokens/s is the median over logging windows after the first ``--warmup-steps``;
+start-up is the time from submitting the Ray Train run to its first optimizer step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from culture_rl.config import DeepSpeedConfig, ModelConfig, ResourcesConfig, TrainConfig, \
+    WorldConfig
+
+
+def matmul_peak_flops(threads: int, size: int = 1024, repeats: int = 10) -> float:
+    """Best fp32 GEMM FLOP/s on ``threads`` threads (the practical limit of this CPU)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    torch.set_num_threads(previous)
+    return 2 * size ** 3 / best
+
+
+def steady_tokens_per_s(metrics_path: Path, warmup_steps: int) -> tuple[float, float, int]:
+    rows = [json.loads(line) for line in metrics_path.read_text("utf-8").splitlines() if line]
+    windows = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r and r["step"] > warmup_steps]
+    if not windows:
+        raise SystemExit(f"no steady-state windows in {metrics_path}; raise --steps")
+    first_step_time = min(r["time"] for r in rows if "loss" in r)
+    return statistics.median(windows), first_step_time, len(windows)
+
+
+def make_job(folder: Path, stage: str, model_path: str, corpus: list[str], micro_batch: int,
+             zero_stage: int, steps: int):
+    from culture_rl.train.sft import TrainJob
+
+    train = TrainConfig(max_steps=steps, learning_rate=1e-3, lr_scheduler="constant",
+                        warmup_ratio=0.0, micro_batch_size=micro_batch, logging_steps=5,
+                        save_steps=100_000, eval_each_epoch=False)
+    return TrainJob(stage=stage, stage_dir=str(folder / stage), model_path=model_path,
+                    train=train, deepspeed=DeepSpeedConfig(zero_stage=zero_stage), lora=None,
+                    train_rows=[{"text": doc} for doc in corpus], text_field="text")
+
+
+def single_process(job, threads: int) -> None:
+    import torch
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import SFTTrainer
+
+    from culture_rl.models.loading import load_model, load_tokenizer
+    from culture_rl.train.callbacks import ProgressLogger
+    from culture_rl.train.sft import sft_args
+
+    torch.set_num_threads(threads)
+    Path(job.stage_dir).mkdir(parents=True)
+    args = sft_args(job, 1, False, str(Path(job.stage_dir) / "scratch"), use_deepspeed=False)
+    trainer = SFTTrainer(model=load_model(job.model_path), args=args,
+                         train_dataset=Dataset.from_list(job.train_rows),
+                         processing_class=load_tokenizer(job.model_path),
+                         callbacks=[ProgressLogger(job.stage, job.metrics_path)])
+    trainer.remove_callback(PrinterCallback)
+    trainer.train()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=60, help="optimizer steps per run")
+    parser.add_argument("--warmup-steps", type=int, default=10,
+                        help="steps excluded from the steady-state median")
+    parser.add_argument("--global-batch", type=int, default=16)
+    parser.add_argument("--stages", default="0,2,3", help="ZeRO stages to run")
+    parser.add_argument("--out", help="write the figures as JSON here")
+    args = parser.parse_args(argv)
+
+    from culture_rl.data.synthetic import generate_world
+    from culture_rl.distributed.cluster import connect
+    from culture_rl.models.loading import build_tiny_model
+    from culture_rl.train.sft import run_stage
+
+    cpus = os.cpu_count() or 2
+    workers = 2
+    folder = Path(tempfile.mkdtemp(prefix="culture_rl_bench_"))
+    world = generate_world(WorldConfig())
+    model_path = str(build_tiny_model(ModelConfig(), world.corpus, folder / "tiny", 0))
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    params = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path)
+                                              ).num_parameters()
+    peak = matmul_peak_flops(cpus)
+    results: dict = {"machine": {"cpus": cpus, "matmul_peak_gflops": round(peak / 1e9, 2)},
+                     "model_parameters": params, "steps": args.steps,
+                     "global_batch": args.global_batch, "runs": {}}
+
+    print(f"single process ({cpus} threads) ...", flush=True)
+    job = make_job(folder, "single", model_path, world.corpus, args.global_batch, 0, args.steps)
+    single_process(job, cpus)
+    tps, _, n = steady_tokens_per_s(job.metrics_path, args.warmup_steps)
+    results["runs"]["single_process"] = {"tokens_per_s": round(tps, 1), "windows": n}
+
+    connect(None)
+    for stage in [int(s) for s in args.stages.split(",")]:
+        print(f"Ray Train + DeepSpeed ZeRO-{stage}, {workers} workers ...", flush=True)
+        job = make_job(folder, f"zero{stage}", model_path, world.corpus,
+                       args.global_batch // workers, stage, args.steps)
+        submitted = time.time()
+        run_stage(job, ResourcesConfig(num_workers=workers, cpus_per_worker=cpus // workers))
+        tps, first_step, n = steady_tokens_per_s(job.metrics_path, args.warmup_steps)
+        results["runs"][f"ray_zero{stage}"] = {"tokens_per_s": round(tps, 1), "windows": n,
+                                               "startup_s": round(first_step - submitted, 1)}
+
+    base = results["runs"]["single_process"]["tokens_per_s"]
+    lines = ["| run | tokens/s | vs single process | achieved GFLOP/s | % of matmul peak | "
+             "start-up s |", "|---|---|---|---|---|---|"]
+    for name, run in results["runs"].items():
+        flops = 6 * params * run["tokens_per_s"]
+        run["ratio_vs_single"] = round(run["tokens_per_s"] / base, 3)
+        run["achieved_gflops"] = round(flops / 1e9, 2)
+        run["fraction_of_peak"] = round(flops / peak, 3)
+        lines.append(f"| {name} | {run['tokens_per_s']:.0f} | {run['ratio_vs_single']:.2f}x | "
+                     f"{run['achieved_gflops']:.2f} | {100 * run['fraction_of_peak']:.0f}% | "
+                     f"{run.get('startup_s', '-')} |")
+    table = "\n".join(lines)
+    print(f"\n{params:,} parameters, global batch {args.global_batch}, {args.steps} steps; "
+          f"matmul peak {peak / 1e9:.1f} GFLOP/s on {cpus} threads\n\n{table}")
+    results["table"] = table
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results, indent=2), "utf-8")
+    return results
+
+
+if __name__ == "__main__":
+    main()

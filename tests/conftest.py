@@ -1,0 +1,39 @@
+"""Shared fixtures: one local Ray for the whole session, one tiny trained quickstart run.
+
+Ray start-up costs ~10 s and a tiny pretrain + SFT a few minutes on 2 cores, so both are made
+once per session and reused by every integration and end-to-end test.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory, ray_session):
+    """The quickstart config, run once: world, tiny base, LoRA SFT (ZeRO-2), evaluations."""
+    from culture_rl.config import load_config
+    from culture_rl.workflows.quickstart import run_quickstart
+
+    storage = tmp_path_factory.mktemp("runs")
+    config = load_config(os.path.join(REPO, "configs", "quickstart.yaml"),
+                         [f"run.storage_path={storage}", "run.name=session"])
+    summary = run_quickstart(config)
+    return config, summary

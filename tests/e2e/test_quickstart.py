@@ -1,0 +1,42 @@
+"""The quickstart end to end (session fixture): SFT must beat the biased base on held-out P@5."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def test_sft_beats_base_on_held_out_p_at_5(quickstart_run):
+    config, summary = quickstart_run
+    base, sft = summary["stages"]["base"], summary["stages"]["sft"]
+    assert summary["target_culture"] == "Borenia"
+    assert sft["p@5"] >= base["p@5"] + 0.10, (base["p@5"], sft["p@5"])
+    # The base is biased toward the dominant culture of its corpus; SFT moves it to the target.
+    assert base["p@5_by_culture"]["Avalor"] > base["p@5_by_culture"]["Borenia"]
+    assert sft["p@5_by_culture"]["Borenia"] > sft["p@5_by_culture"]["Avalor"]
+
+
+def test_summary_files(quickstart_run):
+    config, summary = quickstart_run
+    written = json.loads((config.run_dir / "summary.json").read_text("utf-8"))
+    assert written["target_culture"] == summary["target_culture"]
+    for stage in ("base", "sft"):
+        row = written["stages"][stage]
+        assert 0.0 <= row["p@5"] <= 1.0 and 0.0 <= row["wvs_js"] <= 1.0
+        assert row["n_cues"] > 0 and row["n_questions"] > 0
+    table = (config.run_dir / "summary.md").read_text("utf-8")
+    assert "| base |" in table and "| sft |" in table
+    assert (config.run_dir / "world" / "swow" / "Borenia.csv").is_file()
+
+
+def test_finished_stage_rerun_is_a_no_op(quickstart_run, capsys):
+    from culture_rl.workflows.align_data import load_align_data
+    from culture_rl.workflows.align_sft import run_sft
+
+    config, _ = quickstart_run
+    result = run_sft(config, load_align_data(config))
+    assert result.already_finished
+    assert "already finished" in capsys.readouterr().out

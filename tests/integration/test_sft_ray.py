@@ -1,0 +1,99 @@
+"""Real Ray Train + real DeepSpeed on 2 CPU workers, sharing the session's Ray and tiny base."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from culture_rl.config import load_config
+from culture_rl.train.sft import FINISHED, TrainingError, run_stage
+from culture_rl.workflows.align_data import load_align_data
+from culture_rl.workflows.align_sft import build_sft_job
+
+pytestmark = pytest.mark.integration
+
+
+def read_metrics(stage_dir) -> list[dict]:
+    path = Path(stage_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+
+
+def losses_by_step(stage_dir) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(stage_dir) if "loss" in r}
+
+
+def short_sft_config(quickstart_run, tmp_path, name, extra=()):
+    config, _ = quickstart_run
+    base = config.run_dir / "pretrain" / "export" / "model"
+    return load_config(None, [
+        f"run.storage_path={tmp_path}", f"run.name={name}", f"model.path={base}",
+        f"world.num_cues={config.world.num_cues}", f"data.culture={config.data.culture}",
+        "lora.target_modules=[all-linear]", "sft.micro_batch_size=4", "sft.logging_steps=1",
+        "sft.learning_rate=2e-3", "sft.warmup_ratio=0", "sft.eval_each_epoch=false",
+        *extra])
+
+
+def test_quickstart_sft_at_zero2_loss_falls(quickstart_run):
+    config, _ = quickstart_run
+    losses = losses_by_step(config.run_dir / "sft")
+    steps = sorted(losses)
+    assert len(steps) >= 10
+    first = sum(losses[s] for s in steps[:3]) / 3
+    last = sum(losses[s] for s in steps[-3:]) / 3
+    assert last < 0.8 * first, (first, last)
+    records = read_metrics(config.run_dir / "sft")
+    assert any("eval_p@5" in r for r in records) and any("eval_loss" in r for r in records)
+    assert all(r["tokens_per_s"] > 0 for r in records if "tokens_per_s" in r)
+
+
+def test_sft_at_zero3_loss_falls_and_export_reloads(quickstart_run, tmp_path):
+    from transformers import AutoModelForCausalLM
+    from peft import PeftModel
+
+    config = short_sft_config(quickstart_run, tmp_path, "zero3",
+                              ["deepspeed.zero_stage=3", "sft.max_steps=24",
+                               "sft.lr_scheduler=constant"])
+    data = load_align_data(config, write_world=False)
+    result = run_stage(build_sft_job(config, data), config.resources)
+    losses = losses_by_step(result.export_dir.parent)
+    steps = sorted(losses)
+    assert steps[-1] == 24
+    assert sum(losses[s] for s in steps[-4:]) < 0.85 * sum(losses[s] for s in steps[:4])
+    # ZeRO-3 partitions the weights; the export must still be whole, loadable HF folders.
+    merged = AutoModelForCausalLM.from_pretrained(result.export_dir / "model")
+    base = AutoModelForCausalLM.from_pretrained(config.model.path)
+    adapted = PeftModel.from_pretrained(base, result.export_dir / "adapter")
+    assert merged.num_parameters() == adapted.get_base_model().num_parameters()
+    changed = [n for n, p in merged.named_parameters()
+               if not p.equal(dict(base.named_parameters()).get(n, p))]
+    assert changed, "merged export equals the base: the adapter was not merged"
+    assert json.loads((result.export_dir / FINISHED).read_text())["global_step"] == 24
+
+
+def test_interrupted_run_resumes_at_the_right_step_with_the_right_data(quickstart_run,
+                                                                      tmp_path):
+    common = ["sft.max_steps=8", "sft.save_steps=2", "sft.lr_scheduler=constant"]
+    straight = short_sft_config(quickstart_run, tmp_path, "straight", common)
+    data = load_align_data(straight, write_world=False)
+    run_stage(build_sft_job(straight, data), straight.resources)
+    expected = losses_by_step(straight.run_dir / "sft")
+
+    broken = short_sft_config(quickstart_run, tmp_path, "broken",
+                              common + ["sft.fault_injection_step=4"])
+    with pytest.raises(TrainingError, match="fault injected after step 4"):
+        run_stage(build_sft_job(broken, data), broken.resources)
+    stage = broken.run_dir / "sft"
+    assert not (stage / "export").exists()
+    assert max(losses_by_step(stage)) == 4
+
+    result = run_stage(build_sft_job(broken, data), broken.resources)  # same name: resume
+    resumed = losses_by_step(stage)
+    assert sorted(resumed) == list(range(1, 9))  # every step logged exactly once
+    for step in range(1, 9):  # same data in the same order, same optimizer state
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-4, abs=1e-5), step
+    assert result.final_metrics["step"] == 8
+
+    again = run_stage(build_sft_job(broken, data), broken.resources)
+    assert again.already_finished

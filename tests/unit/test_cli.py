@@ -1,0 +1,78 @@
+"""CLI behaviour that needs no training: config commands and bad input (exit 2, one line)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from culture_rl.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_main(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_config_show_resolves_overrides(capsys):
+    code, out, _ = run_main(capsys, "config", "show", "--config",
+                            str(REPO / "configs" / "quickstart.yaml"), "sft.learning_rate=5e-4")
+    assert code == 0 and "learning_rate: 0.0005" in out and "zero_stage: 2" in out
+
+
+def test_config_fields_lists_help(capsys):
+    code, out, _ = run_main(capsys, "config", "fields")
+    assert code == 0 and "deepspeed.zero_stage" in out and "ZeRO stage" in out
+
+
+def test_bad_config_is_one_line_exit_2_and_leaves_no_run_dir(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"run:\n  storage_path: {tmp_path}/runs\nsft:\n  epochs: -1\n")
+    code, _, err = run_main(capsys, "sft", "--config", str(bad))
+    assert code == 2
+    assert err.count("\n") == 1 and "sft.epochs" in err and str(bad) in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_swow_file_names_the_line_and_leaves_no_run_dir(tmp_path, capsys):
+    swow = tmp_path / "swow.csv"
+    swow.write_text("cue,response,freq\ncat,dog,3\ncat,mouse,many\n", "utf-8")
+    code, _, err = run_main(capsys, "sft", "--config", str(REPO / "configs" / "quickstart.yaml"),
+                            f"run.storage_path={tmp_path}/runs", f"data.swow_path={swow}",
+                            "model.path=/nonexistent/model")
+    assert code == 2 and err.count("\n") == 1
+    assert str(swow) in err and "line 3" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_model_is_a_config_error(tmp_path, capsys):
+    code, _, err = run_main(capsys, "sft", "--config", str(REPO / "configs" / "quickstart.yaml"),
+                            f"run.storage_path={tmp_path}/runs", "model.path=/no/such/model")
+    assert code == 2 and "model.path" in err and "/no/such/model" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_tiny_sft_without_pretrain_says_what_to_run(tmp_path, capsys):
+    code, _, err = run_main(capsys, "sft", "--config", str(REPO / "configs" / "quickstart.yaml"),
+                            f"run.storage_path={tmp_path}/runs")
+    assert code == 2 and "culture-rl pretrain" in err
+
+
+def test_console_script_bad_flag_exit_2():
+    script = Path(sys.executable).with_name("culture-rl")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "culture_rl.cli"]
+    proc = subprocess.run(command + ["sft", "--no-such-flag"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "error" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_culture(tmp_path, capsys):
+    code, _, err = run_main(capsys, "synth", "--config", str(REPO / "configs" / "quickstart.yaml"),
+                            f"run.storage_path={tmp_path}/runs", "data.culture=Atlantis")
+    assert code == 2 and "data.culture" in err and "Atlantis" in err
