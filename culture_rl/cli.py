@@ -73,18 +73,6 @@ def _default_quickstart() -> str | None:
     return str(shipped) if shipped.is_file() else None
 
 
-def _save_config(config) -> None:
-    from culture_rl.config import config_to_yaml
-
-    config.run_dir.mkdir(parents=True, exist_ok=True)
-    text = config_to_yaml(config)
-    target = config.run_dir / "config.yaml"
-    if target.is_file() and target.read_text("utf-8") != text:
-        print(f"note: {target} differs from this config; it is replaced (checkpoints of the "
-              "earlier settings are still resumed)", flush=True)
-    target.write_text(text, "utf-8")
-
-
 def _print_table(summary: dict, run_dir: Path) -> None:
     from culture_rl.workflows.quickstart import render_markdown
 
@@ -94,7 +82,7 @@ def _print_table(summary: dict, run_dir: Path) -> None:
 
 
 def run_command(args) -> int:
-    from culture_rl.config import config_to_yaml, describe_fields
+    from culture_rl.config import config_to_yaml, describe_fields, write_run_config
 
     if args.command == "config":
         if args.config_command == "fields":
@@ -120,7 +108,6 @@ def run_command(args) -> int:
     if args.command == "demo":
         from culture_rl.workflows.quickstart import run_quickstart
 
-        _save_config(config)
         summary = run_quickstart(config)
         _print_table(summary, config.run_dir)
         return 0
@@ -130,7 +117,7 @@ def run_command(args) -> int:
         data = load_align_data(config)
         job = (align_sft.build_pretrain_job if args.command == "pretrain"
                else align_sft.build_sft_job)(config, data)  # validates before any Ray work
-        _save_config(config)
+        write_run_config(config)
         from culture_rl.train.sft import run_stage
 
         result = run_stage(job, config.resources)

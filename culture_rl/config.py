@@ -351,3 +351,15 @@ def describe_fields(model: type[BaseModel] = ExperimentConfig, prefix: str = "")
             default = field.get_default(call_default_factory=True)
             lines.append(f"  {prefix}{name} = {default!r}  # {field.description}")
     return lines
+
+
+def write_run_config(config: ExperimentConfig) -> Path:
+    """Write the resolved config to ``<run dir>/config.yaml`` (reloadable with load_config)."""
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    text = config_to_yaml(config)
+    target = config.run_dir / "config.yaml"
+    if target.is_file() and target.read_text("utf-8") != text:
+        print(f"note: {target} differs from this config and is replaced; checkpoints made "
+              "with the earlier settings are still resumed", flush=True)
+    target.write_text(text, "utf-8")
+    return target

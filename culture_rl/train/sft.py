@@ -115,8 +115,22 @@ def sft_args(job: TrainJob, world_size: int, use_gpu: bool, scratch_dir: str,
     )
 
 
+def _restore_builtin_print() -> None:
+    """Ray Train V2 routes print() in workers through logging. dill (which datasets uses to
+    fingerprint map functions) reads a function's globals by capturing stdout around dis.dis();
+    with the patched print, whole bytecode listings leaked into the run's logs instead."""
+    import builtins
+
+    try:
+        from ray.train.v2._internal.logging import patch_print
+    except ImportError:
+        return
+    builtins.print = getattr(patch_print, "_original_print", builtins.print)
+
+
 def train_worker(loop_config: dict) -> None:
     """The per-worker loop Ray Train runs (one DeepSpeed rank per worker)."""
+    _restore_builtin_print()
     import ray.train
     import torch
     import torch.distributed as dist
@@ -189,6 +203,11 @@ def train_worker(loop_config: dict) -> None:
     if rank == 0:
         tokenizer.save_pretrained(str(weights_dir))
         if job.lora and job.lora.merge_on_export:
+            # Under ZeRO-3 the HF integration makes from_pretrained partition weights across
+            # ranks (a collective): loading the base here on rank 0 alone would hang.
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()
             export_merged(weights_dir, partial / "model", job.dtype)
         final = {}
         for record in trainer.state.log_history:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from culture_rl.config import ExperimentConfig
+from culture_rl.config import ExperimentConfig, write_run_config
 from culture_rl.workflows.align_data import AlignData, load_align_data
 from culture_rl.workflows.align_sft import run_pretrain, run_sft
 
@@ -89,6 +89,7 @@ def render_markdown(summary: dict) -> str:
 
 def run_quickstart(config: ExperimentConfig) -> dict:
     data = load_align_data(config)
+    write_run_config(config)
     print(f"[quickstart] world written to {config.run_dir / 'world'}; target culture "
           f"{data.target_culture}; {len(data.split['train'])} training cues", flush=True)
     base = run_pretrain(config, data)

@@ -40,3 +40,19 @@ def test_finished_stage_rerun_is_a_no_op(quickstart_run, capsys):
     result = run_sft(config, load_align_data(config))
     assert result.already_finished
     assert "already finished" in capsys.readouterr().out
+
+
+def test_cli_eval_on_the_trained_model(quickstart_run, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config, summary = quickstart_run
+    script = Path(sys.executable).with_name("culture-rl")
+    proc = subprocess.run([str(script), "eval", "--config", str(config.run_dir / "config.yaml"),
+                           "--model", str(config.run_dir / "sft" / "export" / "model"),
+                           "--label", "cli"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert row["p@5"] == pytest.approx(summary["stages"]["sft"]["p@5"])
+    assert (config.run_dir / "eval" / "cli.json").is_file()
