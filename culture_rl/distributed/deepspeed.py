@@ -35,7 +35,10 @@ def build_deepspeed_config(ds: DeepSpeedConfig, train: TrainConfig, world_size: 
     zero: dict[str, Any] = {"stage": ds.zero_stage}
     if ds.zero_stage >= 1:
         zero.update(overlap_comm=use_gpu, contiguous_gradients=True,
-                    reduce_bucket_size=5e7, allgather_bucket_size=5e7)
+                    reduce_bucket_size=5e7, allgather_bucket_size=5e7,
+                    # gloo has no native reduce-scatter (torch emulates it); on CPUs an
+                    # all-reduce of each bucket is cheaper.
+                    reduce_scatter=use_gpu)
     if ds.zero_stage == 3:
         # Gather full weights when saving, so exported models load with from_pretrained.
         zero.update(stage3_gather_16bit_weights_on_model_save=True,
