@@ -89,15 +89,16 @@ def _format_progress(record: dict, max_steps: int) -> str:
 class HeldOutPrecision(TrainerCallback):
     """P@k of greedy association answers on held-out cues, logged as ``eval_p@k``."""
 
-    def __init__(self, prompts: Sequence[str], human: Sequence[Sequence[str]], *, k: int = 5,
-                 max_new_tokens: int = 40, batch_size: int = 16, synced_gpus: bool = False,
+    def __init__(self, tokenizer, prompts: Sequence[str], human: Sequence[Sequence[str]], *,
+                 k: int = 5, max_new_tokens: int = 40, batch_size: int = 16,
+                 synced_gpus: bool = False,
                  metrics_path: str | Path | None = None, stage: str = ""):
         self.prompts, self.human = list(prompts), [list(h) for h in human]
         self.k, self.max_new_tokens, self.batch_size = k, max_new_tokens, batch_size
         self.synced_gpus = synced_gpus
         self.metrics_path = Path(metrics_path) if metrics_path else None
         self.stage = stage
-        self.tokenizer = None  # set by the caller (callbacks get the tokenizer only in some hooks)
+        self.tokenizer = tokenizer
 
     def score(self, model) -> float:
         import torch

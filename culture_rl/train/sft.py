@@ -136,12 +136,11 @@ def train_worker(loop_config: dict) -> None:
     import torch.distributed as dist
     from datasets import Dataset
     from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
+    from transformers import PrinterCallback
     from trl import SFTTrainer
 
-    from culture_rl.models.loading import export_merged, load_model, load_tokenizer, \
-        peft_lora_config
-    from transformers import PrinterCallback
-
+    from culture_rl.models.loading import (export_merged, load_model, load_tokenizer,
+                                           peft_lora_config)
     from culture_rl.train.callbacks import (FaultInjection, HeldOutPrecision, ProgressLogger,
                                             worker_log)
 
@@ -162,15 +161,12 @@ def train_worker(loop_config: dict) -> None:
                 if args.eval_strategy != "no" else None)
 
     callbacks = [ProgressLogger(job.stage, job.metrics_path)]
-    heldout = None
     if job.heldout_prompts and job.train.eval_each_epoch:
-        heldout = HeldOutPrecision(job.heldout_prompts, job.heldout_human, k=5,
-                                   max_new_tokens=job.eval_max_new_tokens,
-                                   batch_size=job.eval_batch_size,
-                                   synced_gpus=job.deepspeed.zero_stage == 3,
-                                   metrics_path=job.metrics_path, stage=job.stage)
-        heldout.tokenizer = tokenizer
-        callbacks.append(heldout)
+        callbacks.append(HeldOutPrecision(
+            tokenizer, job.heldout_prompts, job.heldout_human, k=5,
+            max_new_tokens=job.eval_max_new_tokens, batch_size=job.eval_batch_size,
+            synced_gpus=job.deepspeed.zero_stage == 3, metrics_path=job.metrics_path,
+            stage=job.stage))
     callbacks.append(RayTrainReportCallback())
     if job.train.fault_injection_step:
         callbacks.append(FaultInjection(job.train.fault_injection_step))  # after the report
