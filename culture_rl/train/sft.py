@@ -128,6 +128,16 @@ def _restore_builtin_print() -> None:
     builtins.print = getattr(patch_print, "_original_print", builtins.print)
 
 
+def _quiet_ray_train_reports() -> None:
+    """Ray Train logs every report with all its metrics at INFO (twice per epoch per rank);
+    our progress lines already say it. Its logger is named after the module's file path."""
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
 def train_worker(loop_config: dict) -> None:
     """The per-worker loop Ray Train runs (one DeepSpeed rank per worker)."""
     _restore_builtin_print()
@@ -144,8 +154,7 @@ def train_worker(loop_config: dict) -> None:
     from culture_rl.train.callbacks import (FaultInjection, HeldOutPrecision, ProgressLogger,
                                             worker_log)
 
-    # Ray Train logs every report with all its metrics at INFO; our progress lines say it.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    _quiet_ray_train_reports()
     job: TrainJob = loop_config["job"]
     use_gpu: bool = loop_config["use_gpu"]
     torch.set_num_threads(loop_config["threads"])
