@@ -1,0 +1,224 @@
+"""PPO maths as pure functions on tensors (issue 4, part 1).
+
+Shapes: ``[B, T]`` per response token (B responses, T response positions, right-padded), with a
+0/1 ``mask`` marking real tokens; ``[B]`` per response. Advantage estimators, policy losses and
+KL estimators live in small registries, so a new one is one decorated function (verl's
+``@register_adv_est`` idea).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+ADVANTAGE_ESTIMATORS: dict[str, Callable] = {}
+POLICY_LOSSES: dict[str, Callable] = {}
+KL_ESTIMATORS: dict[str, Callable] = {}
+
+
+def _register(table: dict[str, Callable], name: str):
+    def decorate(fn: Callable) -> Callable:
+        if name in table:
+            raise ValueError(f"{name!r} is registered twice")
+        table[name] = fn
+        return fn
+    return decorate
+
+
+def register_advantage_estimator(name: str):
+    return _register(ADVANTAGE_ESTIMATORS, name)
+
+
+def register_policy_loss(name: str):
+    return _register(POLICY_LOSSES, name)
+
+
+def register_kl_estimator(name: str):
+    return _register(KL_ESTIMATORS, name)
+
+
+def lookup(table: dict[str, Callable], name: str, what: str) -> Callable:
+    if name not in table:
+        raise KeyError(f"unknown {what} {name!r}; registered: {', '.join(sorted(table))}")
+    return table[name]
+
+
+# ------------------------------------------------------------------------------ masked stats
+
+
+def masked_sum(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    return (values * mask).sum() if dim is None else (values * mask).sum(dim)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean over the real tokens; a row with no real token gives 0, not NaN."""
+    count = mask.sum() if dim is None else mask.sum(dim)
+    return masked_sum(values, mask, dim) / count.clamp_min(1)
+
+
+def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    mean = masked_mean(values, mask)
+    variance = masked_mean((values - mean) ** 2, mask)
+    count = mask.sum()
+    if unbiased and count > 1:
+        variance = variance * count / (count - 1)
+    return variance
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+                  eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the real tokens; padding stays 0."""
+    mean, variance = masked_mean(values, mask), masked_var(values, mask)
+    whitened = (values - mean) * torch.rsqrt(variance + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return whitened * mask
+
+
+# ------------------------------------------------------------------------------ rewards, KL
+
+
+@register_kl_estimator("k1")
+def kl_k1(log_probs: torch.Tensor, ref_log_probs: torch.Tensor) -> torch.Tensor:
+    """log p - log q: unbiased, high variance, can be negative per token."""
+    return log_probs - ref_log_probs
+
+
+@register_kl_estimator("k2")
+def kl_k2(log_probs: torch.Tensor, ref_log_probs: torch.Tensor) -> torch.Tensor:
+    """0.5 (log p - log q)^2: biased, low variance, never negative."""
+    return 0.5 * (log_probs - ref_log_probs) ** 2
+
+
+@register_kl_estimator("k3")
+def kl_k3(log_probs: torch.Tensor, ref_log_probs: torch.Tensor) -> torch.Tensor:
+    """exp(log q - log p) - (log q - log p) - 1: unbiased and never negative (Schulman)."""
+    log_ratio = ref_log_probs - log_probs
+    return torch.exp(log_ratio) - log_ratio - 1
+
+
+def token_level_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,
+                        kl_coef: float) -> torch.Tensor:
+    """Per-token rewards: -kl_coef * KL on every real token, plus the sequence score on the
+    last real token (the RLHF reward shape of Ziegler et al. / OpenRLHF)."""
+    rewards = -kl_coef * kl * mask
+    last = (mask.sum(1).long() - 1).clamp_min(0)
+    has_tokens = mask.sum(1) > 0
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    rewards[rows[has_tokens], last[has_tokens]] += scores[has_tokens].to(rewards.dtype)
+    return rewards
+
+
+class FixedKLController:
+    """A constant KL coefficient."""
+
+    def __init__(self, coef: float):
+        self.value = coef
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = state["value"]
+
+
+class AdaptiveKLController(FixedKLController):
+    """Ziegler et al. (2019): move the coefficient so the measured KL tracks ``target``;
+    the proportional error is clipped to +-0.2 and scaled by n_steps / horizon."""
+
+    def __init__(self, init_coef: float, target: float, horizon: int):
+        super().__init__(init_coef)
+        self.target, self.horizon = target, horizon
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        error = min(max(current_kl / self.target - 1, -0.2), 0.2)
+        self.value *= 1 + error * n_steps / self.horizon
+
+
+# ------------------------------------------------------------------------------ advantages
+
+
+@register_advantage_estimator("gae")
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, *, gamma: float = 1.0,
+        lam: float = 0.95, **_) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation. Returns (advantages, returns), both [B, T], zero on
+    padding. delta_t = r_t + gamma V_{t+1} - V_t; A_t = delta_t + gamma lam A_{t+1}."""
+    rewards, values = rewards * mask, values * mask
+    steps = rewards.shape[1]
+    running = torch.zeros_like(rewards[:, 0])
+    reversed_advantages = []
+    for t in reversed(range(steps)):
+        next_value = values[:, t + 1] if t + 1 < steps else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * running
+        reversed_advantages.append(running)
+    advantages = torch.stack(reversed_advantages[::-1], dim=1) * mask
+    return advantages, (advantages + values) * mask
+
+
+@register_advantage_estimator("grpo")
+def group_relative(scores: torch.Tensor, mask: torch.Tensor, *, group_ids: torch.Tensor,
+                   normalize_std: bool = True, eps: float = 1e-6, **_
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO: no critic. A response's advantage is its score minus its group's mean (the other
+    samples of the same prompt), divided by the group's std; broadcast to its tokens."""
+    advantages = torch.zeros_like(scores, dtype=torch.float32)
+    for group in torch.unique(group_ids):
+        members = group_ids == group
+        group_scores = scores[members].float()
+        centred = group_scores - group_scores.mean()
+        if normalize_std and members.sum() > 1:
+            centred = centred / (group_scores.std() + eps)
+        advantages[members] = centred
+    per_token = advantages.unsqueeze(1) * mask
+    return per_token, per_token
+
+
+def compute_advantages(name: str, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    return lookup(ADVANTAGE_ESTIMATORS, name, "advantage estimator")(**inputs)
+
+
+# ------------------------------------------------------------------------------ losses
+
+
+@register_policy_loss("ppo_clip")
+def clipped_policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor,
+                        advantages: torch.Tensor, mask: torch.Tensor, *, clip_eps: float = 0.2,
+                        **_) -> dict[str, torch.Tensor]:
+    """PPO's clipped surrogate. Returns loss, clip_fraction (share of tokens where the clipped
+    term won) and approx_kl (mean of old - new log-prob)."""
+    ratio = torch.exp(log_probs - old_log_probs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps)
+    return {"loss": masked_mean(torch.maximum(unclipped, clipped), mask),
+            "clip_fraction": masked_mean((clipped > unclipped).float(), mask),
+            "approx_kl": masked_mean(old_log_probs - log_probs, mask)}
+
+
+def policy_loss(name: str, **inputs) -> dict[str, torch.Tensor]:
+    return lookup(POLICY_LOSSES, name, "policy loss")(**inputs)
+
+
+def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+                       mask: torch.Tensor, clip_eps: float = 0.2) -> dict[str, torch.Tensor]:
+    """0.5 * max((V - R)^2, (V_clipped - R)^2), V_clipped = V_old + clamp(V - V_old, +-eps)."""
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_eps, clip_eps)
+    loss_unclipped = (values - returns) ** 2
+    loss_clipped = (clipped_values - returns) ** 2
+    return {"loss": 0.5 * masked_mean(torch.maximum(loss_unclipped, loss_clipped), mask),
+            "clip_fraction": masked_mean((loss_clipped > loss_unclipped).float(), mask)}
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of the softmax over the last dimension: logsumexp(z) - sum softmax(z) z."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    return torch.logsumexp(logits.float(), dim=-1) - (probs * logits.float()).sum(-1)
+
+
+def log_probs_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log p(token) under ``logits`` ([..., V] and [...] -> [...])."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
