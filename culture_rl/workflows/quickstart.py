@@ -31,7 +31,9 @@ def evaluate_stage(config: ExperimentConfig, data: AlignData, model_dir: str | P
 
     out = config.run_dir / "eval" / f"{label}.json"
     if out.is_file():
-        return json.loads(out.read_text("utf-8"))
+        cached = json.loads(out.read_text("utf-8"))
+        if cached.get("model_dir") == str(model_dir):  # same label, other model: evaluate anew
+            return cached
     print(f"[eval] {label}: {model_dir}", flush=True)
     model = load_model(model_dir, config.model.dtype, config.model.trust_remote_code)
     tokenizer = load_tokenizer(model_dir, config.model.trust_remote_code)
