@@ -81,24 +81,27 @@ def _print_table(summary: dict, run_dir: Path) -> None:
     print(f"Report: {run_dir / 'summary.md'}  (numbers: {run_dir / 'summary.json'})")
 
 
-def run_command(args) -> int:
+def run_command(args, config) -> int:
+    """Run a parsed command; ``config`` is the loaded config (None for `config fields`)."""
     from culture_rl.config import config_to_yaml, describe_fields, write_run_config
 
     if args.command == "config":
         if args.config_command == "fields":
             print("\n".join(describe_fields()))
         else:
-            print(config_to_yaml(_load(args)), end="")
+            print(config_to_yaml(config), end="")
         return 0
 
-    config = _load(args)
     from culture_rl.workflows.align_data import load_align_data
 
     if args.command == "synth":
-        from culture_rl.workflows.align_data import synthesise_world
+        data = load_align_data(config)  # also validates data.culture and any user files
+        if data.world_files is not None:
+            world, paths = data.world, data.world_files
+        else:  # both data paths are the user's, so loading did not need the world
+            from culture_rl.workflows.align_data import synthesise_world
 
-        load_align_data(config)  # validates data.culture and any user files
-        world, paths = synthesise_world(config)
+            world, paths = synthesise_world(config)
         print(f"synthetic world: {len(world.cultures)} cultures "
               f"({', '.join(c.name for c in world.cultures)}), {len(world.cues)} cues, "
               f"{len(world.survey)} survey questions, {len(world.corpus)} corpus documents")
@@ -151,11 +154,13 @@ def _first_missing(path: Path) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    created = None
+    created = config = None
     try:
-        if args.command not in ("config",):
-            created = _first_missing(_load(args).run_dir)
-        return run_command(args)
+        if getattr(args, "config_command", None) != "fields":
+            config = _load(args)
+        if args.command != "config":
+            created = _first_missing(config.run_dir)
+        return run_command(args, config)
     except CultureRLError as err:
         if isinstance(err, INPUT_ERRORS) and created is not None:
             shutil.rmtree(created, ignore_errors=True)  # made by this call, nothing worth keeping

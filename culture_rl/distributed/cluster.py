@@ -28,11 +28,11 @@ def check_resources(resources: ResourcesConfig) -> None:
     """Fail fast (ResourceError naming the field) when the plan cannot fit the cluster."""
     import ray
 
+    if resources.autoscaling:
+        return  # nodes that can start on demand are not in cluster_resources() yet
     total = ray.cluster_resources()
     need_cpu = resources.num_workers * resources.cpus_per_worker
     need_gpu = resources.num_workers if resources.use_gpu else 0
-    if resources.autoscaling:
-        return  # nodes that can start on demand are not in cluster_resources() yet
     if need_gpu and total.get("GPU", 0) < need_gpu:
         raise ResourceError(f"resources: {resources.num_workers} GPU workers need "
                             f"{need_gpu} GPUs but the cluster has {total.get('GPU', 0):g} "

@@ -8,40 +8,16 @@ KL estimators live in small registries, so a new one is one decorated function (
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
-ADVANTAGE_ESTIMATORS: dict[str, Callable] = {}
-POLICY_LOSSES: dict[str, Callable] = {}
-KL_ESTIMATORS: dict[str, Callable] = {}
+from culture_rl.rl.registry import Registry
 
-
-def _register(table: dict[str, Callable], name: str):
-    def decorate(fn: Callable) -> Callable:
-        if name in table:
-            raise ValueError(f"{name!r} is registered twice")
-        table[name] = fn
-        return fn
-    return decorate
-
-
-def register_advantage_estimator(name: str):
-    return _register(ADVANTAGE_ESTIMATORS, name)
-
-
-def register_policy_loss(name: str):
-    return _register(POLICY_LOSSES, name)
-
-
-def register_kl_estimator(name: str):
-    return _register(KL_ESTIMATORS, name)
-
-
-def lookup(table: dict[str, Callable], name: str, what: str) -> Callable:
-    if name not in table:
-        raise KeyError(f"unknown {what} {name!r}; registered: {', '.join(sorted(table))}")
-    return table[name]
+ADVANTAGE_ESTIMATORS = Registry("advantage estimator")
+POLICY_LOSSES = Registry("policy loss")
+KL_ESTIMATORS = Registry("KL estimator")
+register_advantage_estimator = ADVANTAGE_ESTIMATORS.register
+register_policy_loss = POLICY_LOSSES.register
+register_kl_estimator = KL_ESTIMATORS.register
 
 
 # ------------------------------------------------------------------------------ masked stats
@@ -179,7 +155,7 @@ def group_relative(scores: torch.Tensor, mask: torch.Tensor, *, group_ids: torch
 
 
 def compute_advantages(name: str, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
-    return lookup(ADVANTAGE_ESTIMATORS, name, "advantage estimator")(**inputs)
+    return ADVANTAGE_ESTIMATORS.lookup(name)(**inputs)
 
 
 # ------------------------------------------------------------------------------ losses
@@ -200,7 +176,7 @@ def clipped_policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor,
 
 
 def policy_loss(name: str, **inputs) -> dict[str, torch.Tensor]:
-    return lookup(POLICY_LOSSES, name, "policy loss")(**inputs)
+    return POLICY_LOSSES.lookup(name)(**inputs)
 
 
 def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,

@@ -8,28 +8,14 @@ calls them by name; a new reward is one decorated function.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from culture_rl.eval.metrics import js_distance, precision_at_k, spearman_ranking_reward
+from culture_rl.rl.registry import Registry
 
-RewardFn = Callable[..., float]
-REWARD_FUNCTIONS: dict[str, RewardFn] = {}
-
-
-def register_reward(name: str):
-    def decorate(fn: RewardFn) -> RewardFn:
-        if name in REWARD_FUNCTIONS:
-            raise ValueError(f"reward {name!r} is registered twice")
-        REWARD_FUNCTIONS[name] = fn
-        return fn
-    return decorate
-
-
-def get_reward(name: str) -> RewardFn:
-    if name not in REWARD_FUNCTIONS:
-        known = ", ".join(sorted(REWARD_FUNCTIONS))
-        raise KeyError(f"unknown reward {name!r}; registered: {known}")
-    return REWARD_FUNCTIONS[name]
+REWARD_FUNCTIONS = Registry("reward")
+register_reward = REWARD_FUNCTIONS.register
+get_reward = REWARD_FUNCTIONS.lookup
 
 
 def _require(meta: Mapping, key: str, reward: str):

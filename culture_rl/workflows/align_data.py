@@ -27,6 +27,7 @@ class AlignData:
     survey: list[SurveyQuestion]
     corpus: list[str]  # base corpus (synthetic world only)
     world: CultureWorld | None
+    world_files: dict[str, Path] | None  # the written synthetic world, by role
 
 
 def world_dir(config: ExperimentConfig) -> Path:
@@ -84,4 +85,4 @@ def load_align_data(config: ExperimentConfig, *, write_world: bool = True) -> Al
                                    else world.norms[culture.name])
         corpus = world.corpus
     split = examples.split_cues(list(norms[target]), seed=data.split_seed)
-    return AlignData(target, norms, split, survey, corpus, world)
+    return AlignData(target, norms, split, survey, corpus, world, paths)

@@ -27,10 +27,10 @@ def pretrained_tiny_path(config: ExperimentConfig) -> Path:
     return stage_dir(config, "pretrain") / "export" / "model"
 
 
-def _heldout(config: ExperimentConfig, data: AlignData, culture: str
+def _heldout(config: ExperimentConfig, data: AlignData, culture: str, max_cues: int
              ) -> tuple[list[str], list[list[str]]]:
     norms = data.norms_by_culture[culture]
-    cues = [c for c in data.split["val"] if c in norms][:config.sft.eval_max_cues]
+    cues = [c for c in data.split["val"] if c in norms][:max_cues]
     return ([prompts.association_prompt(c, config.data.language) for c in cues],
             [[w for w, _ in norms[c]] for c in cues])
 
@@ -50,7 +50,7 @@ def build_pretrain_job(config: ExperimentConfig, data: AlignData) -> TrainJob:
         model_path = config.model.path
         check_available(model_path)
     dominant = data.world.cultures[0].name if data.world else data.target_culture
-    prompts_, human = _heldout(config, data, dominant)
+    prompts_, human = _heldout(config, data, dominant, config.pretrain.eval_max_cues)
     return TrainJob(stage="pretrain", stage_dir=str(folder), model_path=model_path,
                     train=config.pretrain, deepspeed=config.deepspeed, lora=None,
                     train_rows=[{"text": doc} for doc in data.corpus], text_field="text",
@@ -84,7 +84,8 @@ def build_sft_job(config: ExperimentConfig, data: AlignData) -> TrainJob:
                           field="data.swow_path")
     eval_rows = examples.build_sft_examples(norms, data.split["val"], examples_per_cue=1,
                                             **options)
-    prompts_, human = _heldout(config, data, data.target_culture)
+    prompts_, human = _heldout(config, data, data.target_culture,
+                              config.sft.eval_max_cues)
     return TrainJob(stage="sft", stage_dir=str(stage_dir(config, "sft")),
                     model_path=base_model_path(config), train=config.sft,
                     deepspeed=config.deepspeed,
