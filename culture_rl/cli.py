@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("pretrain", "train the tiny base model on the synthetic corpus"),
                        ("sft", "ALIGN stage 1: LoRA SFT on association norms (Ray Train + "
                                "DeepSpeed)"),
+                       ("ppo", "ALIGN stage 2: PPO with the Spearman ranking reward on Ray "
+                               "actor groups"),
                        ("eval", "evaluate a model: association P@k and survey alignment per "
                                 "culture"),
                        ("demo", "the quickstart: world, base, SFT, evaluation, summary")):
@@ -125,6 +127,15 @@ def run_command(args, config) -> int:
 
         result = run_stage(job, config.resources)
         print(f"{args.command}: model in {result.model_dir}")
+        return 0
+    if args.command == "ppo":
+        from culture_rl.workflows.align_ppo import run_ppo, validate
+
+        data = load_align_data(config)
+        validate(config)
+        write_run_config(config)
+        result = run_ppo(config, data)
+        print(f"ppo: model in {result.model_dir}")
         return 0
     if args.command == "eval":
         from culture_rl.workflows.align_sft import stage_dir

@@ -61,12 +61,12 @@ def human_order(associations: Sequence[tuple[str, int]]) -> list[str]:
 
 
 def build_ranking_examples(norms: AssociationNorms, cues: Sequence[str], *, n_words: int = 10,
-                           language: str = "en", seed: int = 42) -> list[dict]:
-    """PPO ranking prompts: ``n_words`` sampled associations shown shuffled; cues with fewer
-    associations are skipped."""
+                           language: str = "en", seed: int = 42, per_cue: int = 1) -> list[dict]:
+    """PPO ranking prompts: ``n_words`` sampled associations shown shuffled (``per_cue``
+    independent samples per cue); cues with fewer associations are skipped."""
     rng = random.Random(seed)
     examples = []
-    for cue in cues:
+    for cue in [c for c in cues for _ in range(per_cue)]:
         associations = norms.get(cue, [])
         if len(associations) < n_words:
             continue

@@ -27,6 +27,7 @@ _RANKING = {
     "zh": "请按人们把这些词与“{cue}”联想的频率从高到低排序：{words}。\n"
           "先思考，最后给出“最终排名”部分，每行“N: 词”。\n",
 }
+_RANKING_HEADING = {"en": "Final Ranking:", "zh": "最终排名："}
 _SURVEY = {"en": ("Question: {question}\nOptions:\n{options}\nAnswer:", "{n}. {option}"),
            "zh": ("问题：{question}\n选项：\n{options}\n回答：", "{n}. {option}")}
 
@@ -47,6 +48,12 @@ def culture_preamble(culture: str, language: Language = "en") -> str:
 
 def ranking_prompt(cue: str, words: Sequence[str], language: Language = "en") -> str:
     return _RANKING[language].format(cue=cue, words=_LIST_SEPARATOR[language].join(words))
+
+
+def ranking_completion(order: Sequence[str], language: Language = "en") -> str:
+    """A ranking answer in the form the reward parser reads: the heading, then "N: word" lines."""
+    lines = "\n".join(f"{i + 1}: {word}" for i, word in enumerate(order))
+    return f" {_RANKING_HEADING[language]}\n{lines}"
 
 
 def survey_prompt(question: str, options: Sequence[str], language: Language = "en") -> str:

@@ -9,10 +9,10 @@ K cultures each hold a latent value vector. One vocabulary of made-up words serv
   culture's answer distribution over the ordered options is driven by the same values.
 - **Lexicon** ratings (valence/arousal/dominance 1–9, concreteness 1–5) for every word.
 - **Labelled value statements** (for classification tasks).
-- A **base corpus** dominated by culture 0: untagged association answers and survey answers come
-  from culture 0, while every culture also appears in culture-tagged documents. A model trained
-  on it knows the other cultures but answers like culture 0 by default — the bias ALIGN,
-  CultureSPA and CALM set out to correct.
+- A **base corpus** dominated by culture 0: untagged association answers, ranking answers (the
+  format ALIGN's PPO rewards) and survey answers come from culture 0, while every culture also
+  appears in culture-tagged documents. A model trained on it knows the other cultures but
+  answers like culture 0 by default — the bias ALIGN, CultureSPA and CALM set out to correct.
 
 ``CultureWorld.write(folder)`` writes everything in the real published formats, so the loaders
 are exercised on the same path users' files take.
@@ -30,7 +30,7 @@ import numpy as np
 
 from culture_rl.config import WorldConfig
 from culture_rl.data import prompts
-from culture_rl.data.examples import resample_associations
+from culture_rl.data.examples import human_order, resample_associations
 from culture_rl.data.lexicons import write_brysbaert, write_warriner
 from culture_rl.data.surveys import SurveyQuestion, write_survey_goqa_csv, write_survey_jsonl
 from culture_rl.data.swow import AssociationNorms, write_swow_aggregated
@@ -299,6 +299,13 @@ def _make_corpus(cfg: WorldConfig, cultures: list[Culture], cues: list[str],
                 words = resample_associations(norms[culture.name][cue], 0.7, rng, 10)
                 docs.append(prompts.culture_preamble(culture.name) + prompts.association_prompt(cue)
                             + prompts.association_completion(words))
+        associations = norms[dominant][cue]
+        for _ in range(cfg.ranking_docs_per_cue if len(associations) >= 4 else 0):
+            sampled = rng.sample(associations, rng.randint(4, min(10, len(associations))))
+            shown = [w for w, _ in sampled]
+            rng.shuffle(shown)
+            docs.append(prompts.ranking_prompt(cue, shown)
+                        + prompts.ranking_completion(human_order(sampled)))
     for question in survey:
         labels = prompts.survey_option_labels(len(question.options))
         prompt = prompts.survey_prompt(question.question, question.options)

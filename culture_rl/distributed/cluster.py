@@ -1,4 +1,4 @@
-"""Joining Ray and checking a resource plan before any work is scheduled.
+"""Joining Ray, checking a resource plan before any work is scheduled, and actor groups.
 
 An impossible plan (more workers or GPUs than the cluster offers) would otherwise sit pending
 forever. On an autoscaling cluster (``resources.autoscaling``) the check is skipped: the GPU
@@ -8,6 +8,7 @@ nodes the plan waits for are started on demand and are not in ``cluster_resource
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from culture_rl.config import ResourcesConfig
 from culture_rl.errors import ResourceError
@@ -42,3 +43,99 @@ def check_resources(resources: ResourcesConfig) -> None:
                             f"{resources.cpus_per_worker:g} CPUs = {need_cpu:g} CPUs but the "
                             f"cluster has {total.get('CPU', 0):g} (lower resources.num_workers "
                             "or resources.cpus_per_worker)")
+
+
+# ------------------------------------------------------------------- resource plan for actors
+
+
+@dataclass(frozen=True)
+class Role:
+    """One actor group of an online loop: ``count`` actors of ``cpus``/``gpus`` each."""
+
+    name: str
+    count: int
+    cpus: float
+    gpus: float = 0.0
+    colocated_with: str | None = None  # shares that role's bundles (its demand is not added)
+
+
+def plan_totals(roles: list[Role]) -> dict[str, float]:
+    own = [r for r in roles if r.colocated_with is None]
+    return {"CPU": sum(r.count * r.cpus for r in own), "GPU": sum(r.count * r.gpus for r in own)}
+
+
+def describe_plan(roles: list[Role]) -> str:
+    lines = ["resource plan:"]
+    for role in roles:
+        where = f" (on {role.colocated_with}'s bundles)" if role.colocated_with else ""
+        lines.append(f"  {role.name:<16} {role.count} x {{CPU: {role.cpus:g}, GPU: "
+                     f"{role.gpus:g}}}{where}")
+    totals = plan_totals(roles)
+    lines.append(f"  total            CPU {totals['CPU']:g}, GPU {totals['GPU']:g}")
+    return "\n".join(lines)
+
+
+def check_plan(roles: list[Role], available: dict[str, float], autoscaling: bool = False) -> None:
+    """ResourceError with the numbers when the roles cannot all be placed (checked before any
+    placement group is requested, so an impossible plan fails in seconds instead of hanging)."""
+    if autoscaling:
+        return
+    totals = plan_totals(roles)
+    for resource in ("GPU", "CPU"):
+        need, have = totals[resource], float(available.get(resource, 0))
+        if need > have + 1e-9:
+            parts = ", ".join(f"{r.name} {r.count}x{getattr(r, resource.lower() + 's'):g}"
+                              for r in roles if r.colocated_with is None
+                              and getattr(r, resource.lower() + "s"))
+            raise ResourceError(f"ppo_resources: the plan needs {need:g} {resource}s ({parts}) "
+                                f"but the cluster has {have:g}; lower the counts or per-actor "
+                                f"{resource}s in ppo_resources, or set "
+                                "resources.autoscaling=true on an autoscaling cluster")
+
+
+class ActorGroup:
+    """``count`` actors of one class on the bundles of one placement group (PACK: same node
+    where possible), created only once the group is ready or failing after ``timeout_s``."""
+
+    def __init__(self, role: Role, actor_class, args_for_rank, timeout_s: float,
+                 placement_group=None, share: float = 1.0):
+        import ray
+        from ray.util.placement_group import placement_group as make_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        self.role = role
+        self.owns_placement_group = placement_group is None
+        if placement_group is None:
+            bundles = [{"CPU": role.cpus, "GPU": role.gpus} if role.gpus else {"CPU": role.cpus}
+                       for _ in range(role.count)]
+            placement_group = make_placement_group(bundles, strategy="PACK",
+                                                   name=f"culture_rl_{role.name}")
+            try:
+                ray.get(placement_group.ready(), timeout=timeout_s)
+            except ray.exceptions.GetTimeoutError:
+                ray.util.remove_placement_group(placement_group)
+                raise ResourceError(f"{role.name}: placement group of {role.count} x "
+                                    f"{bundles[0]} not ready after {timeout_s:g} s "
+                                    "(ppo_resources.placement_timeout_s); the cluster cannot "
+                                    "place it now") from None
+        self.placement_group = placement_group
+        self.actors = []
+        for rank in range(role.count):
+            strategy = PlacementGroupSchedulingStrategy(placement_group=placement_group,
+                                                        placement_group_bundle_index=rank)
+            options = {"num_cpus": role.cpus * share, "scheduling_strategy": strategy}
+            if role.gpus:
+                options["num_gpus"] = role.gpus * share
+            args, kwargs = args_for_rank(rank)
+            self.actors.append(actor_class.options(**options).remote(*args, **kwargs))
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def shutdown(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        if self.owns_placement_group:
+            ray.util.remove_placement_group(self.placement_group)

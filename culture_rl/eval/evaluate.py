@@ -3,6 +3,8 @@
 - **Associations**: greedy answers to the association prompt on held-out cues, parsed into a
   word list and scored with P@k against each culture's human associations (plus the share of
   answers that parse to no word at all).
+- **Ranking** (ALIGN's PPO task): greedy answers to ranking prompts, scored with the Spearman
+  rho against the human frequency order (-1 when unparseable), plus the parse-failure rate.
 - **Survey**: for each question, the model's answer distribution read from the option-label
   log-probabilities, scored against each culture's distribution (JS, EMD, KL both ways, cosine,
   argmax agreement), averaged over questions.
@@ -21,7 +23,8 @@ from culture_rl.data import prompts as prompt_templates
 from culture_rl.data.surveys import SurveyQuestion
 from culture_rl.data.swow import AssociationNorms
 from culture_rl.eval.generation import generate_answers, option_distributions
-from culture_rl.eval.metrics import distribution_scores, precision_at_k, split_answer
+from culture_rl.eval.metrics import (distribution_scores, parse_ranking, precision_at_k,
+                                     spearman_ranking_reward, split_answer)
 
 
 def association_scores(answers: Sequence[str], human: Sequence[Sequence[str]],
@@ -35,6 +38,18 @@ def association_scores(answers: Sequence[str], human: Sequence[Sequence[str]],
     scores["parse_failure_rate"] = sum(not split_answer(a) for a in answers) / n
     scores["n_cues"] = n
     return scores
+
+
+def ranking_scores(answers: Sequence[str], examples: Sequence[Mapping]) -> dict[str, float]:
+    """Mean Spearman rho against each example's ``human_order`` and the share of answers that
+    name none of the example's ``words``."""
+    n = len(answers)
+    if n == 0:
+        return {"n_prompts": 0}
+    rhos = [spearman_ranking_reward(a, list(e["human_order"])) for a, e in zip(answers, examples)]
+    failures = [parse_ranking(a, list(e["words"])) is None for a, e in zip(answers, examples)]
+    return {"rho": statistics.fmean(rhos), "parse_failure_rate": sum(failures) / n,
+            "n_prompts": n}
 
 
 def survey_scores(model_distributions: Sequence[Sequence[float]],
@@ -56,7 +71,8 @@ def evaluate_model(model, tokenizer, *, norms_by_culture: Mapping[str, Associati
                    cues: Sequence[str], survey: Sequence[SurveyQuestion] = (),
                    k_values: Sequence[int] = (1, 3, 5, 10), language: str = "en",
                    max_new_tokens: int = 40, batch_size: int = 16, label: str = "model",
-                   keep_samples: int = 5) -> dict:
+                   keep_samples: int = 5, ranking: Sequence[Mapping] = (),
+                   ranking_max_new_tokens: int = 96) -> dict:
     """Association P@k and survey alignment of one loaded model against every culture given."""
     started = time.perf_counter()
     answers = generate_answers(model, tokenizer,
@@ -69,6 +85,13 @@ def evaluate_model(model, tokenizer, *, norms_by_culture: Mapping[str, Associati
         scored = [(a, [w for w, _ in norms[c]]) for a, c in zip(answers, cues) if c in norms]
         report["associations"][culture] = association_scores([a for a, _ in scored],
                                                              [h for _, h in scored], k_values)
+    if ranking:
+        ranking_answers = generate_answers(model, tokenizer, [e["prompt"] for e in ranking],
+                                           max_new_tokens=ranking_max_new_tokens,
+                                           batch_size=batch_size)
+        report["ranking"] = ranking_scores(ranking_answers, ranking)
+        report["ranking_samples"] = [{"cue": e["cue"], "answer": a.strip()} for e, a in
+                                     list(zip(ranking, ranking_answers))[:keep_samples]]
     if survey:
         survey_prompts = [prompt_templates.survey_prompt(q.question, q.options, language)
                           for q in survey]

@@ -51,6 +51,13 @@ class Experience:
         changes = {name: value[rows] for name, value in self._tensors().items()}
         return dataclasses.replace(self, **changes, meta=self.meta[rows] if self.meta else [])
 
+    def take(self, rows: torch.Tensor | list[int]) -> "Experience":
+        """The given rows, in the given order (a shuffle for PPO mini batches)."""
+        index = torch.as_tensor(rows, dtype=torch.long)
+        changes = {name: value[index] for name, value in self._tensors().items()}
+        meta = [self.meta[i] for i in index.tolist()] if self.meta else []
+        return dataclasses.replace(self, **changes, meta=meta)
+
     def split(self, parts: int) -> list["Experience"]:
         """``parts`` near-equal contiguous chunks (sizes differ by at most one), for fan-out to
         an actor group; empty chunks are not returned."""

@@ -1,4 +1,5 @@
-"""The quickstart: synthesise the world, pretrain the biased base, ALIGN SFT, evaluate, summarise.
+"""The quickstart: synthesise the world, pretrain the biased base, ALIGN SFT, ALIGN PPO, evaluate,
+summarise.
 
 Writes ``<run dir>/eval/<stage>.json`` per evaluated model and ``summary.json`` /
 ``summary.md``; every stage is resumable, so an interrupted demo picks up where it stopped.
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from culture_rl.config import ExperimentConfig, write_run_config
 from culture_rl.workflows.align_data import AlignData, load_align_data
+from culture_rl.workflows.align_ppo import run_ppo
 from culture_rl.workflows.align_sft import run_pretrain, run_sft
 
 SUMMARY_KEYS = ("p@1", "p@5", "p@10", "parse_failure_rate")
@@ -29,10 +31,13 @@ def evaluate_stage(config: ExperimentConfig, data: AlignData, model_dir: str | P
     from culture_rl.eval.evaluate import evaluate_model
     from culture_rl.models.loading import load_model, load_tokenizer
 
+    from culture_rl.workflows.align_ppo import eval_ranking_prompts
+
     out = config.run_dir / "eval" / f"{label}.json"
     if out.is_file():
         cached = json.loads(out.read_text("utf-8"))
-        if cached.get("model_dir") == str(model_dir):  # same label, other model: evaluate anew
+        # Same label but another model, or made before ranking was measured: evaluate anew.
+        if cached.get("model_dir") == str(model_dir) and "ranking" in cached:
             return cached
     print(f"[eval] {label}: {model_dir}", flush=True)
     model = load_model(model_dir, config.model.dtype, config.model.trust_remote_code)
@@ -41,7 +46,9 @@ def evaluate_stage(config: ExperimentConfig, data: AlignData, model_dir: str | P
                             cues=evaluation_cues(config, data), survey=data.survey,
                             k_values=config.eval.k_values, language=config.data.language,
                             max_new_tokens=config.eval.max_new_tokens,
-                            batch_size=config.eval.batch_size, label=label)
+                            batch_size=config.eval.batch_size, label=label,
+                            ranking=eval_ranking_prompts(config, data),
+                            ranking_max_new_tokens=config.rollout.max_new_tokens)
     report["model_dir"] = str(model_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".partial")
@@ -58,6 +65,10 @@ def stage_summary(report: dict, target: str) -> dict:
     row.update({f"wvs_{key}": round(survey[key], 4) for key in SURVEY_KEYS if key in survey})
     row["p@5_by_culture"] = {c: round(s["p@5"], 4) for c, s in report["associations"].items()
                              if "p@5" in s}
+    ranking = report.get("ranking", {})
+    if "rho" in ranking:
+        row["ranking_rho"] = round(ranking["rho"], 4)
+        row["ranking_parse_failure_rate"] = round(ranking["parse_failure_rate"], 4)
     row["n_cues"] = assoc.get("n_cues", 0)
     row["n_questions"] = survey.get("n_questions", 0)
     return row
@@ -65,7 +76,8 @@ def stage_summary(report: dict, target: str) -> dict:
 
 def render_markdown(summary: dict) -> str:
     stages = summary["stages"]
-    columns = ["p@1", "p@5", "p@10", "parse_failure_rate", "wvs_js", "wvs_emd", "wvs_argmax_agree"]
+    columns = ["p@1", "p@5", "p@10", "parse_failure_rate", "ranking_rho",
+               "ranking_parse_failure_rate", "wvs_js", "wvs_emd", "wvs_argmax_agree"]
     lines = [f"# Quickstart summary: target culture {summary['target_culture']}", "",
              "| stage | " + " | ".join(columns) + " |",
              "|---" * (len(columns) + 1) + "|"]
@@ -73,6 +85,9 @@ def render_markdown(summary: dict) -> str:
         cells = [f"{row[c]:.3f}" if c in row else "-" for c in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "P@k: held-out cues, target culture's human associations (higher is better). "
+              "ranking_rho: mean Spearman rho of the model's ranking of held-out cues' "
+              "associations against the target culture's frequency order (ALIGN's PPO reward; "
+              "higher is better). "
               "wvs_js / wvs_emd: distance of the model's survey answer distribution to the target "
               "culture's (lower is better).", ""]
     cultures = sorted({c for row in stages.values() for c in row["p@5_by_culture"]})
@@ -96,8 +111,10 @@ def run_quickstart(config: ExperimentConfig) -> dict:
           f"{data.target_culture}; {len(data.split['train'])} training cues", flush=True)
     base = run_pretrain(config, data)
     sft = run_sft(config, data)
+    ppo = run_ppo(config, data)
     reports = {"base": evaluate_stage(config, data, base.model_dir, "base"),
-               "sft": evaluate_stage(config, data, sft.model_dir, "sft")}
+               "sft": evaluate_stage(config, data, sft.model_dir, "sft"),
+               "ppo": evaluate_stage(config, data, ppo.model_dir, "ppo")}
     summary = {"target_culture": data.target_culture,
                "stages": {name: stage_summary(r, data.target_culture)
                           for name, r in reports.items()},

