@@ -168,6 +168,22 @@ class PPOJob:
         return self.stage_dir / "export"
 
 
+def ppo_roles(config) -> list:
+    """Every actor group of the PPO loop with its per-actor resources (the resource plan)."""
+    from culture_rl.distributed.cluster import Role
+
+    res = config.ppo_resources
+    roles = [Role("policy_trainer", res.trainer_workers, res.cpus_per_trainer,
+                  res.gpus_per_trainer)]
+    if config.ppo.advantage_estimator != "grpo":  # GRPO needs no critic
+        roles.append(Role("critic_trainer", res.trainer_workers, res.cpus_per_trainer,
+                          res.gpus_per_trainer,
+                          colocated_with="policy_trainer" if res.colocate else None))
+    roles += [Role("rollout", res.rollout_workers, res.cpus_per_rollout, res.gpus_per_rollout),
+              Role("reward_scorer", res.reward_scorers, res.cpus_per_scorer)]
+    return roles
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
     """The newest complete checkpoint (``controller.json`` is written last, and the folder is
     renamed from ``.partial`` only after that): a truncated one is never picked."""
@@ -195,19 +211,7 @@ class PPOController:
 
     # ---------------------------------------------------------------- set-up
     def roles(self):
-        from culture_rl.distributed.cluster import Role
-
-        res = self.config.ppo_resources
-        roles = [Role("policy_trainer", res.trainer_workers, res.cpus_per_trainer,
-                      res.gpus_per_trainer)]
-        if self.use_critic:
-            roles.append(Role("critic_trainer", res.trainer_workers, res.cpus_per_trainer,
-                              res.gpus_per_trainer,
-                              colocated_with="policy_trainer" if res.colocate else None))
-        roles += [Role("rollout", res.rollout_workers, res.cpus_per_rollout,
-                       res.gpus_per_rollout),
-                  Role("reward_scorer", res.reward_scorers, res.cpus_per_scorer)]
-        return roles
+        return ppo_roles(self.config)
 
     def start(self) -> None:
         import ray
@@ -469,7 +473,10 @@ class PPOController:
         cfg = self.config.ppo
         metrics.truncate_after(self.step)
         if self.step == 0 and cfg.eval_steps:
-            metrics.log(0, self.evaluate_ranking())
+            start = metrics.log(0, self.evaluate_ranking())
+            print(f"[ppo] step 0 (the starting model): held-out rho "
+                  f"{start['eval_ranking_rho']:+.3f}, parse failures "
+                  f"{start['eval_parse_failure_rate']:.2f}", flush=True)
         last: dict = {}
         while self.step < cfg.max_steps:
             step = self.step + 1

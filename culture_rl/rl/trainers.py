@@ -151,7 +151,7 @@ class _PolicyTrainer(_DeepSpeedTrainer):
                     for key, value in (("policy_loss", out["loss"]), ("entropy", mean_entropy),
                                        ("clip_fraction", out["clip_fraction"]),
                                        ("approx_kl", out["approx_kl"])):
-                        totals[key] = totals.get(key, 0.0) + float(value)
+                        totals[key] = totals.get(key, 0.0) + float(value.detach())
                     count += 1
         return self.strategy.all_reduce_mean({k: v / max(count, 1) for k, v in totals.items()})
 
@@ -238,7 +238,7 @@ class _CriticTrainer(_DeepSpeedTrainer):
                                                  micro.response_mask, cfg.value_clip_range)
                     self.strategy.backward(self.engine, out["loss"])
                     self.strategy.step(self.engine)
-                    totals["value_loss"] += float(out["loss"])
+                    totals["value_loss"] += float(out["loss"].detach())
                     totals["value_clip_fraction"] += float(out["clip_fraction"])
                     count += 1
         return self.strategy.all_reduce_mean({k: v / max(count, 1) for k, v in totals.items()})

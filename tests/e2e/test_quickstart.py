@@ -1,4 +1,5 @@
-"""The quickstart end to end (session fixture): SFT must beat the biased base on held-out P@5."""
+"""The quickstart end to end (session fixture): SFT must beat the biased base on held-out P@5,
+and PPO must beat SFT on the held-out ranking rho (ALIGN's reward, on cues PPO never saw)."""
 
 from __future__ import annotations
 
@@ -19,16 +20,31 @@ def test_sft_beats_base_on_held_out_p_at_5(quickstart_run):
     assert sft["p@5_by_culture"]["Borenia"] > sft["p@5_by_culture"]["Avalor"]
 
 
+def test_ppo_raises_held_out_ranking_rho_over_sft(quickstart_run):
+    config, summary = quickstart_run
+    sft, ppo = summary["stages"]["sft"], summary["stages"]["ppo"]
+    assert ppo["ranking_rho"] >= sft["ranking_rho"] + 0.10, (sft["ranking_rho"],
+                                                            ppo["ranking_rho"])
+    assert -1.0 <= sft["ranking_rho"] <= 1.0
+    assert 0.0 <= ppo["ranking_parse_failure_rate"] <= 1.0
+    rows = [json.loads(line) for line in
+            (config.run_dir / "ppo" / "metrics.jsonl").read_text("utf-8").splitlines()]
+    steps = [r["step"] for r in rows if "reward_mean" in r]
+    assert steps == list(range(1, config.ppo.max_steps + 1))
+    assert all(r["logprob_gap"] < 1e-3 for r in rows if "logprob_gap" in r)  # synced generators
+
+
 def test_summary_files(quickstart_run):
     config, summary = quickstart_run
     written = json.loads((config.run_dir / "summary.json").read_text("utf-8"))
     assert written["target_culture"] == summary["target_culture"]
-    for stage in ("base", "sft"):
+    for stage in ("base", "sft", "ppo"):
         row = written["stages"][stage]
         assert 0.0 <= row["p@5"] <= 1.0 and 0.0 <= row["wvs_js"] <= 1.0
+        assert -1.0 <= row["ranking_rho"] <= 1.0
         assert row["n_cues"] > 0 and row["n_questions"] > 0
     table = (config.run_dir / "summary.md").read_text("utf-8")
-    assert "| base |" in table and "| sft |" in table
+    assert "| base |" in table and "| sft |" in table and "| ppo |" in table
     assert (config.run_dir / "world" / "swow" / "Borenia.csv").is_file()
 
 
