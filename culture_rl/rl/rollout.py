@@ -155,6 +155,22 @@ class VLLMBackend:
         runner = self.engine.llm_engine.model_executor.driver_worker.model_runner
         self.model = runner.model  # load_weights(iterable of (name, tensor)) is vLLM's API
 
+    def load_weights(self, bucket) -> int:
+        """vLLM fuses some weights (qkv, gate/up), so tensors go through its own loader,
+        which knows the Hugging Face names, instead of a copy by name."""
+        import math
+
+        flat = torch.from_numpy(bucket.flat.copy())
+        if bucket.dtype == "bfloat16":
+            flat = flat.view(torch.bfloat16)
+        tensors, offset = [], 0
+        for name, shape in zip(bucket.names, bucket.shapes):
+            n = math.prod(shape)
+            tensors.append((name, flat[offset:offset + n].view(shape).to("cuda")))
+            offset += n
+        self.model.load_weights(tensors)
+        return len(tensors)
+
     def generate(self, prompts: Sequence[str], params: SamplingParams, seed: int) -> Rollout:
         from vllm import SamplingParams as VLLMParams
 
@@ -195,6 +211,10 @@ class RolloutWorker(WeightReceiver):
 
     def generate(self, prompts: Sequence[str], params: SamplingParams, seed: int) -> Rollout:
         return self.backend.generate(prompts, params, seed)
+
+    def receive_bucket(self, bucket) -> int:
+        load_weights = getattr(self.backend, "load_weights", None)  # engines with a loader
+        return load_weights(bucket) if load_weights else super().receive_bucket(bucket)
 
     def fingerprint(self) -> dict[str, float]:
         from culture_rl.distributed.weight_sync import state_fingerprint
