@@ -158,3 +158,34 @@ def test_stopped_run_resumes_at_the_next_step(ray_session, tmp_path, tiny_policy
         second.shutdown()
     assert [r["step"] for r in read_metrics(metrics_path)] == [1, 2]
     assert latest_checkpoint(second.job.checkpoint_dir).name == "step_000002"
+
+
+def test_full_weight_grpo_under_zero3_syncs_gathered_weights(ray_session, tmp_path, tiny_policy):
+    """All weights trained (reference = a frozen ZeRO-3 copy), no critic (GRPO), ZeRO-3: the
+    sync gathers the shards and the generators still match the trainer exactly."""
+    config = ppo_config(tmp_path, tiny_policy, "zero3", [
+        "deepspeed.zero_stage=3", "ppo.lora=false", "ppo.advantage_estimator=grpo",
+        "ppo.max_steps=1", "ppo.actor_learning_rate=1e-4",
+        # An untrained policy never produces a parseable ranking: every score is -1, so every
+        # group-relative advantage is 0. The entropy bonus still moves the weights.
+        "ppo.entropy_coef=0.01"])
+    controller = controller_for(config, tiny_policy)
+    try:
+        controller.start()
+        assert "critic" not in controller.groups
+        before = ray.get(controller.groups["rollout"].actors[0].fingerprint.remote())
+        values = controller.run_step(1)
+        trained = ray.get(controller.groups["policy"].actors[0].fingerprint.remote())
+        after = ray.get(controller.groups["rollout"].actors[1].fingerprint.remote())
+        controller.step = 1
+        export = controller.export()
+    finally:
+        controller.shutdown()
+    assert all(after[k] == pytest.approx(trained[k], rel=1e-6, abs=1e-6) for k in trained)
+    assert sum(abs(trained[k] - before[k]) > 1e-6 for k in trained) > len(trained) // 2
+    assert values["logprob_gap"] < 1e-3 and values["kl"] == values["kl"]
+    from culture_rl.models.loading import load_model
+
+    exported = load_model(export / "model")
+    assert float(exported.model.embed_tokens.weight.double().sum()) == pytest.approx(
+        trained["model.embed_tokens.weight"], rel=1e-6)
