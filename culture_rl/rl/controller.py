@@ -113,6 +113,12 @@ class BatchPlan:
                 f"{self.samples_per_step // self.mini_batch_size} optimizer steps per PPO epoch")
 
 
+def batch_plan(config) -> BatchPlan:
+    cfg, res = config.ppo, config.ppo_resources
+    return BatchPlan(cfg.rollout_batch_size, cfg.samples_per_prompt, res.trainer_workers,
+                     cfg.mini_batch_size, cfg.micro_batch_size, res.rollout_workers)
+
+
 # ------------------------------------------------------------------------ advantages (pure)
 
 
@@ -195,10 +201,8 @@ def latest_checkpoint(folder: Path) -> Path | None:
 class PPOController:
     def __init__(self, config, job: PPOJob):
         self.config, self.job = config, job
-        cfg, res = config.ppo, config.ppo_resources
-        self.plan = BatchPlan(cfg.rollout_batch_size, cfg.samples_per_prompt,
-                              res.trainer_workers, cfg.mini_batch_size, cfg.micro_batch_size,
-                              res.rollout_workers)
+        cfg = config.ppo
+        self.plan = batch_plan(config)
         self.plan.check()
         self.use_critic = cfg.advantage_estimator != "grpo"
         self.kl = (ppo.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)

@@ -16,7 +16,7 @@ from pathlib import Path
 from culture_rl.config import ExperimentConfig
 from culture_rl.data import examples
 from culture_rl.errors import ConfigError
-from culture_rl.rl.controller import FINISHED, PPOController, PPOJob
+from culture_rl.rl.controller import FINISHED, PPOController, PPOJob, batch_plan
 from culture_rl.workflows.align_data import AlignData
 from culture_rl.workflows.align_sft import stage_dir
 
@@ -74,7 +74,8 @@ def resolve_policy_path(path: str) -> str:
 
 
 def validate(config: ExperimentConfig) -> None:
-    """Names that only the registries know: a typo fails before anything starts."""
+    """What pydantic cannot check alone -- names only the registries know, batch sizes that
+    must divide -- fails here, before any model is trained or any actor started."""
     from culture_rl.rl.ppo import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, POLICY_LOSSES
     from culture_rl.rl.rewards import REWARD_FUNCTIONS
 
@@ -85,6 +86,7 @@ def validate(config: ExperimentConfig) -> None:
         if name not in registry:
             raise ConfigError(f"unknown {registry.what} {name!r}; registered: "
                               f"{', '.join(sorted(registry))}", field=f"ppo.{field}")
+    batch_plan(config).check()
 
 
 def build_ppo_job(config: ExperimentConfig, data: AlignData, policy_path: str) -> PPOJob:

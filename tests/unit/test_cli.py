@@ -76,3 +76,19 @@ def test_unknown_culture(tmp_path, capsys):
     code, _, err = run_main(capsys, "synth", "--config", str(REPO / "configs" / "quickstart.yaml"),
                             f"run.storage_path={tmp_path}/runs", "data.culture=Atlantis")
     assert code == 2 and "data.culture" in err and "Atlantis" in err
+
+
+@pytest.mark.parametrize("override, field", [
+    ("ppo.reward=spearmann", "ppo.reward"),
+    ("ppo.advantage_estimator=vtrace", "ppo.advantage_estimator"),
+    ("ppo.policy_path=/nowhere/sft/export", "ppo.policy_path"),
+    ("ppo.mini_batch_size=48", "ppo.mini_batch_size"),
+    ("ppo.samples_per_prompt=0", "ppo.samples_per_prompt"),
+])
+def test_bad_ppo_settings_fail_before_any_work(tmp_path, capsys, override, field):
+    code, _, err = run_main(capsys, "ppo", "--config",
+                            str(REPO / "configs" / "align_ppo_quickstart.yaml"),
+                            f"run.storage_path={tmp_path}/runs", override)
+    assert code == 2, err
+    assert err.count("\n") == 1 and field in err
+    assert not (tmp_path / "runs").exists()

@@ -5,7 +5,7 @@ import pytest
 
 from culture_rl.config import load_config
 from culture_rl.distributed.deepspeed import build_deepspeed_config, global_batch_size
-from culture_rl.rl.controller import BatchPlan
+from culture_rl.rl.controller import batch_plan
 from culture_rl.rl.ppo import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS
 from culture_rl.rl.rewards import REWARD_FUNCTIONS
 
@@ -33,9 +33,8 @@ def test_config_validates_with_sane_plan(path):
                                           * resources.num_workers)
     if config.deepspeed.precision == "bf16":
         assert resources.use_gpu, "bf16 training is for GPUs"
-    ppo, res = config.ppo, config.ppo_resources
-    BatchPlan(ppo.rollout_batch_size, ppo.samples_per_prompt, res.trainer_workers,
-              ppo.mini_batch_size, ppo.micro_batch_size, res.rollout_workers).check()
+    ppo = config.ppo
+    batch_plan(config).check()
     assert ppo.reward in REWARD_FUNCTIONS and ppo.kl_estimator in KL_ESTIMATORS
     assert ppo.advantage_estimator in ADVANTAGE_ESTIMATORS
 

@@ -1,0 +1,171 @@
+"""Weight-sync packing, LoRA merging and applying, without Ray."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from culture_rl.distributed.weight_sync import Bucket, apply_bucket, iter_export_tensors, \
+    make_buckets, state_fingerprint
+
+
+def tiny_llama(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, vocab_size=100,
+                         tie_word_embeddings=True)
+    return LlamaForCausalLM(config)
+
+
+def lora_wrapped(model):
+    """A peft LoRA copy of ``model`` whose adapters are "trained" (lora_B non-zero)."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(copy.deepcopy(model),
+                                LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator))
+    return peft_model
+
+
+def unpack(bucket: Bucket) -> dict[str, torch.Tensor]:
+    flat = torch.from_numpy(bucket.flat)
+    if bucket.dtype == "bfloat16":
+        flat = flat.view(torch.bfloat16)
+    out, offset = {}, 0
+    for name, shape in zip(bucket.names, bucket.shapes):
+        n = int(np.prod(shape))
+        out[name] = flat[offset:offset + n].view(shape)
+        offset += n
+    assert offset == flat.numel()
+    return out
+
+
+def test_buckets_respect_size_and_dtype_and_round_trip():
+    tensors = [("a", torch.randn(10)), ("b", torch.randn(3, 4)), ("c", torch.randn(5)),
+               ("d", torch.arange(6, dtype=torch.int64)), ("e", torch.randn(2, 2).t()),
+               ("big", torch.randn(100))]
+    buckets = list(make_buckets(tensors, bucket_bytes=100))
+    # a+b = 88 B fit; c would overflow; d changes dtype; e (transposed view) gets packed too;
+    # big (400 B) exceeds the bucket size and travels alone.
+    assert [b.names for b in buckets] == [["a", "b"], ["c"], ["d"], ["e"], ["big"]]
+    assert [b.dtype for b in buckets] == ["float32", "float32", "int64", "float32", "float32"]
+    assert all(b.flat.ndim == 1 and b.flat.flags.c_contiguous for b in buckets)
+    assert all(b.nbytes <= 100 for b in buckets if b.names != ["big"])
+    unpacked = {name: t for b in buckets for name, t in unpack(b).items()}
+    for name, tensor in tensors:
+        assert torch.equal(unpacked[name], tensor)
+    # buckets are independent copies: changing a source afterwards does not reach them
+    tensors[0][1].add_(1)
+    assert not torch.equal(unpack(buckets[0])["a"], tensors[0][1])
+
+
+def test_bucket_size_zero_is_one_tensor_per_bucket():
+    tensors = [(str(i), torch.randn(i + 1)) for i in range(4)]
+    assert [b.names for b in make_buckets(tensors, 0)] == [["0"], ["1"], ["2"], ["3"]]
+
+
+def test_bf16_travels_as_int16_bits():
+    weight = torch.randn(7, 3).to(torch.bfloat16)
+    (bucket,) = make_buckets([("w", weight)], 1 << 20)
+    assert bucket.dtype == "bfloat16" and bucket.flat.dtype == np.int16
+    assert torch.equal(unpack(bucket)["w"], weight)
+    model = torch.nn.Linear(3, 7, bias=False).to(torch.bfloat16)
+    assert apply_bucket(model, Bucket(["weight"], bucket.shapes, bucket.dtype, bucket.flat)) == 1
+    assert torch.equal(model.weight, weight)
+
+
+def test_transient_buckets_stay_valid_until_two_more_are_packed():
+    big = torch.arange(8.0)
+    tensors = [("a", torch.ones(2)), ("b", torch.full((2,), 2.0)), ("big", big),
+               ("c", torch.full((3,), 3.0)), ("d", torch.full((4,), 4.0)),
+               ("e", torch.full((4,), 5.0))]
+    buckets, seen = [], []
+    for bucket in make_buckets(tensors, 16, transient=True):
+        if buckets:  # double-buffered: the previous bucket is intact while this one is packed
+            assert all(torch.equal(t, seen[-1][n]) for n, t in unpack(buckets[-1]).items())
+        buckets.append(bucket)
+        seen.append({name: t.clone() for name, t in unpack(bucket).items()})
+        if bucket.names == ["big"]:  # fills a bucket alone: a view, not a copy
+            assert np.shares_memory(bucket.flat, big.numpy())
+    assert [list(s) for s in seen] == [["a", "b"], ["big"], ["c"], ["d"], ["e"]]
+    for name, tensor in tensors:
+        assert torch.equal(next(s[name] for s in seen if name in s), tensor)
+
+
+def test_export_names_are_the_plain_model_names():
+    model = tiny_llama()
+    names = [name for name, _ in iter_export_tensors(model)]
+    assert names == [name for name, _ in model.named_parameters()]
+    assert "lm_head.weight" not in names  # tied to embed_tokens: sent once
+
+
+def test_lora_is_merged_and_the_trainer_model_is_untouched():
+    base = tiny_llama()
+    peft_model = lora_wrapped(base)
+    before = {n: p.detach().clone() for n, p in peft_model.named_parameters()}
+    exported = {name: t.clone() for name, t in iter_export_tensors(peft_model)}
+
+    merged = copy.deepcopy(peft_model).merge_and_unload()
+    expected = dict(merged.named_parameters())
+    assert list(exported) == list(expected) == [n for n, _ in base.named_parameters()]
+    for name, tensor in exported.items():
+        torch.testing.assert_close(tensor, expected[name], atol=1e-6, rtol=0)
+        assert not tensor.requires_grad
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.allclose(exported[q], dict(base.named_parameters())[q])  # delta is real
+    for name, param in peft_model.named_parameters():
+        assert torch.equal(param, before[name]), name
+    assert state_fingerprint(peft_model) == pytest.approx(state_fingerprint(merged), abs=1e-4)
+
+
+def test_export_unwraps_a_deepspeed_style_engine():
+    class Engine(torch.nn.Module):  # what DeepSpeedEngine and DDP look like from outside
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    model = tiny_llama()
+    assert [n for n, _ in iter_export_tensors(Engine(model))] == \
+        [n for n, _ in model.named_parameters()]
+
+
+def test_apply_buckets_makes_a_fresh_model_equal():
+    source, target = lora_wrapped(tiny_llama(0)), tiny_llama(1)
+    applied = sum(apply_bucket(target, b)
+                  for b in make_buckets(iter_export_tensors(source), bucket_bytes=4096))
+    assert applied == len(list(target.named_parameters()))
+    merged = copy.deepcopy(source).merge_and_unload()
+    for (name, want), (_, got) in zip(merged.state_dict().items(), target.state_dict().items()):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0, msg=name)
+    assert state_fingerprint(target) == state_fingerprint(source)
+
+
+def test_apply_casts_dtype():
+    model = torch.nn.Linear(2, 2, bias=False)
+    weight = torch.randn(2, 2, dtype=torch.float64)
+    (bucket,) = make_buckets([("weight", weight)], 1024)
+    apply_bucket(model, bucket)
+    assert model.weight.dtype == torch.float32
+    torch.testing.assert_close(model.weight.data, weight.float())
+
+
+def test_unknown_name_raises_keyerror_and_changes_nothing():
+    model = tiny_llama()
+    before = state_fingerprint(model)
+    (bucket,) = make_buckets([("model.norm.weight", torch.zeros(32)),
+                              ("model.no_such.weight", torch.zeros(3))], 1 << 20)
+    with pytest.raises(KeyError, match="model.no_such.weight"):
+        apply_bucket(model, bucket)
+    assert state_fingerprint(model) == before
+    (bucket,) = make_buckets([("model.norm.weight", torch.zeros(31))], 1 << 20)
+    with pytest.raises(ValueError, match="shape"):
+        apply_bucket(model, bucket)
