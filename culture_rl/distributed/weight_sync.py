@@ -9,6 +9,9 @@ about; bucketing turns it into a handful of large, memory-bound copies.
 Transport is Ray's object store: ``ray.put`` copies a bucket into shared memory once and every
 receiver on that node maps the same bytes (a receiver on another node fetches them once per
 node). GPU clusters could broadcast over NCCL instead; this path works everywhere, CPUs included.
+A sync costs three copies of the weights -- packing into buckets, the put into shared memory and
+each receiver's copy into its parameters (read straight from the zero-copy view) -- so it is
+memory-bound; ``ray_jobs/benchmarks/weight_sync.py`` measures it against a plain in-process copy.
 
 LoRA: the generators hold plain models, so the trainer sends ``W + delta`` for each adapted
 weight (computed on the fly; the trainer's model is never modified). Sending the unmerged base
@@ -29,7 +32,6 @@ import threading
 import time
 import warnings
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Literal
@@ -175,7 +177,7 @@ def iter_export_tensors(model: torch.nn.Module,
     yield from walk("", root)
 
 
-_STAGING = threading.local()  # make_buckets(transient=True)'s two staging buffers, per thread
+_STAGING = threading.local()  # make_buckets(transient=True)'s staging buffer, per thread
 
 
 def _new_staging(nbytes: int) -> torch.Tensor:
@@ -190,18 +192,13 @@ def make_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes
 
     A tensor bigger than ``bucket_bytes`` gets a bucket of its own (``bucket_bytes=0``: one
     bucket per tensor). Each tensor is copied into its bucket as it arrives, so the source may
-    free it right after (ZeRO-3 gathers). ``transient=True`` is for a consumer that has copied
-    bucket k away (``ray.put``) before it asks for bucket k+2: buckets are packed alternately
-    into two staging buffers (no fresh allocation and page faults per bucket; the put of one
-    can overlap packing the next), and a contiguous CPU tensor that fills a bucket alone is not
-    copied at all -- its bucket is a view of the tensor. The two buffers are kept for the next
-    call in the same thread (fresh memory costs a page fault per 4 KiB on first touch, which
-    made packing 5-10x slower than the copy itself), so do not interleave two transient calls.
+    free it right after (ZeRO-3 gathers). ``transient=True`` is for a consumer that copies each
+    bucket away (``ray.put``) before asking for the next: every bucket is packed into the same
+    staging buffer, kept for the next call in this thread -- fresh memory costs a page fault per
+    4 KiB on first touch, which made packing 5-10x slower than the copy itself -- and a
+    contiguous CPU tensor that fills a bucket alone is not copied at all: its bucket is a view.
     """
-    if transient and not hasattr(_STAGING, "buffers"):
-        _STAGING.buffers = [_new_staging(0), _new_staging(0)]
     staging = _new_staging(0)
-    packed = 0  # buckets packed so far (transient: picks the staging buffer)
     names: list[str] = []
     shapes: list[tuple[int, ...]] = []
     dtype, used = None, 0
@@ -224,13 +221,12 @@ def make_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes
             continue
         if not names:
             dtype, capacity = tensor.dtype, max(bucket_bytes, nbytes)
-            if transient:
-                slot, packed = packed % 2, packed + 1
-                if _STAGING.buffers[slot].numel() < capacity:
-                    _STAGING.buffers[slot] = _new_staging(capacity)
-                staging = _STAGING.buffers[slot]
-            else:
+            if not transient:
                 staging = _new_staging(capacity)
+            else:
+                if getattr(_STAGING, "buffer", staging).numel() < capacity:
+                    _STAGING.buffer = _new_staging(capacity)
+                staging = _STAGING.buffer
         target = staging[used:used + nbytes].view(tensor.dtype).view(tensor.shape)
         target.copy_(tensor)  # also gathers a non-contiguous tensor, and GPU -> host
         names.append(name)
@@ -331,27 +327,13 @@ def sync_weights(model: torch.nn.Module, receivers: list, bucket_mb: float,
     bucket_bytes = int(bucket_mb * 2 ** 20) if mode == "bucketed" else 0
     acks: list[list] = []  # per bucket, one ObjectRef per receiver
     sent_bytes = sent_tensors = 0
-
-    def send(bucket: Bucket, put) -> None:
-        nonlocal sent_bytes, sent_tensors
-        ref = put.result()
+    for bucket in make_buckets(tensors, bucket_bytes, transient=True):
+        # One put per bucket, shared by all receivers: N receivers cost one copy into shared
+        # memory, not N serialisations. The put copies, so the transient bucket may be reused.
+        ref = ray.put(bucket)
         acks.append([receiver.receive_bucket.remote(ref) for receiver in receivers])
         sent_bytes += bucket.nbytes
         sent_tensors += len(bucket.names)
-
-    # One put per bucket, shared by all receivers: N receivers cost one copy into shared
-    # memory, not N serialisations. The put runs on a thread (its memcpy releases the GIL) while
-    # the next bucket is packed; make_buckets double-buffers, so bucket k is only overwritten
-    # when bucket k+2 is packed, after send() has waited for its put.
-    with ThreadPoolExecutor(1, thread_name_prefix="weight-sync-put") as putter:
-        previous = None
-        for bucket in make_buckets(tensors, bucket_bytes, transient=True):
-            put = putter.submit(ray.put, bucket)
-            if previous is not None:
-                send(*previous)
-            previous = (bucket, put)
-        if previous is not None:
-            send(*previous)
     refs = [ref for per_bucket in acks for ref in per_bucket]
     _, not_ready = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
     if not_ready:
