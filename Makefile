@@ -30,8 +30,14 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest tests/unit -q
 
+BENCHMARKS = sft_throughput ppo_step weight_sync reward_pool
+
+# Each benchmark writes docs/benchmarks/<name>.json; docs/benchmarks.json collects them all.
 bench: $(STAMP)
-	$(PY) -m ray_jobs.benchmarks.sft_throughput --out docs/benchmarks.json
+	for name in $(BENCHMARKS); do \
+		$(PY) -m ray_jobs.benchmarks.$$name --out docs/benchmarks/$$name.json || exit 1; \
+	done
+	$(PY) -m ray_jobs.benchmarks.collect docs/benchmarks docs/benchmarks.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

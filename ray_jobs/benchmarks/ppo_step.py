@@ -23,7 +23,6 @@ shows the mean response length of each, and the printout says whether they all r
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -39,6 +38,7 @@ import torch  # noqa: E402
 from culture_rl.rl import ppo  # noqa: E402
 from culture_rl.rl.controller import PromptIterator, compute_step_advantages  # noqa: E402
 from culture_rl.rl.experience import Experience  # noqa: E402
+from ray_jobs.benchmarks.collect import write_results
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
 PHASES = ("rollout", "reward", "reference", "advantage", "train", "sync")
@@ -315,9 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{min(paired):.2f}-{max(paired):.2f}x; goal >= 2x)")
     results["table"] = table
     results["note"] = note
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2), "utf-8")
+    write_results(args.out, results)
     return results
 
 

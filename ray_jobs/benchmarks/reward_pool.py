@@ -16,12 +16,11 @@ shared or hyper-threaded vCPUs cannot give 2x whatever the pool does.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
 import time
-from pathlib import Path
+from ray_jobs.benchmarks.collect import write_results
 
 WORDS = [f"word{i}" for i in range(500)]
 
@@ -151,9 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"load average {results['machine']['load_average_1m']:.1f} at start, "
           f"{results['machine']['load_average_1m_end']:.1f} at end\n\n{table}")
     results["table"] = table
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2), "utf-8")
+    write_results(args.out, results)
     return results
 
 

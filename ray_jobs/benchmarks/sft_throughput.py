@@ -21,6 +21,7 @@ from pathlib import Path
 
 from culture_rl.config import DeepSpeedConfig, ModelConfig, ResourcesConfig, TrainConfig, \
     WorldConfig
+from ray_jobs.benchmarks.collect import write_results
 
 
 def matmul_peak_flops(threads: int, size: int = 1024, repeats: int = 10) -> float:
@@ -144,9 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\n{params:,} parameters, global batch {args.global_batch}, {args.steps} steps; "
           f"matmul peak {peak / 1e9:.1f} GFLOP/s on {cpus} threads\n\n{table}")
     results["table"] = table
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2), "utf-8")
+    write_results(args.out, results)
     return results
 
 

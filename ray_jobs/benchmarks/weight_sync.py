@@ -14,10 +14,9 @@ to one generator within 2x the raw copy. Times are medians over ``--repeats`` wi
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
+from ray_jobs.benchmarks.collect import write_results
 
 # hidden, intermediate, layers, heads, vocab; ~params with tied embeddings
 SIZES = {
@@ -167,9 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"load average {results['machine']['load_average_1m']:.1f} at start, "
           f"{results['machine']['load_average_1m_end']:.1f} at end\n\n{table}")
     results["table"] = table
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2), "utf-8")
+    write_results(args.out, results)
     return results
 
 
