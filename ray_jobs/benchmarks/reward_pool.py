@@ -20,6 +20,7 @@ import os
 import random
 import statistics
 import time
+
 from ray_jobs.benchmarks.collect import write_results
 
 WORDS = [f"word{i}" for i in range(500)]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+
 from ray_jobs.benchmarks.collect import write_results
 
 # hidden, intermediate, layers, heads, vocab; ~params with tied embeddings
