@@ -190,6 +190,16 @@ def ppo_roles(config) -> list:
     return roles
 
 
+def check_ppo_plan(config) -> None:
+    """Join Ray and fail (ResourceError, with the numbers) if the roles cannot fit."""
+    import ray
+
+    from culture_rl.distributed.cluster import check_plan, connect
+
+    connect(config.resources.address)
+    check_plan(ppo_roles(config), ray.cluster_resources(), config.resources.autoscaling)
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
     """The newest complete checkpoint (``controller.json`` is written last, and the folder is
     renamed from ``.partial`` only after that): a truncated one is never picked."""
@@ -218,20 +228,16 @@ class PPOController:
         return ppo_roles(self.config)
 
     def start(self) -> None:
-        import ray
-
-        from culture_rl.distributed.cluster import (ActorGroup, check_plan, connect,
-                                                    describe_plan)
+        from culture_rl.distributed.cluster import ActorGroup, describe_plan
         from culture_rl.rl.rollout import RolloutWorker
         from culture_rl.rl.scorers import RewardPool
         from culture_rl.rl.trainers import CriticTrainer, PolicyTrainer
 
         config, res = self.config, self.config.ppo_resources
-        connect(config.resources.address)
         roles = {r.name: r for r in self.roles()}
         print(describe_plan(list(roles.values())), flush=True)
         print(self.plan.describe(), flush=True)
-        check_plan(list(roles.values()), ray.cluster_resources(), config.resources.autoscaling)
+        check_ppo_plan(config)
 
         timeout = res.placement_timeout_s
         policy_spec = self._spec(config.ppo.actor_learning_rate)

@@ -16,7 +16,8 @@ from pathlib import Path
 from culture_rl.config import ExperimentConfig
 from culture_rl.data import examples
 from culture_rl.errors import ConfigError
-from culture_rl.rl.controller import FINISHED, PPOController, PPOJob, batch_plan
+from culture_rl.rl.controller import (FINISHED, PPOController, PPOJob, batch_plan,
+                                      check_ppo_plan)
 from culture_rl.workflows.align_data import AlignData
 from culture_rl.workflows.align_sft import stage_dir
 
@@ -133,6 +134,7 @@ def run_ppo(config: ExperimentConfig, data: AlignData) -> PPOResult:
               "run.name to train again.", flush=True)
         job = PPOJob(folder, config.run.name, "", [])
         return _result(job, json.loads((folder / "export" / FINISHED).read_text("utf-8")), True)
+    check_ppo_plan(config)  # before a missing SFT model is trained for minutes
     job = build_ppo_job(config, data, policy_start(config, data))
     print(f"[ppo] policy {job.policy_path}; {len(job.prompts)} ranking prompts "
           f"({config.ppo.prompt_split} cues), {len(job.eval_prompts)} held-out", flush=True)
