@@ -504,6 +504,13 @@ class PPOController:
         return last
 
     def shutdown(self) -> None:
+        import ray
+
+        if "policy" in self.groups:
+            try:
+                ray.get([a.close.remote() for a in self.groups["policy"].actors], timeout=30)
+            except Exception:  # a dead trainer: nothing to free, or nothing we can do now
+                pass
         for group in self.groups.values():
             group.shutdown()
         if self.pool is not None:

@@ -160,7 +160,7 @@ class VLLMBackend:
         which knows the Hugging Face names, instead of a copy by name."""
         import math
 
-        flat = torch.from_numpy(bucket.flat.copy())
+        flat = torch.from_numpy(bucket.array().copy())
         if bucket.dtype == "bfloat16":
             flat = flat.view(torch.bfloat16)
         tensors, offset = [], 0

@@ -168,6 +168,12 @@ class _PolicyTrainer(_DeepSpeedTrainer):
         return sync_weights(self.engine.module, receivers, bucket_mb, gather_zero3=zero3,
                             timeout_s=timeout_s)
 
+    def close(self) -> None:
+        """Free what outlives a killed process: the weight-sync files in /dev/shm."""
+        from culture_rl.distributed.weight_sync import close_shared_staging
+
+        close_shared_staging()
+
     def fingerprint(self) -> dict[str, float]:
         """Per-tensor sums of the weights the generators should hold (LoRA merged)."""
         from culture_rl.distributed.weight_sync import iter_export_tensors

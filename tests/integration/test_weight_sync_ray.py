@@ -176,3 +176,16 @@ def test_a_slow_generator_times_out_naming_the_outstanding_buckets(generators):
 def test_zero3_shards_are_gathered_into_the_merged_weights(zero3_process):
     output, _ = zero3_process.communicate(timeout=120)
     assert zero3_process.returncode == 0 and "ZERO3-OK" in output, output[-3000:]
+
+
+def test_same_node_generators_read_shared_memory_and_both_transports_agree(generators):
+    trainer = lora_trained(seed=5)
+    expected = state_fingerprint(trainer)
+    auto = sync_weights(trainer, generators, bucket_mb=0.05)
+    assert auto["transport"] == "shared_memory"  # every generator is on this node
+    assert all(f == expected for f in ray.get([g.fingerprint.remote() for g in generators]))
+    other = lora_trained(seed=6)
+    store = sync_weights(other, generators, bucket_mb=0.05, transport="object_store")
+    assert store["transport"] == "object_store" and store["tensors"] == auto["tensors"]
+    assert all(f == state_fingerprint(other)
+               for f in ray.get([g.fingerprint.remote() for g in generators]))

@@ -168,3 +168,22 @@ def test_unknown_name_raises_keyerror_and_changes_nothing():
     (bucket,) = make_buckets([("model.norm.weight", torch.zeros(31))], 1 << 20)
     with pytest.raises(ValueError, match="shape"):
         apply_bucket(model, bucket)
+
+
+def test_shared_memory_buckets_round_trip_and_reuse_their_files(tmp_path):
+    from culture_rl.distributed.weight_sync import SharedBucket, SharedStaging
+
+    model = tiny_llama(0)
+    staging = SharedStaging(root=str(tmp_path))
+    try:
+        first = list(make_buckets(iter_export_tensors(model), 4096, shared=staging))
+        assert all(isinstance(b, SharedBucket) for b in first)
+        fresh = tiny_llama(1)
+        for bucket in first:
+            apply_bucket(fresh, bucket)
+        assert state_fingerprint(fresh) == state_fingerprint(model)
+        again = list(make_buckets(iter_export_tensors(model), 4096, shared=staging))
+        assert [b.path for b in again] == [b.path for b in first]  # same files, no new ones
+    finally:
+        staging.close()
+    assert not any(tmp_path.iterdir())
