@@ -2,12 +2,13 @@
 the same bytes and against per-tensor sync, for tiny Llamas of ~10M, 50M and 200M parameters --
 in one run, repeats interleaved, so the ratios are fair on a shared, noisy machine.
 
-    python -m ray_jobs.benchmarks.weight_sync --out weight_sync.json
+    python -m ray_jobs.benchmarks.weight_sync --out docs/benchmarks/weight_sync.json
 
 "raw copy" is the floor: ``copy_`` of every exported tensor into a preallocated twin in the
-trainer process. A sync adds packing into a bucket, one ``ray.put`` into the object store and
-the receivers' copies out of it (overlapped with packing the next bucket). Goal: bucketed sync
-to one generator within 2x the raw copy. Times are medians over ``--repeats`` with the spread
+trainer process. A same-node sync (the default transport here) packs each bucket into a
+``/dev/shm`` file and the receivers copy out of it, overlapped with packing the next bucket;
+``object_store`` rows force the cross-node path (one ``ray.put`` per bucket) for comparison.
+Goal: bucketed sync to one generator within 2x the raw copy. Times are medians over ``--repeats`` with the spread
 (min-max) beside them; every method is warmed up once first (page faults, actor start).
 """
 
@@ -92,10 +93,14 @@ def bench_size(size: str, dtype, bucket_mb: float, repeats: int, Generator) -> d
                 target.copy_(tensor)
         return {"seconds": time.perf_counter() - start}
 
-    methods = {
+    store = {"transport": "object_store"}
+    methods = {  # receivers are on this node: the default transport is shared memory
         "raw_copy": raw_copy,
         "bucketed_1_receiver": lambda: sync_weights(model, receivers[:1], bucket_mb),
         "bucketed_2_receivers": lambda: sync_weights(model, receivers, bucket_mb),
+        "object_store_1_receiver": lambda: sync_weights(model, receivers[:1], bucket_mb,
+                                                        **store),
+        "object_store_2_receivers": lambda: sync_weights(model, receivers, bucket_mb, **store),
         "per_tensor_1_receiver": lambda: sync_weights(model, receivers[:1], bucket_mb,
                                                       mode="per_tensor"),
     }
