@@ -3,7 +3,8 @@
     rollout -> reward -> reference log-probs and values -> advantages -> PPO epochs on policy
     and critic -> weight sync to the generators
 
-Everything algorithmic is a pure function from :mod:`culture_rl.rl.ppo`; this module only moves
+Everything algorithmic is a pure function (:mod:`culture_rl.rl.ppo`, :mod:`.advantages`), the
+plan is checked in :mod:`.plan`, the data order is :mod:`.prompt_iterator`; this module only moves
 batches between the groups, times the phases and keeps the run resumable. A checkpoint holds the
 policy and critic (DeepSpeed: weights, optimizer), the KL controller and the prompt iterator's
 position; it is written under a temporary name and renamed when complete, and a rerun with the
@@ -13,7 +14,6 @@ same run name continues at the next step with the same prompts it would have see
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -21,9 +21,12 @@ from pathlib import Path
 
 import torch
 
-from culture_rl.errors import ConfigError, CultureRLError
+from culture_rl.errors import CultureRLError
 from culture_rl.rl import ppo
+from culture_rl.rl.advantages import compute_step_advantages, sequence_kl
 from culture_rl.rl.experience import Experience
+from culture_rl.rl.plan import batch_plan, check_ppo_plan, ppo_roles
+from culture_rl.rl.prompt_iterator import PromptIterator
 
 FINISHED = "finished.json"
 STATE = "controller.json"
@@ -32,127 +35,6 @@ STATE = "controller.json"
 class PPORunError(CultureRLError):
     """The PPO loop could not continue; the message says where and how to resume."""
 
-
-# ------------------------------------------------------------------------ prompt iteration
-
-
-class PromptIterator:
-    """Endless batches over the prompts: shuffled per epoch (seed + epoch), so the position
-    (epoch, index) is the whole state and a resumed run neither replays nor skips a prompt."""
-
-    def __init__(self, prompts: list[dict], batch_size: int, seed: int):
-        if not prompts:
-            raise ValueError("no prompts to iterate over")
-        self.prompts, self.batch_size, self.seed = prompts, batch_size, seed
-        self.epoch, self.index = 0, 0
-        self._order = self._shuffle(0)
-
-    def _shuffle(self, epoch: int) -> list[int]:
-        order = list(range(len(self.prompts)))
-        random.Random(self.seed * 7919 + epoch).shuffle(order)
-        return order
-
-    def next_batch(self) -> list[dict]:
-        batch = []
-        while len(batch) < self.batch_size:
-            if self.index == len(self._order):
-                self.epoch, self.index = self.epoch + 1, 0
-                self._order = self._shuffle(self.epoch)
-            batch.append(self.prompts[self._order[self.index]])
-            self.index += 1
-        return batch
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.index = int(state["epoch"]), int(state["index"])
-        self._order = self._shuffle(self.epoch)
-
-
-# ------------------------------------------------------------------------ batch accounting
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """Batch sizes are stated once, in samples; this is how they map onto the groups."""
-
-    prompts_per_step: int
-    samples_per_prompt: int
-    trainer_ranks: int
-    mini_batch_size: int
-    micro_batch_size: int
-    rollout_workers: int
-
-    @property
-    def samples_per_step(self) -> int:
-        return self.prompts_per_step * self.samples_per_prompt
-
-    @property
-    def accumulation(self) -> int:
-        return self.mini_batch_size // (self.micro_batch_size * self.trainer_ranks)
-
-    def check(self) -> None:
-        if self.samples_per_step % self.mini_batch_size:
-            raise ConfigError(f"the {self.samples_per_step} samples per step (rollout_batch_size "
-                              f"x samples_per_prompt) are not a multiple of mini_batch_size "
-                              f"{self.mini_batch_size}", field="ppo.mini_batch_size")
-        if self.mini_batch_size % (self.micro_batch_size * self.trainer_ranks):
-            raise ConfigError(f"mini_batch_size {self.mini_batch_size} is not a multiple of "
-                              f"micro_batch_size {self.micro_batch_size} x "
-                              f"{self.trainer_ranks} trainer ranks", field="ppo.mini_batch_size")
-
-    def describe(self) -> str:
-        per_worker = -(-self.prompts_per_step // self.rollout_workers)
-        return (f"PPO batches: {self.prompts_per_step} prompts x {self.samples_per_prompt} "
-                f"samples = {self.samples_per_step} samples per step; rollout: "
-                f"{self.rollout_workers} workers x <= {per_worker} prompts; optimizer step every "
-                f"{self.mini_batch_size} samples = micro {self.micro_batch_size} x accumulation "
-                f"{self.accumulation} x {self.trainer_ranks} rank"
-                f"{'s' if self.trainer_ranks != 1 else ''}; "
-                f"{self.samples_per_step // self.mini_batch_size} optimizer steps per PPO epoch")
-
-
-def batch_plan(config) -> BatchPlan:
-    cfg, res = config.ppo, config.ppo_resources
-    return BatchPlan(cfg.rollout_batch_size, cfg.samples_per_prompt, res.trainer_workers,
-                     cfg.mini_batch_size, cfg.micro_batch_size, res.rollout_workers)
-
-
-# ------------------------------------------------------------------------ advantages (pure)
-
-
-def sequence_kl(old_log_probs: torch.Tensor, ref_log_probs: torch.Tensor, mask: torch.Tensor,
-                estimator: str) -> torch.Tensor:
-    """Per-token KL estimate against the reference, zero on padding."""
-    return ppo.KL_ESTIMATORS.lookup(estimator)(old_log_probs, ref_log_probs) * mask
-
-
-def compute_step_advantages(exp: Experience, *, estimator: str, kl_estimator: str,
-                            kl_coef: float, gamma: float, lam: float, whiten: bool
-                            ) -> Experience:
-    """Fill rewards, advantages and returns of a batch that has scores, old and reference
-    log-probs (and values, for GAE). GRPO folds the KL penalty into each sequence's score."""
-    mask = exp.response_mask.float()
-    kl = sequence_kl(exp.old_log_probs, exp.ref_log_probs, mask, kl_estimator)
-    if estimator == "grpo":
-        penalised = exp.scores.float() - kl_coef * kl.sum(1)
-        group_ids = torch.tensor([m["group"] for m in exp.meta])
-        advantages, returns = ppo.compute_advantages("grpo", scores=penalised, mask=mask,
-                                                     group_ids=group_ids)
-        rewards = ppo.token_level_rewards(penalised, torch.zeros_like(kl), mask, 0.0)
-    else:
-        rewards = ppo.token_level_rewards(exp.scores.float(), kl, mask, kl_coef)
-        values = exp.values if exp.values is not None else torch.zeros_like(rewards)
-        advantages, returns = ppo.compute_advantages(estimator, rewards=rewards, values=values,
-                                                     mask=mask, gamma=gamma, lam=lam)
-    if whiten:
-        advantages = ppo.masked_whiten(advantages, mask)
-    exp.rewards, exp.advantages, exp.returns = rewards, advantages * mask, returns
-    return exp
-
-
-# ------------------------------------------------------------------------ the loop
 
 
 @dataclass
@@ -172,32 +54,6 @@ class PPOJob:
     @property
     def export_dir(self) -> Path:
         return self.stage_dir / "export"
-
-
-def ppo_roles(config) -> list:
-    """Every actor group of the PPO loop with its per-actor resources (the resource plan)."""
-    from culture_rl.distributed.cluster import Role
-
-    res = config.ppo_resources
-    roles = [Role("policy_trainer", res.trainer_workers, res.cpus_per_trainer,
-                  res.gpus_per_trainer)]
-    if config.ppo.advantage_estimator != "grpo":  # GRPO needs no critic
-        roles.append(Role("critic_trainer", res.trainer_workers, res.cpus_per_trainer,
-                          res.gpus_per_trainer,
-                          colocated_with="policy_trainer" if res.colocate else None))
-    roles += [Role("rollout", res.rollout_workers, res.cpus_per_rollout, res.gpus_per_rollout),
-              Role("reward_scorer", res.reward_scorers, res.cpus_per_scorer)]
-    return roles
-
-
-def check_ppo_plan(config) -> None:
-    """Join Ray and fail (ResourceError, with the numbers) if the roles cannot fit."""
-    import ray
-
-    from culture_rl.distributed.cluster import check_plan, connect
-
-    connect(config.resources.address)
-    check_plan(ppo_roles(config), ray.cluster_resources(), config.resources.autoscaling)
 
 
 def latest_checkpoint(folder: Path) -> Path | None:

@@ -16,8 +16,8 @@ from pathlib import Path
 from culture_rl.config import ExperimentConfig
 from culture_rl.data import examples
 from culture_rl.errors import ConfigError
-from culture_rl.rl.controller import (FINISHED, PPOController, PPOJob, batch_plan,
-                                      check_ppo_plan)
+from culture_rl.rl.controller import FINISHED, PPOController, PPOJob
+from culture_rl.rl.plan import batch_plan, check_ppo_plan
 from culture_rl.workflows.align_data import AlignData
 from culture_rl.workflows.align_sft import stage_dir
 
@@ -134,8 +134,12 @@ def run_ppo(config: ExperimentConfig, data: AlignData) -> PPOResult:
               "run.name to train again.", flush=True)
         job = PPOJob(folder, config.run.name, "", [])
         return _result(job, json.loads((folder / "export" / FINISHED).read_text("utf-8")), True)
-    check_ppo_plan(config)  # before a missing SFT model is trained for minutes
-    job = build_ppo_job(config, data, policy_start(config, data))
+    # Cheap checks first: a wrong model path, then the resource plan (which joins Ray), then
+    # the minutes of training a missing SFT prerequisite may take.
+    given = config.ppo.policy_path != SFT
+    policy = resolve_policy_path(config.ppo.policy_path) if given else None
+    check_ppo_plan(config)
+    job = build_ppo_job(config, data, policy or policy_start(config, data))
     print(f"[ppo] policy {job.policy_path}; {len(job.prompts)} ranking prompts "
           f"({config.ppo.prompt_split} cues), {len(job.eval_prompts)} held-out", flush=True)
     controller = PPOController(config, job)

@@ -36,8 +36,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from culture_rl.rl import ppo  # noqa: E402
-from culture_rl.rl.controller import PromptIterator, compute_step_advantages  # noqa: E402
+from culture_rl.rl.advantages import compute_step_advantages  # noqa: E402
 from culture_rl.rl.experience import Experience  # noqa: E402
+from culture_rl.rl.prompt_iterator import PromptIterator  # noqa: E402
 from ray_jobs.benchmarks.collect import write_results  # noqa: E402
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"

@@ -5,7 +5,7 @@ import pytest
 
 from culture_rl.config import load_config
 from culture_rl.distributed.deepspeed import build_deepspeed_config, global_batch_size
-from culture_rl.rl.controller import batch_plan
+from culture_rl.rl.plan import batch_plan
 from culture_rl.rl.ppo import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS
 from culture_rl.rl.rewards import REWARD_FUNCTIONS
 
@@ -52,7 +52,7 @@ def test_paper_configs_follow_align():
 
 def test_paper_ppo_configs_follow_align_and_fit_one_8_gpu_node():
     from culture_rl.distributed.cluster import plan_totals
-    from culture_rl.rl.controller import ppo_roles
+    from culture_rl.rl.plan import ppo_roles
 
     for name in ("align_ppo_llama31_8b_us.yaml", "align_ppo_qwen25_7b_zh.yaml"):
         config = load_config(Path(CONFIGS[0]).parent / name)
