@@ -189,3 +189,22 @@ def test_full_weight_grpo_under_zero3_syncs_gathered_weights(ray_session, tmp_pa
     exported = load_model(export / "model")
     assert float(exported.model.embed_tokens.weight.double().sum()) == pytest.approx(
         trained["model.embed_tokens.weight"], rel=1e-6)
+
+
+def test_two_trainer_ranks_share_the_batch_and_stay_in_sync(ray_session, tmp_path, tiny_policy):
+    """2 DeepSpeed ranks (gloo) for policy and critic: each gets half of every batch, the
+    gradients are all-reduced, and rank 0's sync leaves the generators equal to both ranks."""
+    config = ppo_config(tmp_path, tiny_policy, "ranks", [
+        "ppo_resources.trainer_workers=2", "ppo_resources.cpus_per_trainer=0.5",
+        "ppo.mini_batch_size=8", "ppo.micro_batch_size=2", "ppo.max_steps=1"])
+    controller = controller_for(config, tiny_policy)
+    try:
+        controller.start()
+        values = controller.run_step(1)
+        ranks = ray.get([a.fingerprint.remote() for a in controller.groups["policy"].actors])
+        generator = ray.get(controller.groups["rollout"].actors[0].fingerprint.remote())
+    finally:
+        controller.shutdown()
+    assert ranks[0] == ranks[1]  # data-parallel ranks hold identical weights after the step
+    assert all(generator[k] == pytest.approx(ranks[0][k], rel=1e-6, abs=1e-6) for k in generator)
+    assert values["samples"] == 8 and values["value_loss"] == values["value_loss"]
