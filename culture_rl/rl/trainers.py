@@ -187,20 +187,25 @@ class _PolicyTrainer(_DeepSpeedTrainer):
         from culture_rl.models.loading import load_model, load_tokenizer
 
         zero3 = self.spec.deepspeed.zero_stage == 3
-        tensors = dict(iter_export_tensors(self.engine.module, gather_zero3=zero3))
-        if not self.strategy.is_rank_0:
-            return
-        if zero3:
-            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+        model = None
+        if self.strategy.is_rank_0:
+            if zero3:
+                from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-            unset_hf_deepspeed_config()  # a plain load on one rank, not a partitioned one
-        model = load_model(self.spec.model_path, self.spec.dtype, self.spec.trust_remote_code)
-        if hasattr(model, "merge_and_unload"):
-            model = model.merge_and_unload()
+                unset_hf_deepspeed_config()  # a plain load on one rank, not a partitioned one
+            model = load_model(self.spec.model_path, self.spec.dtype,
+                               self.spec.trust_remote_code)
+            if hasattr(model, "merge_and_unload"):
+                model = model.merge_and_unload()
+        # Every rank joins the ZeRO-3 gathers; rank 0 copies each weight while it is gathered
+        # (the yielded tensors are only valid until the next one is asked for).
+        targets = dict(model.named_parameters()) if model is not None else {}
         with torch.no_grad():
-            named = dict(model.named_parameters())
-            for name, tensor in tensors.items():
-                named[name].copy_(tensor)
+            for name, tensor in iter_export_tensors(self.engine.module, gather_zero3=zero3):
+                if model is not None:
+                    targets[name].copy_(tensor)
+        if model is None:
+            return
         model.save_pretrained(folder)
         load_tokenizer(self.spec.model_path, self.spec.trust_remote_code).save_pretrained(folder)
 
