@@ -325,6 +325,18 @@ def _lookup(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return table
 
 
+def unpack_bucket(bucket: Bucket | SharedBucket) -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) views into the bucket's bytes (no copy; read-only where they sit in
+    shared memory): what an engine with its own weight loader (vLLM) takes."""
+    source = _as_torch(bucket.array(), bucket.dtype)
+    tensors, offset = [], 0
+    for name, shape in zip(bucket.names, bucket.shapes):
+        n = math.prod(shape)
+        tensors.append((name, source[offset:offset + n].view(shape)))
+        offset += n
+    return tensors
+
+
 def apply_bucket(model: torch.nn.Module, bucket: Bucket | SharedBucket) -> int:
     """Copy a bucket's tensors into the model in place (casting dtype); returns how many.
 
@@ -341,13 +353,9 @@ def apply_bucket(model: torch.nn.Module, bucket: Bucket | SharedBucket) -> int:
             raise ValueError(f"weight sync: {name!r} has shape {tuple(table[name].shape)} in "
                              f"the receiving model but {tuple(shape)} in the bucket")
         targets.append(table[name])
-    source = _as_torch(bucket.array(), bucket.dtype)  # a view of shared memory, no copy
-    offset = 0
-    with torch.no_grad():
-        for target, shape in zip(targets, bucket.shapes):
-            n = math.prod(shape)
-            target.copy_(source[offset:offset + n].view(shape))
-            offset += n
+    with torch.no_grad():  # the sources are views of shared memory: one copy, into the model
+        for target, (_, source) in zip(targets, unpack_bucket(bucket)):
+            target.copy_(source)
     return len(targets)
 
 

@@ -40,16 +40,22 @@ def association_scores(answers: Sequence[str], human: Sequence[Sequence[str]],
     return scores
 
 
+def ranking_parse_failure_rate(answers: Sequence[str], examples: Sequence[Mapping]) -> float:
+    """Share of answers that name none of their example's ``words`` (examples without words
+    are not counted)."""
+    failed = [parse_ranking(a, list(e["words"])) is None
+              for a, e in zip(answers, examples) if "words" in e]
+    return sum(failed) / len(failed) if failed else 0.0
+
+
 def ranking_scores(answers: Sequence[str], examples: Sequence[Mapping]) -> dict[str, float]:
-    """Mean Spearman rho against each example's ``human_order`` and the share of answers that
-    name none of the example's ``words``."""
+    """Mean Spearman rho against each example's ``human_order`` and the parse-failure rate."""
     n = len(answers)
     if n == 0:
         return {"n_prompts": 0}
     rhos = [spearman_ranking_reward(a, list(e["human_order"])) for a, e in zip(answers, examples)]
-    failures = [parse_ranking(a, list(e["words"])) is None for a, e in zip(answers, examples)]
-    return {"rho": statistics.fmean(rhos), "parse_failure_rate": sum(failures) / n,
-            "n_prompts": n}
+    return {"rho": statistics.fmean(rhos),
+            "parse_failure_rate": ranking_parse_failure_rate(answers, examples), "n_prompts": n}
 
 
 def survey_scores(model_distributions: Sequence[Sequence[float]],

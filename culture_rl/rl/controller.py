@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from culture_rl.errors import CultureRLError
+from culture_rl.eval.evaluate import ranking_parse_failure_rate
 from culture_rl.rl import ppo
 from culture_rl.rl.advantages import compute_step_advantages, sequence_kl
 from culture_rl.rl.experience import Experience
@@ -80,9 +81,6 @@ class PPOController:
         self.pool = None
 
     # ---------------------------------------------------------------- set-up
-    def roles(self):
-        return ppo_roles(self.config)
-
     def start(self) -> None:
         from culture_rl.distributed.cluster import ActorGroup, describe_plan
         from culture_rl.rl.rollout import RolloutWorker
@@ -90,7 +88,7 @@ class PPOController:
         from culture_rl.rl.trainers import CriticTrainer, PolicyTrainer
 
         config, res = self.config, self.config.ppo_resources
-        roles = {r.name: r for r in self.roles()}
+        roles = {r.name: r for r in ppo_roles(config)}
         print(describe_plan(list(roles.values())), flush=True)
         print(self.plan.describe(), flush=True)
         check_ppo_plan(config)
@@ -170,6 +168,17 @@ class PPOController:
         self.sync()  # the generators start from the SFT weights: bring them up to date
 
     # ---------------------------------------------------------------- phases
+    def _generate(self, prompts: list[dict], params, seed: int, what: str) -> list:
+        """Near-equal contiguous chunks of ``prompts`` to the rollout workers (worker i seeded
+        ``seed + i``); returns ((first, last + 1), Rollout) per non-empty chunk, in order."""
+        workers = self.groups["rollout"].actors
+        bounds = [(i * len(prompts) // len(workers), (i + 1) * len(prompts) // len(workers))
+                  for i in range(len(workers))]
+        used = [(i, a, b) for i, (a, b) in enumerate(bounds) if b > a]
+        refs = [workers[i].generate.remote([p["prompt"] for p in prompts[a:b]], params, seed + i)
+                for i, a, b in used]
+        return list(zip([(a, b) for _, a, b in used], self._get(refs, what)))
+
     def rollout(self, batch: list[dict], step: int) -> tuple[Experience, list[str]]:
         from culture_rl.rl.rollout import SamplingParams
 
@@ -178,15 +187,10 @@ class PPOController:
                                 max_new_tokens=ro.max_new_tokens,
                                 samples_per_prompt=cfg.samples_per_prompt,
                                 batch_size=ro.generate_batch_size)
-        workers = self.groups["rollout"].actors
-        bounds = [(i * len(batch) // len(workers), (i + 1) * len(batch) // len(workers))
-                  for i in range(len(workers))]
-        refs = [w.generate.remote([p["prompt"] for p in batch[a:b]], params,
-                                  self.config.run.seed * 100_003 + step * 131 + i)
-                for i, (w, (a, b)) in enumerate(zip(workers, bounds)) if b > a]
-        rollouts = self._get(refs, f"rollout of step {step}")
         parts, texts = [], []
-        for (a, b), rollout in zip([bd for bd in bounds if bd[1] > bd[0]], rollouts):
+        for (a, b), rollout in self._generate(batch, params,
+                                              self.config.run.seed * 100_003 + step * 131,
+                                              f"rollout of step {step}"):
             meta = [{**_meta_of(batch[i]), "group": i} for i in range(a, b)
                     for _ in range(cfg.samples_per_prompt)]
             parts.append(Experience(rollout.prompt_ids, rollout.prompt_mask,
@@ -260,7 +264,7 @@ class PPOController:
         values = {
             "reward_mean": float(exp.scores.mean()), "reward_std": float(exp.scores.std()),
             **{f"reward_mean/{c}": v for c, v in mean_by_culture(scores, exp.meta).items()},
-            "parse_failure_rate": _parse_failure_rate(texts, exp.meta),
+            "parse_failure_rate": ranking_parse_failure_rate(texts, exp.meta),
             "kl": float(kl_per_sequence.mean()), "kl_coef": self.kl.value,
             "response_length": float(mask.sum(1).mean()),
             # The generator's sampling log-probs against the trainer's for the same tokens:
@@ -314,7 +318,7 @@ class PPOController:
     # ---------------------------------------------------------------- evaluation
     def evaluate_ranking(self) -> dict[str, float]:
         """Greedy answers to the held-out ranking prompts on the rollout workers: mean rho."""
-        from culture_rl.rl.rewards import score_batch
+        from culture_rl.eval.evaluate import ranking_scores
         from culture_rl.rl.rollout import SamplingParams
 
         prompts = self.job.eval_prompts
@@ -322,17 +326,11 @@ class PPOController:
             return {}
         params = SamplingParams(max_new_tokens=self.config.rollout.max_new_tokens,
                                 batch_size=self.config.rollout.generate_batch_size, greedy=True)
-        workers = self.groups["rollout"].actors
-        chunks = [prompts[i::len(workers)] for i in range(len(workers))]
-        refs = [w.generate.remote([p["prompt"] for p in chunk], params, 0)
-                for w, chunk in zip(workers, chunks) if chunk]
-        texts, metas = [], []
-        for chunk, rollout in zip([c for c in chunks if c], self._get(refs, "evaluation")):
-            texts += rollout.texts
-            metas += [_meta_of(p) for p in chunk]
-        rhos = score_batch("ranking_spearman", texts, metas)
-        return {"eval_ranking_rho": sum(rhos) / len(rhos),
-                "eval_parse_failure_rate": _parse_failure_rate(texts, metas)}
+        texts = [text for _, rollout in self._generate(prompts, params, 0, "evaluation")
+                 for text in rollout.texts]
+        scores = ranking_scores(texts, prompts)
+        return {"eval_ranking_rho": scores["rho"],
+                "eval_parse_failure_rate": scores["parse_failure_rate"]}
 
     # ---------------------------------------------------------------- the loop
     def run(self, metrics) -> dict:
@@ -375,14 +373,6 @@ class PPOController:
 
 def _meta_of(prompt: dict) -> dict:
     return {k: v for k, v in prompt.items() if k != "prompt"}
-
-
-def _parse_failure_rate(texts: list[str], metas: list[dict]) -> float:
-    from culture_rl.eval.metrics import parse_ranking
-
-    checked = [parse_ranking(t, list(m["words"])) is None
-               for t, m in zip(texts, metas) if "words" in m]
-    return sum(checked) / len(checked) if checked else 0.0
 
 
 def _progress_line(step: int, total: int, values: dict) -> str:

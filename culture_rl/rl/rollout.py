@@ -158,16 +158,9 @@ class VLLMBackend:
     def load_weights(self, bucket) -> int:
         """vLLM fuses some weights (qkv, gate/up), so tensors go through its own loader,
         which knows the Hugging Face names, instead of a copy by name."""
-        import math
+        from culture_rl.distributed.weight_sync import unpack_bucket
 
-        flat = torch.from_numpy(bucket.array().copy())
-        if bucket.dtype == "bfloat16":
-            flat = flat.view(torch.bfloat16)
-        tensors, offset = [], 0
-        for name, shape in zip(bucket.names, bucket.shapes):
-            n = math.prod(shape)
-            tensors.append((name, flat[offset:offset + n].view(shape).to("cuda")))
-            offset += n
+        tensors = [(name, t.to("cuda")) for name, t in unpack_bucket(bucket)]
         self.model.load_weights(tensors)
         return len(tensors)
 

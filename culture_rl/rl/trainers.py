@@ -13,6 +13,7 @@ frozen copy beside the policy, on the same bundle (ZeRO-3-partitioned when train
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import ray
@@ -46,7 +47,7 @@ def _micro_batches(exp: Experience, size: int) -> list[Experience]:
     return [exp.select(slice(start, start + size)) for start in range(0, len(exp), size)]
 
 
-class _DeepSpeedTrainer:
+class _DeepSpeedTrainer(ABC):
     """What policy and critic ranks share: process group, engine, micro batching, checkpoints."""
 
     def __init__(self, spec: TrainerSpec, rank: int):
@@ -68,8 +69,9 @@ class _DeepSpeedTrainer:
         self.engine = self.strategy.prepare(self._build_model(), self.spec.learning_rate)
         return sum(p.numel() for p in self.engine.module.parameters() if p.requires_grad)
 
+    @abstractmethod
     def _build_model(self):
-        raise NotImplementedError
+        """The module this rank trains (the policy, or the critic with its value head)."""
 
     def _device(self, exp: Experience) -> Experience:
         device = self.engine.device
@@ -87,6 +89,25 @@ class _DeepSpeedTrainer:
         for start in range(0, len(shuffled), per_update):
             yield _micro_batches(shuffled.select(slice(start, start + per_update)),
                                  self.spec.micro_batch_size)
+
+    def _train(self, exp: Experience, step: int, loss_fn) -> dict[str, float]:
+        """``ppo_epochs`` passes over this rank's samples: ``loss_fn(micro)`` gives the loss and
+        the scalars to report; DeepSpeed steps the optimizer once per mini batch. The reported
+        numbers are means over micro batches and ranks."""
+        exp = self._device(exp)
+        self.engine.train()
+        totals: dict[str, float] = {}
+        count = 0
+        for epoch in range(self.spec.ppo.ppo_epochs):
+            for minibatch in self._shuffled_minibatches(exp, epoch, step):
+                for micro in minibatch:
+                    loss, reported = loss_fn(micro)
+                    self.strategy.backward(self.engine, loss)
+                    self.strategy.step(self.engine)
+                    for key, value in reported.items():
+                        totals[key] = totals.get(key, 0.0) + float(value.detach())
+                    count += 1
+        return self.strategy.all_reduce_mean({k: v / max(count, 1) for k, v in totals.items()})
 
     def save(self, folder: str, client_state: dict | None = None) -> None:
         self.strategy.save(self.engine, folder, client_state, frozen_base=self.spec.lora is not None)
@@ -130,42 +151,28 @@ class _PolicyTrainer(_DeepSpeedTrainer):
         return {"old_log_probs": torch.cat(old).cpu(), "ref_log_probs": torch.cat(ref).cpu()}
 
     def train_step(self, exp: Experience, step: int) -> dict[str, float]:
-        """``ppo_epochs`` passes of clipped-policy-loss updates over this rank's samples."""
-        exp = self._device(exp)
-        self.engine.train()
+        """Clipped-policy-loss updates (minus the entropy bonus) over this rank's samples."""
         cfg = self.spec.ppo
-        totals: dict[str, float] = {}
-        count = 0
-        for epoch in range(cfg.ppo_epochs):
-            for minibatch in self._shuffled_minibatches(exp, epoch, step):
-                for micro in minibatch:
-                    log_probs, entropy = response_log_probs(self.engine, micro, with_entropy=True)
-                    out = ppo.policy_loss(cfg.policy_loss, log_probs=log_probs,
-                                          old_log_probs=micro.old_log_probs,
-                                          advantages=micro.advantages, mask=micro.response_mask,
-                                          clip_eps=cfg.clip_range)
-                    mean_entropy = ppo.masked_mean(entropy, micro.response_mask)
-                    loss = out["loss"] - cfg.entropy_coef * mean_entropy
-                    self.strategy.backward(self.engine, loss)
-                    self.strategy.step(self.engine)
-                    for key, value in (("policy_loss", out["loss"]), ("entropy", mean_entropy),
-                                       ("clip_fraction", out["clip_fraction"]),
-                                       ("approx_kl", out["approx_kl"])):
-                        totals[key] = totals.get(key, 0.0) + float(value.detach())
-                    count += 1
-        return self.strategy.all_reduce_mean({k: v / max(count, 1) for k, v in totals.items()})
+
+        def loss_fn(micro: Experience):
+            log_probs, entropy = response_log_probs(self.engine, micro, with_entropy=True)
+            out = ppo.policy_loss(cfg.policy_loss, log_probs=log_probs,
+                                  old_log_probs=micro.old_log_probs, advantages=micro.advantages,
+                                  mask=micro.response_mask, clip_eps=cfg.clip_range)
+            mean_entropy = ppo.masked_mean(entropy, micro.response_mask)
+            return out["loss"] - cfg.entropy_coef * mean_entropy, {
+                "policy_loss": out["loss"], "entropy": mean_entropy,
+                "clip_fraction": out["clip_fraction"], "approx_kl": out["approx_kl"]}
+
+        return self._train(exp, step, loss_fn)
 
     def sync_weights(self, receivers: list, bucket_mb: float, timeout_s: float = 600) -> dict:
         """Send the current (LoRA-merged) weights to the rollout workers. Under ZeRO-3 every
         rank joins the gathers; rank 0 sends."""
-        from culture_rl.distributed.weight_sync import iter_export_tensors, sync_weights
+        from culture_rl.distributed.weight_sync import sync_weights
 
-        zero3 = self.spec.deepspeed.zero_stage == 3
-        if not self.strategy.is_rank_0:
-            for _ in iter_export_tensors(self.engine.module, gather_zero3=zero3):
-                pass
-            return {}
-        return sync_weights(self.engine.module, receivers, bucket_mb, gather_zero3=zero3,
+        return sync_weights(self.engine.module, receivers if self.strategy.is_rank_0 else [],
+                            bucket_mb, gather_zero3=self.spec.deepspeed.zero_stage == 3,
                             timeout_s=timeout_s)
 
     def close(self) -> None:
@@ -176,10 +183,10 @@ class _PolicyTrainer(_DeepSpeedTrainer):
 
     def fingerprint(self) -> dict[str, float]:
         """Per-tensor sums of the weights the generators should hold (LoRA merged)."""
-        from culture_rl.distributed.weight_sync import iter_export_tensors
+        from culture_rl.distributed.weight_sync import state_fingerprint
 
-        return {name: float(t.double().sum()) for name, t in iter_export_tensors(
-            self.engine.module, gather_zero3=self.spec.deepspeed.zero_stage == 3)}
+        return state_fingerprint(self.engine.module,
+                                 gather_zero3=self.spec.deepspeed.zero_stage == 3)
 
     def export(self, folder: str) -> None:
         """A plain Hugging Face model with the adapter merged (rank 0 writes ``folder``)."""
@@ -236,23 +243,15 @@ class _CriticTrainer(_DeepSpeedTrainer):
                           for micro in _micro_batches(exp, self.spec.micro_batch_size)]).cpu()
 
     def train_step(self, exp: Experience, step: int) -> dict[str, float]:
-        exp = self._device(exp)
-        self.engine.train()
-        cfg = self.spec.ppo
-        totals = {"value_loss": 0.0, "value_clip_fraction": 0.0}
-        count = 0
-        for epoch in range(cfg.ppo_epochs):
-            for minibatch in self._shuffled_minibatches(exp, epoch, step):
-                for micro in minibatch:
-                    values = response_values(self.engine, micro)
-                    out = ppo.clipped_value_loss(values, micro.values, micro.returns,
-                                                 micro.response_mask, cfg.value_clip_range)
-                    self.strategy.backward(self.engine, out["loss"])
-                    self.strategy.step(self.engine)
-                    totals["value_loss"] += float(out["loss"].detach())
-                    totals["value_clip_fraction"] += float(out["clip_fraction"])
-                    count += 1
-        return self.strategy.all_reduce_mean({k: v / max(count, 1) for k, v in totals.items()})
+        """Clipped value-loss updates towards the returns over this rank's samples."""
+        def loss_fn(micro: Experience):
+            out = ppo.clipped_value_loss(response_values(self.engine, micro), micro.values,
+                                         micro.returns, micro.response_mask,
+                                         self.spec.ppo.value_clip_range)
+            return out["loss"], {"value_loss": out["loss"],
+                                 "value_clip_fraction": out["clip_fraction"]}
+
+        return self._train(exp, step, loss_fn)
 
 
 PolicyTrainer = ray.remote(_PolicyTrainer)

@@ -91,7 +91,7 @@ def validate(config: ExperimentConfig) -> None:
 
 
 def build_ppo_job(config: ExperimentConfig, data: AlignData, policy_path: str) -> PPOJob:
-    validate(config)
+    """The prompts and folders of a PPO run (``validate`` the config first)."""
     cues = data.split[config.ppo.prompt_split]
     prompts = ranking_prompts(config, data, cues, seed=config.run.seed,
                               per_cue=config.ppo.prompts_per_cue)

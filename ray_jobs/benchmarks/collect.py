@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -32,3 +33,15 @@ def write_results(out: str | Path | None, results: dict) -> None:
         return
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(results, indent=2), "utf-8")
+
+
+def finish(results: dict, header: str, table: str, out: str | Path | None) -> dict:
+    """Print a benchmark's header, the machine load at start and end (noisy neighbours show
+    there) and its table; keep the table in the results and write them to ``out``."""
+    machine = results["machine"]
+    machine["load_average_1m_end"] = os.getloadavg()[0]
+    print(f"\n{header}; load average {machine['load_average_1m']:.1f} at start, "
+          f"{machine['load_average_1m_end']:.1f} at end\n\n{table}")
+    results["table"] = table
+    write_results(out, results)
+    return results

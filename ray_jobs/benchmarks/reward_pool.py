@@ -21,7 +21,7 @@ import random
 import statistics
 import time
 
-from ray_jobs.benchmarks.collect import write_results
+from ray_jobs.benchmarks.collect import finish
 
 WORDS = [f"word{i}" for i in range(500)]
 
@@ -142,17 +142,11 @@ def main(argv: list[str] | None = None) -> dict:
             lines.append(f"| {batch} | {name} | {run['samples_per_s']:.0f} "
                          f"({run['min']:.0f}-{run['max']:.0f}) | {run['ms_per_call']:.1f} | "
                          f"{run['ratio_vs_1_scorer']:.2f}x |")
-    table = "\n".join(lines)
-    results["machine"]["load_average_1m_end"] = os.getloadavg()[0]
     cost = ", ".join(f"{r['ms_per_answer_in_process']:.2f} ms at batch {b}"
                      for b, r in results["batches"].items())
-    print(f"\n{args.reward}; {args.repeats} repeats; reward cost per answer in process: {cost}; "
-          f"2 busy processes do {ceiling:.2f}x the work of 1 on this machine; "
-          f"load average {results['machine']['load_average_1m']:.1f} at start, "
-          f"{results['machine']['load_average_1m_end']:.1f} at end\n\n{table}")
-    results["table"] = table
-    write_results(args.out, results)
-    return results
+    return finish(results, f"{args.reward}; {args.repeats} repeats; reward cost per answer in "
+                  f"process: {cost}; 2 busy processes do {ceiling:.2f}x the work of 1 on this "
+                  "machine", "\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

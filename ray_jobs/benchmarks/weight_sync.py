@@ -18,7 +18,7 @@ import argparse
 import statistics
 import time
 
-from ray_jobs.benchmarks.collect import write_results
+from ray_jobs.benchmarks.collect import finish
 
 # hidden, intermediate, layers, heads, vocab; ~params with tied embeddings
 SIZES = {
@@ -166,14 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
                          f"{run.get('rpcs', '-')} | {run['median']:.3f} "
                          f"({run['min']:.3f}-{run['max']:.3f}) | {run['gb_per_s']:.2f} | "
                          f"{run['ratio_vs_raw_copy']:.2f}x |")
-    table = "\n".join(lines)
-    results["machine"]["load_average_1m_end"] = os.getloadavg()[0]
-    print(f"\n{args.dtype}, {args.bucket_mb:g} MiB buckets, {args.repeats} repeats; "
-          f"load average {results['machine']['load_average_1m']:.1f} at start, "
-          f"{results['machine']['load_average_1m_end']:.1f} at end\n\n{table}")
-    results["table"] = table
-    write_results(args.out, results)
-    return results
+    return finish(results, f"{args.dtype}, {args.bucket_mb:g} MiB buckets, {args.repeats} "
+                  "repeats", "\n".join(lines), args.out)
 
 
 if __name__ == "__main__":
