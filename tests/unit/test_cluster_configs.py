@@ -1,8 +1,9 @@
 """The cluster configs in cluster/: Ray's own validation, KubeRay's required fields, our rules
-(GPU nodes start at zero, no public dashboard, spot and on-demand GPU types, the image's CUDA
-matches the torch wheel) and agreement with our resource plans: every resource our plans ask
-for is offered by the GPU node types, and Ray's autoscaler would put each paper run on one
-8-GPU node. Each check is also run on a broken copy, which it must reject."""
+(GPU nodes start at zero, no public dashboard, token auth, spot and on-demand GPU types, the
+image's CUDA matches the torch wheel) and agreement with our runs: every resource our plans ask
+for is offered by the GPU node types, Ray's autoscaler would put each paper run on one 8-GPU
+node, and the paper runs' folders lie on storage every node mounts. Each check is also run on
+a broken copy, which it must reject."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from culture_rl.rl.plan import ppo_roles
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
 LAUNCHERS = ["aws-gpu.yaml", "gcp-gpu.yaml"]
+CLUSTERS = LAUNCHERS + ["kuberay/raycluster.yaml"]
 PAPER_CONFIGS = sorted(p.name for p in (REPO / "configs").glob("align_*.yaml")
                        if "quickstart" not in p.name)
 
@@ -254,7 +256,8 @@ def manifest_problems(doc: dict, kind: str) -> list[str]:
     problems = []
     if doc.get("apiVersion") != "ray.io/v1" or doc.get("kind") != kind:
         problems.append(f"expected apiVersion ray.io/v1, kind {kind}")
-    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", doc.get("metadata", {}).get("name", "")):
+    name = doc.get("metadata", {}).get("name", "")
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name):
         problems.append("metadata.name must be a DNS-1123 label")
     spec = doc.get("spec", {})
     if kind == "RayCluster":
@@ -265,6 +268,11 @@ def manifest_problems(doc: dict, kind: str) -> list[str]:
     if not isinstance(spec.get("ttlSecondsAfterFinished"), int):
         problems.append("ttlSecondsAfterFinished must be set")
     problems += entrypoint_problems(spec.get("entrypoint", ""))
+    if not problems:  # the run folder must be on a volume every pod mounts
+        config = entrypoint_config(spec["entrypoint"])
+        if not on_shared_storage(config.run.storage_path, pod_mounts(spec["rayClusterSpec"])):
+            problems.append(f"run.storage_path {config.run.storage_path} is not on a volume "
+                            "every pod mounts")
     return problems
 
 
@@ -280,8 +288,25 @@ def entrypoint_problems(entrypoint: str) -> list[str]:
     local = REPO / "configs" / args[4].split("configs/", 1)[-1]  # the image's copy of configs/
     if "configs/" not in args[4] or not local.is_file():
         return [f"entrypoint config {args[4]} is not in configs/"]
-    load_config(local, args[5:])  # raises on an unknown key or a bad value in the overrides
+    entrypoint_config(entrypoint)  # raises on an unknown key or a bad value in the overrides
     return []
+
+
+def entrypoint_config(entrypoint: str):
+    args = shlex.split(entrypoint)
+    return load_config(REPO / "configs" / args[4].split("configs/", 1)[-1], args[5:])
+
+
+def pod_mounts(spec: dict) -> set[str]:
+    """The paths mounted in every container of the head and of every worker group."""
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    mounts = [{m["mountPath"] for m in c.get("volumeMounts", [])}
+              for g in groups for c in g["template"]["spec"]["containers"]]
+    return set.intersection(*mounts)
+
+
+def on_shared_storage(path: str, mounts: set[str]) -> bool:
+    return any(Path(path).is_relative_to(m) for m in mounts if m not in ("/", "/dev/shm"))
 
 
 def test_raycluster_has_what_kuberay_needs():
@@ -355,6 +380,13 @@ def test_broken_rayjob_entrypoint_is_rejected(entrypoint, complaint):
     assert any(complaint in p for p in entrypoint_problems(entrypoint))
 
 
+def test_rayjob_run_folder_off_the_shared_volume_is_rejected():
+    job = load_yaml("kuberay/rayjob.yaml")
+    job["spec"]["entrypoint"] = job["spec"]["entrypoint"].replace(
+        "run.storage_path=/mnt/cluster_storage/culture-rl", "run.storage_path=/tmp/runs")
+    assert any("not on a volume every pod mounts" in p for p in manifest_problems(job, "RayJob"))
+
+
 def test_rayjob_entrypoint_overrides_are_checked():
     from culture_rl.errors import ConfigError
 
@@ -370,7 +402,7 @@ def test_rayjob_entrypoint_overrides_are_checked():
 def node_types(name: str) -> tuple[str, dict]:
     """(head type, {type: {resources, min_workers, max_workers}}) of a launcher config or of
     the KubeRay RayCluster, in the launcher's terms."""
-    if name.endswith(".yaml") and not name.startswith("kuberay/"):
+    if not name.startswith("kuberay/"):
         config = ray_up_config(load_yaml(name))
         return config["head_node_type"], config["available_node_types"]
     spec = load_yaml(name)["spec"]
@@ -427,9 +459,6 @@ def nodes_launched(head: str, types: dict, demands: list[list[dict]]) -> dict:
             residual, free = get_bin_pack_residual(free, residual)
             assert not residual, residual
     return dict(launched)
-
-
-CLUSTERS = LAUNCHERS + ["kuberay/raycluster.yaml"]
 
 
 @pytest.mark.parametrize("cluster", CLUSTERS)
@@ -493,3 +522,50 @@ def test_plan_checks_fail_when_the_node_types_disagree():
                       ["ppo_resources.trainer_workers=8", "ppo_resources.rollout_workers=8"])
     assert plan_totals(ppo_roles(big))["GPU"] > 8
     assert nodes_launched(head, types, plan_demands(big, "ppo")) != {"gpu-8x": 1}
+
+
+# ---------------------------------------------------------------------------- run storage
+
+
+def shared_storage(cluster: str) -> set[str]:
+    """Paths every node's Ray sees as the same storage (see launcher_shared_storage), or for
+    KubeRay the volumes every container mounts."""
+    if cluster.startswith("kuberay/"):
+        return pod_mounts(load_yaml(cluster)["spec"])
+    return launcher_shared_storage(load_yaml(cluster))
+
+
+def launcher_shared_storage(config: dict) -> set[str]:
+    """Host folders the initialization commands mount over NFS and docker hands to the
+    container at the same path."""
+    init = " ".join(config.get("initialization_commands", []))
+    shared = set()
+    for option in config["docker"].get("run_options", []):
+        volume = re.fullmatch(r"-v (\S+):(\S+)", option)
+        if volume and volume.group(1) == volume.group(2) and \
+                re.search(rf"mount -t nfs\S* .* {re.escape(volume.group(1))}\b", init):
+            shared.add(volume.group(2))
+    return shared
+
+
+@pytest.mark.parametrize("cluster", CLUSTERS)
+@pytest.mark.parametrize("config_name", PAPER_CONFIGS)
+def test_paper_runs_read_and_write_storage_every_node_sees(cluster, config_name):
+    config = load_config(REPO / "configs" / config_name)
+    shared = shared_storage(cluster)
+    assert on_shared_storage(config.run.storage_path, shared), (config.run.storage_path, shared)
+    if workflow_of(config_name) == "ppo":  # the SFT export it starts from
+        assert on_shared_storage(config.ppo.policy_path, shared), config.ppo.policy_path
+
+
+@pytest.mark.parametrize("name", LAUNCHERS)
+def test_storage_check_fails_without_the_nfs_mount_or_the_docker_volume(name):
+    config = load_yaml(name)
+    unmounted = copy.deepcopy(config)
+    unmounted["initialization_commands"] = [c for c in config["initialization_commands"]
+                                            if "mount -t" not in c]
+    assert launcher_shared_storage(config) and not launcher_shared_storage(unmounted)
+    hidden = copy.deepcopy(config)
+    hidden["docker"]["run_options"] = [o for o in config["docker"]["run_options"]
+                                       if not o.startswith("-v ")]
+    assert not launcher_shared_storage(hidden)
