@@ -32,7 +32,10 @@ def quickstart_run(tmp_path_factory, ray_session):
     from culture_rl.config import load_config
     from culture_rl.workflows.quickstart import run_quickstart
 
-    storage = tmp_path_factory.mktemp("runs")
+    # Every stage resumes or no-ops, so pointing CULTURE_RL_TEST_STORAGE at an earlier
+    # session's runs folder reuses its finished run while iterating on one test.
+    reuse = os.environ.get("CULTURE_RL_TEST_STORAGE")
+    storage = reuse if reuse else tmp_path_factory.mktemp("runs")
     config = load_config(os.path.join(REPO, "configs", "quickstart.yaml"),
                          [f"run.storage_path={storage}", "run.name=session"])
     summary = run_quickstart(config)

@@ -75,7 +75,7 @@ def check_available(path: str) -> None:
     if not isinstance(try_to_load_from_cache(path, "config.json"), str):
         raise ConfigError(f"{path!r} is neither a local folder nor in the local Hugging Face "
                           "cache (nothing is downloaded at run time: fetch it first with "
-                          "`huggingface-cli download` or give a folder on shared storage)",
+                          "`hf download` or give a folder on shared storage)",
                           field="model.path")
 
 

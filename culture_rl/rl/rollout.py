@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import ray
 import torch
@@ -68,7 +68,9 @@ def _decoding(params: SamplingParams) -> dict:
 class GenerationBackend(Protocol):
     model: torch.nn.Module  # what weight sync writes into
 
-    def generate(self, prompts: Sequence[str], params: SamplingParams, seed: int) -> Rollout: ...
+    def generate(self, prompts: Sequence[str], params: SamplingParams, seed: int,
+                 progress: Callable[[int], None] | None = None) -> Rollout:
+        """``progress(n)`` is told how many prompts are still waiting, as batches finish."""
 
 
 class HFBackend:
@@ -88,11 +90,14 @@ class HFBackend:
         self.model.to(self.device)
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[str], params: SamplingParams, seed: int) -> Rollout:
+    def generate(self, prompts: Sequence[str], params: SamplingParams, seed: int,
+                 progress: Callable[[int], None] | None = None) -> Rollout:
         torch.manual_seed(seed)
         tok = self.tokenizer
         parts = []
         for start in range(0, len(prompts), params.batch_size):
+            if progress is not None:
+                progress(len(prompts) - start)
             batch = list(prompts[start:start + params.batch_size])
             encoded = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
             encoded = encoded.to(self.device)
@@ -164,9 +169,12 @@ class VLLMBackend:
         self.model.load_weights(tensors)
         return len(tensors)
 
-    def generate(self, prompts: Sequence[str], params: SamplingParams, seed: int) -> Rollout:
+    def generate(self, prompts: Sequence[str], params: SamplingParams, seed: int,
+                 progress: Callable[[int], None] | None = None) -> Rollout:
         from vllm import SamplingParams as VLLMParams
 
+        if progress is not None:  # vLLM schedules the whole list at once
+            progress(len(prompts))
         sampling = VLLMParams(n=params.samples_per_prompt, temperature=params.temperature,
                               top_p=params.top_p, max_tokens=params.max_new_tokens, logprobs=0,
                               seed=seed)
@@ -198,12 +206,20 @@ class RolloutWorker(WeightReceiver):
 
     def __init__(self, model_path: str, backend: str = "hf", dtype: str = "float32",
                  trust_remote_code: bool = False, threads: int = 1):
+        from culture_rl.distributed.metrics import RayGauges
+
         torch.set_num_threads(max(1, threads))
+        self.gauges = RayGauges(workflow="rollout", worker=str(os.getpid()))
         self.backend = BACKENDS[backend](model_path, dtype, trust_remote_code)
         self.model = self.backend.model
 
     def generate(self, prompts: Sequence[str], params: SamplingParams, seed: int) -> Rollout:
-        return self.backend.generate(prompts, params, seed)
+        # Prompts this generator has yet to finish: the dashboard's view of rollout backlog.
+        depth = lambda waiting: self.gauges.set({"rollout_queue_depth": waiting})  # noqa: E731
+        try:
+            return self.backend.generate(prompts, params, seed, progress=depth)
+        finally:
+            depth(0)
 
     def receive_bucket(self, bucket) -> int:
         load_weights = getattr(self.backend, "load_weights", None)  # engines with a loader

@@ -2,7 +2,8 @@
 
 - :class:`ProgressLogger` (rank 0 only): one progress line per logging step with loss and
   tokens/s, and every logged record appended to ``<stage dir>/metrics.jsonl`` — our own record,
-  because Ray Train V2 leaves ``result.metrics`` empty unless a checkpoint was reported.
+  because Ray Train V2 leaves ``result.metrics`` empty unless a checkpoint was reported. The
+  same numbers go to the ``culture_rl_*`` Ray gauges (loss, tokens_per_s, eval_p@5, ...).
 - :class:`HeldOutPrecision`: held-out P@5 by greedy generation at the end of every epoch; all
   ranks generate their share of the cues and the sums are all-reduced.
 - :class:`FaultInjection`: raises after a chosen step on a fresh (non-resumed) attempt, so tests
@@ -20,6 +21,7 @@ from typing import Sequence
 
 from transformers import TrainerCallback
 
+from culture_rl.distributed.metrics import RayGauges
 from culture_rl.eval.generation import generate_answers
 from culture_rl.eval.metrics import precision_at_k
 
@@ -34,10 +36,20 @@ def append_jsonl(path: Path, record: dict) -> None:
         handle.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
+def stage_gauges(stage: str, metrics_path: str | Path) -> RayGauges:
+    """Ray gauges of a training stage, tagged with the run (the stage folder's parent)."""
+    return RayGauges(run=Path(metrics_path).parent.parent.name, workflow=stage)
+
+
+def _numbers(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in ("time", "stage")}
+
+
 class ProgressLogger(TrainerCallback):
     def __init__(self, stage: str, metrics_path: str | Path):
         self.stage = stage
         self.metrics_path = Path(metrics_path)
+        self.gauges = stage_gauges(stage, metrics_path)
         self._last_time: float | None = None
         self._last_tokens = 0
 
@@ -62,6 +74,7 @@ class ProgressLogger(TrainerCallback):
             record["tokens_per_s"] = round((tokens - self._last_tokens) / (now - self._last_time), 1)
             self._last_time, self._last_tokens = now, tokens
         append_jsonl(self.metrics_path, record)
+        self.gauges.set(_numbers(record))
         worker_log.info(f"[{self.stage}] " + _format_progress(record, state.max_steps))
 
 
@@ -97,6 +110,7 @@ class HeldOutPrecision(TrainerCallback):
         self.k, self.max_new_tokens, self.batch_size = k, max_new_tokens, batch_size
         self.synced_gpus = synced_gpus
         self.metrics_path = Path(metrics_path) if metrics_path else None
+        self.gauges = stage_gauges(stage, metrics_path) if metrics_path else None
         self.stage = stage
         self.tokenizer = tokenizer
 
@@ -128,6 +142,7 @@ class HeldOutPrecision(TrainerCallback):
         state.log_history.append(dict(record))
         if state.is_world_process_zero and self.metrics_path is not None:
             append_jsonl(self.metrics_path, {"stage": self.stage, "time": time.time(), **record})
+            self.gauges.set(record)
             worker_log.info(f"[{self.stage}] epoch {record['epoch']:.2f}: held-out "
                             f"P@{self.k} {value:.3f} on {len(self.prompts)} cues")
 
@@ -147,3 +162,37 @@ class FaultInjection(TrainerCallback):
         if not self._resumed and state.global_step >= self.at_step:
             raise RuntimeError(f"fault injected after step {state.global_step} "
                                f"(train.fault_injection_step={self.at_step})")
+
+
+class StopOnRequest(TrainerCallback):
+    """End training at the next optimizer step once ``stop_file`` exists.
+
+    A sweep's scheduler (ASHA) stops trials while their Ray Train run is mid-epoch; killing the
+    run would leave its workers' placement group behind (Train V2 removes it only on a graceful
+    end, or through a state-API watcher that needs the dashboard). Asked to stop this way, the
+    run ends normally: no further checkpoint or evaluation, then the usual export. All ranks
+    agree on the step (an all-reduce of the flag), so DeepSpeed's collectives stay in step.
+    """
+
+    def __init__(self, stop_file: str | Path):
+        self.stop_file = Path(stop_file)
+        self.stopped = False
+
+    def _requested(self, args) -> bool:
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([float(self.stop_file.exists())], device=args.device)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._requested(args):
+            self.stopped = True
+            control.should_training_stop = True
+            control.should_save = control.should_evaluate = False
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.stopped:  # no save or evaluation of the epoch cut short
+            control.should_save = control.should_evaluate = False

@@ -38,6 +38,7 @@ def evaluate_stage(config: ExperimentConfig, data: AlignData, model_dir: str | P
         cached = json.loads(out.read_text("utf-8"))
         # Same label but another model, or made before ranking was measured: evaluate anew.
         if cached.get("model_dir") == str(model_dir) and "ranking" in cached:
+            export_evaluation(config, cached, label)
             return cached
     print(f"[eval] {label}: {model_dir}", flush=True)
     model = load_model(model_dir, config.model.dtype, config.model.trust_remote_code)
@@ -54,7 +55,28 @@ def evaluate_stage(config: ExperimentConfig, data: AlignData, model_dir: str | P
     tmp = out.with_suffix(".partial")
     tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False), "utf-8")
     tmp.rename(out)
+    export_evaluation(config, report, label)
     return report
+
+
+def evaluation_values(report: dict) -> dict[str, float]:
+    """An evaluation report as ``evaluation_<metric>/<culture>`` numbers (and
+    ``evaluation_ranking_rho`` for the target culture's ranking task)."""
+    values = {}
+    for section in ("associations", "survey"):
+        for culture, scores in report.get(section, {}).items():
+            values.update({f"evaluation_{key}/{culture}": value for key, value in scores.items()
+                           if not key.startswith("n_")})
+    ranking = report.get("ranking", {})
+    values.update({f"evaluation_ranking_{key}": ranking[key]
+                   for key in ("rho", "parse_failure_rate") if key in ranking})
+    return values
+
+
+def export_evaluation(config: ExperimentConfig, report: dict, label: str) -> None:
+    from culture_rl.distributed.metrics import RayGauges
+
+    RayGauges(run=config.run.name, workflow="eval", model=label).set(evaluation_values(report))
 
 
 def stage_summary(report: dict, target: str) -> dict:

@@ -106,8 +106,8 @@ def test_runtime_env_files_are_valid_and_the_pip_one_lists_our_dependencies(tmp_
     pip = yaml.safe_load((REPO / "ray_jobs" / "runtime_env_pip.yaml").read_text())["pip"]
     listed = {re.split(r"[<>=\[]", p)[0] for p in pip["packages"]}
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    # Ray, torch (the image's CUDA build), numpy and pyyaml come with the Ray image.
-    needed = {re.split(r"[<>=\[]", d)[0] for d in project} - {"ray", "torch", "numpy", "pyyaml"}
+    # Ray, numpy and pyyaml come with the Ray image.
+    needed = {re.split(r"[<>=\[]", d)[0] for d in project} - {"ray", "numpy", "pyyaml"}
     assert needed <= listed, needed - listed
     bad = tmp_path / "env.yaml"
     bad.write_text("working_dir: .\nnot_a_field: 1\n")
