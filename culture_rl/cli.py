@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "DeepSpeed)"),
                        ("ppo", "ALIGN stage 2: PPO with the Spearman ranking reward on Ray "
                                "actor groups"),
+                       ("sweep", "Ray Tune sweep of SFT across cultures x hyper-parameters "
+                                 "(ASHA); writes the best configuration per culture"),
                        ("eval", "evaluate a model: association P@k and survey alignment per "
                                 "culture"),
                        ("demo", "the quickstart: world, base, SFT, evaluation, summary")):
@@ -137,6 +139,12 @@ def run_command(args, config) -> int:
         result = run_ppo(config, data)
         print(f"ppo: model in {result.model_dir}")
         return 0
+    if args.command == "sweep":
+        from culture_rl.tune.sweep import ERROR_STATUS, print_summary, run_sweep
+
+        result = run_sweep(config)
+        print_summary(result, config.sweep.metric)
+        return EXIT_FAILED if result.count(ERROR_STATUS) else 0
     if args.command == "eval":
         from culture_rl.workflows.align_sft import stage_dir
         from culture_rl.workflows.quickstart import evaluate_stage, stage_summary

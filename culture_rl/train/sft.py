@@ -57,6 +57,7 @@ class TrainJob:
     seed: int = 42
     eval_max_new_tokens: int = 40
     eval_batch_size: int = 16
+    stop_file: str | None = None  # set: training ends early once this file exists (sweeps)
 
     @property
     def export_dir(self) -> Path:
@@ -152,7 +153,7 @@ def train_worker(loop_config: dict) -> None:
     from culture_rl.models.loading import (export_merged, load_model, load_tokenizer,
                                            peft_lora_config)
     from culture_rl.train.callbacks import (FaultInjection, HeldOutPrecision, ProgressLogger,
-                                            worker_log)
+                                            StopOnRequest, worker_log)
 
     _quiet_ray_train_reports()
     job: TrainJob = loop_config["job"]
@@ -177,6 +178,8 @@ def train_worker(loop_config: dict) -> None:
             synced_gpus=job.deepspeed.zero_stage == 3, metrics_path=job.metrics_path,
             stage=job.stage))
     callbacks.append(RayTrainReportCallback())
+    if job.stop_file:  # a sweep's scheduler may stop this run early
+        callbacks.append(StopOnRequest(job.stop_file))
     if job.train.fault_injection_step:
         callbacks.append(FaultInjection(job.train.fault_injection_step))  # after the report
 
@@ -239,8 +242,12 @@ def _result_of(job: TrainJob, already_finished: bool) -> StageResult:
                        already_finished)
 
 
-def run_stage(job: TrainJob, resources: ResourcesConfig) -> StageResult:
-    """Train one stage on Ray Train; resume it if it was interrupted; no-op if it finished."""
+def run_stage(job: TrainJob, resources: ResourcesConfig, callbacks: list | None = None
+              ) -> StageResult:
+    """Train one stage on Ray Train; resume it if it was interrupted; no-op if it finished.
+
+    ``callbacks`` go to the Ray Train ``RunConfig`` (a sweep trial passes one that forwards
+    each epoch's report to its Tune trial)."""
     if (job.export_dir / FINISHED).is_file():
         print(f"[{job.stage}] already finished ({job.export_dir}); nothing to do. Use another "
               f"run.name to train again.", flush=True)
@@ -268,7 +275,8 @@ def run_stage(job: TrainJob, resources: ResourcesConfig) -> StageResult:
         run_config=ray.train.RunConfig(
             name=job.stage, storage_path=str(Path(job.stage_dir).parent),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=resources.max_failures)))
+            failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
+            callbacks=list(callbacks or [])))
     try:
         trainer.fit()
     except Exception as err:  # Ray wraps worker errors; surface the root cause in one line
