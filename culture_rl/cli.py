@@ -19,6 +19,8 @@ from culture_rl.errors import CultureRLError, ConfigError, DataError, ResourceEr
 INPUT_ERRORS = (ConfigError, DataError, ResourceError)
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
+# Commands that talk to a cluster's job server: they create no run folder here.
+CLIENTS = ("submit", "jobs")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "eval":
             sub.add_argument("--model", help="model folder (default: the run's SFT export)")
             sub.add_argument("--label", default=None, help="name of this model in eval/")
+
+    from culture_rl.jobs.commands import add_parsers as add_job_parsers
+
+    add_job_parsers(commands, _Parser)
     return parser
 
 
@@ -89,6 +95,10 @@ def run_command(args, config) -> int:
     """Run a parsed command; ``config`` is the loaded config (None for `config fields`)."""
     from culture_rl.config import config_to_yaml, describe_fields, write_run_config
 
+    if args.command in CLIENTS:
+        from culture_rl.jobs import commands
+
+        return (commands.run_submit if args.command == "submit" else commands.run_jobs)(args)
     if args.command == "config":
         if args.config_command == "fields":
             print("\n".join(describe_fields()))
@@ -171,13 +181,26 @@ def _first_missing(path: Path) -> Path | None:
     return missing
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """argparse fills ``key=value`` overrides only when they come before options that follow a
+    first positional (``submit WORKFLOW --config F k=v``); take the ones it left over too."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(a.startswith("-") or "=" not in a
+                                                 for a in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     created = config = None
     try:
-        if getattr(args, "config_command", None) != "fields":
+        if getattr(args, "config_command", None) != "fields" and args.command not in CLIENTS:
             config = _load(args)
-        if args.command != "config":
+        if args.command not in ("config", *CLIENTS):
             created = _first_missing(config.run_dir)
         return run_command(args, config)
     except CultureRLError as err:
