@@ -337,6 +337,13 @@ class SweepConfig(_Section):
                                      "driver (the Tune function that starts and watches the "
                                      "trial's Ray Train run; it mostly waits).")
 
+    @field_validator("learning_rate", "lora_r", "lora_alpha", "epochs")
+    @classmethod
+    def _each_value_once(cls, value: list) -> list:
+        if len(set(value)) != len(value):
+            raise ValueError("lists a value twice (each trial must be a different point)")
+        return value
+
     @field_validator("learning_rate")
     @classmethod
     def _random_needs_a_range(cls, value: list[float], info: ValidationInfo) -> list[float]:

@@ -39,9 +39,9 @@ from culture_rl.config import ExperimentConfig, ResourcesConfig, SweepConfig, co
 from culture_rl.errors import ConfigError, ResourceError
 from culture_rl.tune.report import HYPER_PARAMETERS, render_markdown, write_report
 
-# Settings that may change between a sweep and its resumption without changing any trial.
-RUNTIME_ONLY = {"resources": ("address", "autoscaling"),
-                "sweep": ("max_concurrent_trials", "trial_driver_cpus")}
+# Settings that may change between a sweep and its resumption. Everything else is fixed: a
+# restored Tuner keeps its search space, scheduler and concurrency.
+RUNTIME_ONLY = {"resources": ("address",)}
 FINISHED_STATUS, STOPPED_STATUS, ERROR_STATUS = "finished", "stopped early", "error"
 
 
@@ -101,10 +101,16 @@ def trial_id(point: dict) -> str:
             f"_e{p['epochs']}")
 
 
-def tune_trial_name(trial) -> str:
-    """``trial_name_creator`` / ``trial_dirname_creator`` for Tune (module level: pickled
-    with the Tuner's state and restored with it)."""
+def grid_trial_name(trial) -> str:
+    """Tune's ``trial_name_creator`` / ``trial_dirname_creator`` for a grid: every point is
+    different. Module level, so it is pickled with the Tuner's state and restored with it."""
     return trial_id(trial.config)
+
+
+def random_trial_name(trial) -> str:
+    """For random search: two samples may draw the same point, so the trial's place in the
+    (seeded, hence repeatable) sampling order is added: ``..._e4_00003``."""
+    return f"{trial_id(trial.config)}_{trial.trial_id.rsplit('_', 1)[-1]}"
 
 
 def asha_max_t(config: ExperimentConfig) -> int:
@@ -289,7 +295,7 @@ def result_rows(grid, metric: str) -> list[dict]:
             status = STOPPED_STATUS
         else:
             status = FINISHED_STATUS
-        rows.append({"trial_id": trial_id(point), **point, "status": status,
+        rows.append({"trial_id": Path(result.path).name, **point, "status": status,
                      "epochs_run": epochs_run, metric: last.get(metric),
                      "error": _one_line(result.error)})
     rows.sort(key=lambda row: row["trial_id"])
@@ -320,10 +326,9 @@ class SweepResult:
 def _make_tuner(config: ExperimentConfig, cultures: list[str], folder: Path, concurrency: int,
                 total: int):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from culture_rl.tune.trial import SweepProgress, SweepTrial
+    from culture_rl.tune.trial import PerCultureASHA, SweepProgress, SweepTrial
 
     sweep = config.sweep
     # The driver of a trial only starts and watches its Ray Train run; the Train workers get
@@ -336,9 +341,10 @@ def _make_tuner(config: ExperimentConfig, cultures: list[str], folder: Path, con
         print(f"[sweep] resuming the sweep in {experiment}", flush=True)
         return tune.Tuner.restore(str(experiment), trainable=trainable,
                                   resume_unfinished=True, resume_errored=True)
-    scheduler = (ASHAScheduler(time_attr="epoch", max_t=asha_max_t(config),
-                               grace_period=sweep.grace_period,
-                               reduction_factor=sweep.reduction_factor)
+    namer = grid_trial_name if sweep.search == "grid" else random_trial_name
+    scheduler = (PerCultureASHA(time_attr="epoch", max_t=asha_max_t(config),
+                                grace_period=sweep.grace_period,
+                                reduction_factor=sweep.reduction_factor)
                  if sweep.scheduler == "asha" else None)
     return tune.Tuner(
         trainable,
@@ -351,13 +357,27 @@ def _make_tuner(config: ExperimentConfig, cultures: list[str], folder: Path, con
             search_alg=BasicVariantGenerator(max_concurrent=concurrency,
                                              random_state=config.run.seed),
             num_samples=sweep.num_samples if sweep.search == "random" else 1,
-            trial_name_creator=tune_trial_name, trial_dirname_creator=tune_trial_name),
+            trial_name_creator=namer, trial_dirname_creator=namer),
         run_config=tune.RunConfig(
             name="tune", storage_path=str(folder), verbose=0,
             # A trial's state is its Train run's own checkpoints (per-trial folders), so Tune
             # saves none of its own.
             checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
             callbacks=[SweepProgress(total, sweep.metric)]))
+
+
+def describe_plan(config: ExperimentConfig, cultures: list[str], total: int,
+                  concurrency: int) -> str:
+    sweep = config.sweep
+    per_trial = trial_resources(config.resources, sweep.trial_driver_cpus)
+    scheduler = sweep.scheduler
+    if scheduler == "asha":
+        scheduler += (f" (grace {sweep.grace_period}, reduction {sweep.reduction_factor:g}, "
+                      f"max_t {asha_max_t(config)} epochs)")
+    return (f"[sweep] {total} trials ({', '.join(cultures)} x {sweep.search} search), "
+            f"{concurrency} at a time (each: "
+            f"{', '.join(f'{v:g} {k}' for k, v in per_trial.items())}); metric {sweep.metric} "
+            f"({sweep.mode}); scheduler {scheduler}")
 
 
 def prepare_base_model(config: ExperimentConfig, data) -> None:
@@ -386,14 +406,7 @@ def run_sweep(config: ExperimentConfig) -> SweepResult:
     total = count_trials(config, cultures)
     connect(config.resources.address)
     concurrency = max_concurrent(config.sweep, config.resources, ray.cluster_resources(), total)
-    per_trial = trial_resources(config.resources, config.sweep.trial_driver_cpus)
-    print(f"[sweep] {total} trials ({len(cultures)} cultures: {', '.join(cultures)}; "
-          f"{config.sweep.search} search), {concurrency} at a time (each: "
-          f"{', '.join(f'{v:g} {k}' for k, v in per_trial.items())}); metric "
-          f"{config.sweep.metric} ({config.sweep.mode}); scheduler {config.sweep.scheduler}"
-          + (f" (grace {config.sweep.grace_period}, reduction {config.sweep.reduction_factor:g}, "
-             f"max_t {asha_max_t(config)} epochs)" if config.sweep.scheduler == "asha" else ""),
-          flush=True)
+    print(describe_plan(config, cultures, total, concurrency), flush=True)
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "sweep_config.yaml").write_text(config_to_yaml(config), "utf-8")

@@ -1,5 +1,5 @@
 """The Ray side of a sweep: the Tune trial that runs one Ray Train SFT run, the Train callback
-that hands it each epoch's result, and the driver's progress lines.
+that hands it each epoch's result, ASHA per culture, and the driver's progress lines.
 
 Why a class ``Trainable`` rather than a trial function: when ASHA stops a trial, Tune calls the
 trial's ``cleanup()`` before it ends the actor. A function trial would just be ended, taking
@@ -19,8 +19,9 @@ from pathlib import Path
 
 from ray import tune
 from ray.train import UserCallback
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from culture_rl.tune.sweep import epoch_results, normalise_point, trial_config, trial_id
+from culture_rl.tune.sweep import epoch_results, normalise_point, trial_config
 
 STOP_FILE = "stop_requested"
 POLL_S = 1.0
@@ -55,7 +56,7 @@ class SweepTrial(tune.Trainable):
         self.point = normalise_point(config)
         run_config = trial_config(base, self.point)
         data = load_align_data(run_config)  # the world files were written by the driver
-        stage = Path(folder) / "trials" / trial_id(self.point) / "sft"
+        stage = Path(folder) / "trials" / self.trial_name / "sft"  # named by the point
         self.job = dataclasses.replace(build_sft_job(run_config, data), stage_dir=str(stage),
                                        stop_file=str(stage / STOP_FILE))
         Path(self.job.stop_file).unlink(missing_ok=True)  # left by a run stopped earlier
@@ -115,6 +116,45 @@ def _read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+
+
+class PerCultureASHA(FIFOScheduler):
+    """ASHA with its own rungs for each culture. Held-out P@5 against one culture's norms is
+    not on the same scale as against another's, so a trial is only ever compared with the
+    trials of its own culture (one plain ``ASHAScheduler`` per culture, made on first use)."""
+
+    def __init__(self, **asha_settings):
+        super().__init__()
+        self._settings = asha_settings
+        self._metric = self._mode = None
+        self._by_culture: dict[str, ASHAScheduler] = {}
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        self._metric, self._mode = metric or self._metric, mode or self._mode
+        return True
+
+    def _asha(self, trial) -> ASHAScheduler:
+        culture = trial.config["culture"]
+        if culture not in self._by_culture:
+            self._by_culture[culture] = ASHAScheduler(metric=self._metric, mode=self._mode,
+                                                      **self._settings)
+        return self._by_culture[culture]
+
+    def on_trial_add(self, tune_controller, trial):
+        self._asha(trial).on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result):
+        return self._asha(trial).on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        self._asha(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial):
+        self._asha(trial).on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return "\n".join(f"{culture}: {asha.debug_string()}"
+                         for culture, asha in self._by_culture.items())
 
 
 class SweepProgress(tune.Callback):

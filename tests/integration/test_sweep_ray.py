@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -59,7 +60,7 @@ def test_grid_of_two_cultures_gives_one_best_row_each_and_resumes(ray_session, b
     assert main(argv) == 0
     out = capsys.readouterr().out
     folder = tmp_path / "quickstart" / "sweeps" / "grid"
-    assert "4 trials (2 cultures: Borenia, Calyxa; grid search), 2 at a time" in out
+    assert "4 trials (Borenia, Calyxa x grid search), 2 at a time" in out
     assert out.count("[sweep] started ") == 4 and out.count("[sweep] finished: ") == 4
 
     trials = read_csv(folder / "trials.csv")
@@ -89,6 +90,15 @@ def test_grid_of_two_cultures_gives_one_best_row_each_and_resumes(ray_session, b
     assert main(argv) == 0
     again = capsys.readouterr().out
     assert "resuming the sweep" in again and "[sweep] started " not in again
+    assert {p: p.stat().st_mtime for p in stamps} == stamps
+    assert read_csv(folder / "best_configs.csv") == best
+
+    # Without Tune's state the trials start again, find their finished Train runs by trial id
+    # and replay the recorded epochs instead of training.
+    shutil.rmtree(folder / "tune")
+    assert main(argv) == 0
+    replayed = capsys.readouterr().out
+    assert replayed.count("[sweep] finished: ") == 4
     assert {p: p.stat().st_mtime for p in stamps} == stamps
     assert read_csv(folder / "best_configs.csv") == best
 

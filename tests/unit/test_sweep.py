@@ -63,6 +63,17 @@ def test_trial_id_is_deterministic_and_rounds_the_learning_rate():
     assert sweep.trial_id({**point, "learning_rate": 1e-5}) == "Borenia_lr1e-05_r16_a32_e4"
 
 
+def test_trial_names_for_grid_and_random_search():
+    class FakeTrial:
+        config = {"culture": "Calyxa", "learning_rate": 1e-3, "lora_r": 8, "lora_alpha": 16,
+                  "epochs": 2}
+        trial_id = "3f2a1_00007"
+
+    assert sweep.grid_trial_name(FakeTrial()) == "Calyxa_lr0.001_r8_a16_e2"
+    # Random samples may repeat a point; the (seeded) sampling order keeps names apart.
+    assert sweep.random_trial_name(FakeTrial()) == "Calyxa_lr0.001_r8_a16_e2_00007"
+
+
 def test_asha_max_t_defaults_to_the_longest_epochs():
     assert sweep.asha_max_t(config_with("sweep.epochs=[2, 5]")) == 5
     assert sweep.asha_max_t(config_with("sweep.epochs=[2, 5]", "sweep.max_t=3")) == 3
@@ -73,6 +84,13 @@ def test_asha_max_t_defaults_to_the_longest_epochs():
 
 def resources(**fields):
     return ResourcesConfig(**fields)
+
+
+def test_plan_line_says_trials_concurrency_and_scheduler():
+    line = sweep.describe_plan(config_with(), ["Borenia", "Calyxa"], 8, 2)
+    assert line == ("[sweep] 8 trials (Borenia, Calyxa x grid search), 2 at a time (each: "
+                    "1 CPU); metric eval_p@5 (max); scheduler asha (grace 1, reduction 2, "
+                    "max_t 4 epochs)")
 
 
 def test_trial_resources_add_the_workers_and_the_driver():
@@ -169,7 +187,8 @@ def test_changed_settings_ignore_what_a_resumed_sweep_may_change():
     before = config_with().model_dump(mode="json")
     after = config_with("sweep.max_concurrent_trials=1", "resources.address=auto",
                         "sweep.learning_rate=[1e-4]").model_dump(mode="json")
-    assert sweep.changed_settings(before, after) == ["sweep.learning_rate"]
+    assert sweep.changed_settings(before, after) == ["sweep.learning_rate",
+                                                     "sweep.max_concurrent_trials"]
 
 
 # ---------------------------------------------------------------------------------- results
@@ -229,6 +248,7 @@ def test_only_varied_hyper_parameters_are_plotted():
     ("sweep.max_t=0.5", "sweep.max_t"),
     ("sweep.reduction_factor=1", "sweep.reduction_factor"),
     ("sweep.scheduler=hyperband", "sweep.scheduler"),
+    ("sweep.lora_r=[8, 8]", "sweep.lora_r"),
 ])
 def test_bad_sweep_settings_name_the_field(override, field):
     extra = ["sweep.learning_rate=[3e-3, 1e-3]"] if override == "sweep.search=random" else []
@@ -258,3 +278,28 @@ def test_cli_bad_sweep_is_one_line_exit_2_and_leaves_no_run_dir(tmp_path, capsys
     assert code == 2, err
     assert err.count("\n") == 1 and field in err
     assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------------------- ASHA per culture
+
+
+def test_asha_compares_a_trial_only_with_its_own_culture():
+    from culture_rl.tune.trial import PerCultureASHA
+
+    class Trial:
+        def __init__(self, trial_id, culture):
+            self.trial_id, self.config = trial_id, {"culture": culture}
+
+    asha = PerCultureASHA(time_attr="epoch", max_t=4, grace_period=1, reduction_factor=2)
+    assert asha.set_search_properties("eval_p@5", "max")
+    trials = [Trial("a1", "Avalor"), Trial("b1", "Borenia"), Trial("b2", "Borenia")]
+    for trial in trials:
+        asha.on_trial_add(None, trial)
+
+    def epoch_1(trial, value):
+        return asha.on_trial_result(None, trial, {"epoch": 1, "eval_p@5": value})
+
+    assert epoch_1(trials[0], 0.9) == "CONTINUE"
+    # Far below Avalor's trial, but the first of its culture at this rung: it goes on.
+    assert epoch_1(trials[1], 0.5) == "CONTINUE"
+    assert epoch_1(trials[2], 0.4) == "STOP"  # trails Borenia's other trial
