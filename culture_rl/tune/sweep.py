@@ -282,11 +282,22 @@ def check_same_settings(config: ExperimentConfig, folder: Path) -> None:
 # ---------------------------------------------------------------------------- results
 
 
-def result_rows(grid, metric: str) -> list[dict]:
-    """One row per trial of Tune's ResultGrid (see culture_rl.tune.report)."""
+def trial_points(experiment_path: str) -> dict[str, dict]:
+    """Each trial's search point by trial name, from Tune's experiment state: a trial that
+    failed before its first result has no config in its ``Result``."""
+    from ray.tune import ExperimentAnalysis
+
+    return {Path(trial.path).name: trial.config
+            for trial in ExperimentAnalysis(experiment_path).trials}
+
+
+def result_rows(grid, metric: str, points: dict[str, dict]) -> list[dict]:
+    """One row per trial of Tune's ResultGrid (see culture_rl.tune.report); ``points`` are
+    the trials' search points by trial name (:func:`trial_points`)."""
     rows = []
     for result in grid:
-        point = normalise_point(result.config)
+        name = Path(result.path).name
+        point = normalise_point(result.config or points[name])
         last = result.metrics or {}
         epochs_run = int(last.get("epoch", 0) or 0)
         if result.error is not None:
@@ -295,7 +306,7 @@ def result_rows(grid, metric: str) -> list[dict]:
             status = STOPPED_STATUS
         else:
             status = FINISHED_STATUS
-        rows.append({"trial_id": Path(result.path).name, **point, "status": status,
+        rows.append({"trial_id": name, **point, "status": status,
                      "epochs_run": epochs_run, metric: last.get(metric),
                      "error": _one_line(result.error)})
     rows.sort(key=lambda row: row["trial_id"])
@@ -413,7 +424,7 @@ def run_sweep(config: ExperimentConfig) -> SweepResult:
     prepare_base_model(config, data)
 
     grid = _make_tuner(config, cultures, folder, concurrency, total).fit()
-    rows = result_rows(grid, config.sweep.metric)
+    rows = result_rows(grid, config.sweep.metric, trial_points(grid.experiment_path))
     best, files = write_report(folder, rows, config.sweep.metric, config.sweep.mode)
     result = SweepResult(folder, rows, best, files)
     print(f"[sweep] done: {result.count(FINISHED_STATUS)} finished, "

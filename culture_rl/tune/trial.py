@@ -81,26 +81,27 @@ class SweepTrial(tune.Trainable):
             self.failure = err
 
     def step(self) -> dict:
-        if self.replay is not None:
-            return self._mark_last(self.replay.pop(0) if self.replay else {})
+        result = self._next_replayed() if self.replay is not None else self._next_reported()
+        # The last epoch ends the trial; Tune then calls cleanup(), which waits for the run's
+        # export instead of cutting it off.
+        if not result or result.get("epoch", 0) >= self.point["epochs"] or self.replay == []:
+            result["done"] = True
+        return result
+
+    def _next_replayed(self) -> dict:
+        return self.replay.pop(0) if self.replay else {}
+
+    def _next_reported(self) -> dict:
         while True:
             try:
-                return self._mark_last(self.results.get(timeout=POLL_S))
+                return self.results.get(timeout=POLL_S)
             except queue.Empty:
                 if self.thread.is_alive():
                     continue
                 if self.failure is not None:
                     raise self.failure
-                if self.results.empty():  # ended without reporting its last epoch
-                    return {"done": True}
-
-    def _mark_last(self, result: dict) -> dict:
-        """The planned last epoch ends the trial; Tune then calls cleanup(), which waits for
-        the run's export instead of cutting it off."""
-        if not result or result.get("epoch", 0) >= self.point["epochs"] or (
-                self.replay is not None and not self.replay):
-            result["done"] = True
-        return result
+                if self.results.empty():  # the run ended without reporting its last epoch
+                    return {}
 
     def cleanup(self) -> None:
         if self.thread is None or not self.thread.is_alive():

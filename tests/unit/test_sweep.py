@@ -194,6 +194,28 @@ def test_changed_settings_ignore_what_a_resumed_sweep_may_change():
 # ---------------------------------------------------------------------------------- results
 
 
+class FakeResult:
+    def __init__(self, name, config, metrics, error=None):
+        self.path, self.config, self.metrics, self.error = f"/x/tune/{name}", config, metrics, error
+
+
+def test_result_rows_tell_finished_stopped_and_failed_trials_apart():
+    point = {"culture": "Borenia", "learning_rate": 3e-3, "lora_r": 8, "lora_alpha": 32,
+             "epochs": 3}
+    grid = [FakeResult("b_good", point, {"epoch": 3, "eval_p@5": 0.8, "config": point}),
+            FakeResult("b_bad", {**point, "learning_rate": 1e-7},
+                       {"epoch": 1, "eval_p@5": 0.5}),
+            # Failed before its first result: no config in the Result, only in Tune's state.
+            FakeResult("b_dead", None, {}, error=RuntimeError("boom\nValueError: bad rank"))]
+    points = {"b_dead": {**point, "lora_r": 16}}
+    rows = {row["trial_id"]: row for row in sweep.result_rows(grid, "eval_p@5", points)}
+    assert (rows["b_good"]["status"], rows["b_good"]["epochs_run"]) == ("finished", 3)
+    assert (rows["b_bad"]["status"], rows["b_bad"]["learning_rate"]) == ("stopped early", 1e-7)
+    dead = rows["b_dead"]
+    assert (dead["status"], dead["lora_r"], dead["eval_p@5"]) == ("error", 16, None)
+    assert dead["error"] == "ValueError: bad rank"
+
+
 def row(trial, culture, lr, value, status="finished", **extra):
     return {"trial_id": trial, "culture": culture, "learning_rate": lr, "lora_r": 8,
             "lora_alpha": 16, "epochs": 2, "status": status, "epochs_run": 2,
