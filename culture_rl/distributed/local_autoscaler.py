@@ -166,25 +166,13 @@ class LocalAutoscalingCluster:
         import psutil
 
         procs = self.processes()
-        for proc in procs:
-            try:
-                proc.terminate()
-            except psutil.NoSuchProcess:
-                pass
+        _signal(procs, "terminate")
         _, alive = psutil.wait_procs(procs, timeout=timeout_s / 2)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
+        _signal(alive, "kill")
         psutil.wait_procs(alive, timeout=timeout_s / 2)
         # Anything started in between (a node launching as we stopped) is caught on a second pass.
         late = self.processes()
-        for proc in late:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
+        _signal(late, "kill")
         psutil.wait_procs(late, timeout=timeout_s / 2)
         survivors = [p.pid for p in self.processes()]
         if not survivors:
@@ -207,3 +195,14 @@ def wait_for(predicate, timeout_s: float, interval_s: float = 0.5):
             return value
         time.sleep(interval_s)
     return None
+
+
+def _signal(procs: list, method: str) -> None:
+    """``proc.terminate()`` / ``proc.kill()`` on each; a process already gone is fine."""
+    import psutil
+
+    for proc in procs:
+        try:
+            getattr(proc, method)()
+        except psutil.NoSuchProcess:
+            pass
