@@ -154,7 +154,11 @@ def follow_logs(client, job_id: str, out=sys.stdout) -> None:
             out.write(chunk)
             out.flush()
 
-    asyncio.run(tail())
+    try:
+        asyncio.run(tail())
+    except Exception as err:  # noqa: BLE001 -- a dropped websocket must not end the wait
+        sys.stderr.write(f"culture-rl: the log stream of {job_id} broke off "
+                         f"({_first_line(err)}); `culture-rl jobs logs {job_id}` has it all\n")
 
 
 def wait_until_terminal(client, job_id: str, timeout_s: float = 600, poll_s: float = 1.0):
