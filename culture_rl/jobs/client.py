@@ -188,7 +188,7 @@ def describe(info) -> str:
         lines.append(f"message:       {' '.join(str(info.message).split())[:500]}")
     for label, millis in (("started", info.start_time), ("ended", info.end_time)):
         if millis:
-            lines.append(f"{label}:{' ' * (14 - len(label) - 1)}"
+            lines.append(f"{label + ':':<15}"
                          f"{datetime.fromtimestamp(millis / 1000):%Y-%m-%d %H:%M:%S}")
     if getattr(info, "driver_exit_code", None) is not None:
         lines.append(f"exit code:     {info.driver_exit_code}")

@@ -134,3 +134,21 @@ def test_gauge_updates_tag_cultures_and_skip_what_is_not_a_number():
         ("culture_rl_reward_mean", {"culture": "Avalor", "run": "r", "workflow": "ppo"}, -0.25),
         ("culture_rl_eval_p_5", {"culture": "Borenia", "run": "r", "workflow": "ppo"}, 0.5),
         ("culture_rl_samples", {"culture": "all", "run": "r", "workflow": "ppo"}, 8.0)]
+
+
+def test_job_status_lines_align_their_values():
+    from types import SimpleNamespace
+
+    from ray.job_submission import JobStatus
+
+    info = SimpleNamespace(submission_id="culture-rl-x", status=JobStatus.FAILED, entrypoint="e",
+                           message="bad\n input", start_time=1795453865040,
+                           end_time=1795453881642, driver_exit_code=2,
+                           metadata={"workflow": "align_sft"})
+    lines = client.describe(info).splitlines()
+    assert [line[:15].split(":")[0] for line in lines] == [
+        "submission id", "status", "entrypoint", "message", "started", "ended", "exit code",
+        "workflow"]
+    assert all(line[14] == " " and line[15] != " " for line in lines), lines
+    assert "message:       bad input" in lines
+    assert client.exit_code_of(info) == 2
