@@ -132,6 +132,14 @@ class DataConfig(_Section):
     skip_mismatched_survey_rows: bool = Field(False, description="Drop (with a warning) survey "
                                               "rows whose distribution length differs from the "
                                               "options instead of failing.")
+    warriner_path: str | None = Field(None, description="Warriner et al. valence/arousal/"
+                                      "dominance norms (CSV/TSV) for the lexical-norm "
+                                      "evaluation. Empty: the synthetic world's.")
+    brysbaert_path: str | None = Field(None, description="Brysbaert et al. concreteness norms "
+                                       "(CSV/TSV). Empty: the synthetic world's.")
+    statements_path: str | None = Field(None, description="Labelled value statements (JSONL: "
+                                        "text, label, optional culture) for value "
+                                        "classification. Empty: the synthetic world's.")
     language: Literal["en", "zh"] = Field("en", description="Prompt template language.")
     resample_fraction: float = Field(0.7, gt=0, le=1, description="Share of a cue's associations "
                                      "kept in one SFT example (ALIGN: 0.7).")
@@ -188,11 +196,50 @@ class EvalConfig(_Section):
     max_cues: int = Field(0, ge=0, description="Evaluate at most this many cues (0: all).")
     max_new_tokens: int = Field(40, gt=0, description="Tokens generated per association answer.")
     batch_size: int = Field(16, gt=0, description="Prompts per generation batch.")
+    models: dict[str, str] = Field({}, description="`culture-rl eval`: models to evaluate, "
+                                   "label -> a stage of this run ('pretrain', 'sft', 'ppo': its "
+                                   "export), a model or export folder, or a local Hugging Face "
+                                   "name. Empty: every exported stage of this run (base, sft, "
+                                   "ppo).")
+    cultures: list[str] = Field([], description="Cultures to score against (names, or indices "
+                                "of the synthetic world). Empty: every culture in the data.")
+    evaluations: list[str] = Field(["associations", "lexical_norms", "wvs", "high_tension",
+                                    "value_classification", "ranking"],
+                                   min_length=1, description="Registered evaluations to run, "
+                                   "in order (`culture_rl/eval/evaluate.py`).")
+    culture_prompt: bool = Field(False, description="Prefix every prompt with the culture's "
+                                 "preamble ('You are a person from X') and score each culture "
+                                 "on its own prompted answers (culture-joint models); false "
+                                 "scores the model's unprompted default against every culture.")
+    tension_pair: list[str] = Field([], description="High-tension items: the two cultures "
+                                    "[A, B] compared. Empty: the first other culture and the "
+                                    "target culture.")
+    tension_top_n: int = Field(50, gt=0, description="High-tension items: the N questions on "
+                               "which A and B disagree most.")
+    max_statements: int = Field(240, ge=0, description="Value classification: statements "
+                                "scored at most (a seeded sample; 0: all).")
+    concrete_threshold: float = Field(3.0, ge=1, le=5, description="Lexical norms: a word "
+                                      "rated at least this concrete (Brysbaert 1-5) counts as "
+                                      "concrete.")
+    human_associations: int = Field(10, gt=0, description="Lexical norms: the cue's most "
+                                    "frequent human associations the answers are compared "
+                                    "with.")
+    workers: int = Field(2, gt=0, description="Evaluation actors (each holds the model being "
+                         "evaluated; prompts are split between them).")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs per evaluation actor.")
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs per evaluation actor.")
+    call_timeout_s: float = Field(1800, gt=0, description="Longest wait for one evaluation "
+                                  "call (model load, a generation or scoring pass).")
 
     @model_validator(mode="after")
     def _positive_k(self) -> "EvalConfig":
         if any(k < 1 for k in self.k_values):
             raise ValueError("every k must be >= 1")
+        if self.tension_pair and (len(self.tension_pair) != 2
+                                  or self.tension_pair[0] == self.tension_pair[1]):
+            raise ValueError("tension_pair takes two different cultures [A, B]")
+        if len(set(self.evaluations)) != len(self.evaluations):
+            raise ValueError("evaluations lists an evaluation twice")
         return self
 
 

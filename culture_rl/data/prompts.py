@@ -66,3 +66,13 @@ def survey_prompt(question: str, options: Sequence[str], language: Language = "e
 def survey_option_labels(num_options: int) -> list[str]:
     """What the model writes after ``Answer:`` to pick each option (" 1", " 2", ...)."""
     return [f" {i + 1}" for i in range(num_options)]
+
+
+_VALUE_QUESTION = {"en": 'Which value does this statement express? "{text}"',
+                   "zh": "这句话表达了哪种价值观？“{text}”"}
+
+
+def value_prompt(text: str, labels: Sequence[str], language: Language = "en") -> str:
+    """Value identification as a multiple-choice survey item over the label names; the answer
+    is read from the option labels' log-probabilities, like a survey answer."""
+    return survey_prompt(_VALUE_QUESTION[language].format(text=text), labels, language)

@@ -75,7 +75,8 @@ def describe_plan(roles: list[Role]) -> str:
     return "\n".join(lines)
 
 
-def check_plan(roles: list[Role], available: dict[str, float], autoscaling: bool = False) -> None:
+def check_plan(roles: list[Role], available: dict[str, float], autoscaling: bool = False,
+               section: str = "ppo_resources") -> None:
     """ResourceError with the numbers when the roles cannot all be placed (checked before any
     placement group is requested, so an impossible plan fails in seconds instead of hanging)."""
     if autoscaling:
@@ -87,9 +88,9 @@ def check_plan(roles: list[Role], available: dict[str, float], autoscaling: bool
             parts = ", ".join(f"{r.name} {r.count}x{getattr(r, resource.lower() + 's'):g}"
                               for r in roles if r.colocated_with is None
                               and getattr(r, resource.lower() + "s"))
-            raise ResourceError(f"ppo_resources: the plan needs {need:g} {resource}s ({parts}) "
+            raise ResourceError(f"{section}: the plan needs {need:g} {resource}s ({parts}) "
                                 f"but the cluster has {have:g}; lower the counts or per-actor "
-                                f"{resource}s in ppo_resources, or set "
+                                f"{resource}s in {section}, or set "
                                 "resources.autoscaling=true on an autoscaling cluster")
 
 
@@ -98,7 +99,8 @@ class ActorGroup:
     where possible), created only once the group is ready or failing after ``timeout_s``."""
 
     def __init__(self, role: Role, actor_class, args_for_rank, timeout_s: float,
-                 placement_group=None, share: float = 1.0):
+                 placement_group=None, share: float = 1.0,
+                 timeout_field: str = "ppo_resources.placement_timeout_s"):
         import ray
         from ray.util.placement_group import placement_group as make_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -116,8 +118,8 @@ class ActorGroup:
                 ray.util.remove_placement_group(placement_group)
                 raise ResourceError(f"{role.name}: placement group of {role.count} x "
                                     f"{bundles[0]} not ready after {timeout_s:g} s "
-                                    "(ppo_resources.placement_timeout_s); the cluster cannot "
-                                    "place it now") from None
+                                    f"({timeout_field}); the cluster cannot place it "
+                                    "now") from None
         self.placement_group = placement_group
         self.actors = []
         for rank in range(role.count):

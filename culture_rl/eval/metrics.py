@@ -328,3 +328,34 @@ def lexical_norms(
     result["coverage"] = found / len(normed) if normed else 0.0
     result["n_words"] = len(normed)
     return result
+
+
+def concrete_share(words: Iterable[str], lexicon: Mapping[str, Mapping[str, float]],
+                   threshold: float = 3.0) -> float | None:
+    """Share of the concreteness-rated ``words`` rated at least ``threshold`` (Brysbaert 1-5;
+    3 is the scale's midpoint). None when no word has a concreteness rating."""
+    rated = [float(e["concreteness"]) for e in (lexicon.get(_norm(w)) for w in words)
+             if e is not None and e.get("concreteness") is not None]
+    return sum(v >= threshold for v in rated) / len(rated) if rated else None
+
+
+def wilcoxon_paired(x: Sequence[float], y: Sequence[float]) -> dict[str, float | int | None]:
+    """Paired two-sided Wilcoxon signed-rank test of ``x`` against ``y`` (scipy).
+
+    Returns the median of the differences x - y, the p-value and the number of pairs. Pairs
+    whose difference is zero carry no sign and are dropped (scipy's default, Wilcoxon's
+    original rule); when every difference is zero the samples are identical: p = 1. With no
+    pairs the p-value is None.
+    """
+    from scipy.stats import wilcoxon
+
+    if len(x) != len(y):
+        raise ValueError(f"length mismatch: {len(x)} vs {len(y)} paired values")
+    diffs = np.asarray(x, dtype=float) - np.asarray(y, dtype=float)
+    if diffs.size == 0:
+        return {"median_difference": None, "p_value": None, "n": 0}
+    median = float(np.median(diffs))
+    if np.allclose(diffs, 0.0):
+        return {"median_difference": median, "p_value": 1.0, "n": int(diffs.size)}
+    p_value = float(wilcoxon(diffs).pvalue)
+    return {"median_difference": median, "p_value": p_value, "n": int(diffs.size)}

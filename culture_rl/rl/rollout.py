@@ -210,8 +210,39 @@ class RolloutWorker(WeightReceiver):
 
         torch.set_num_threads(max(1, threads))
         self.gauges = RayGauges(workflow="rollout", worker=str(os.getpid()))
-        self.backend = BACKENDS[backend](model_path, dtype, trust_remote_code)
+        self.backend_name, self.dtype, self.trust_remote_code = backend, dtype, trust_remote_code
+        self.load(model_path)
+
+    def load(self, model_path: str) -> None:
+        """Serve another model (the evaluation harness walks its models with one group)."""
+        self.backend = None  # free the old weights before the new ones load
+        self.backend = BACKENDS[self.backend_name](model_path, self.dtype,
+                                                   self.trust_remote_code)
         self.model = self.backend.model
+
+    def _hf(self, what: str) -> "HFBackend":
+        if not isinstance(self.backend, HFBackend):
+            raise ConfigError(f"{what} reads the model's own forward pass: evaluation actors "
+                              "use the 'hf' backend", field="rollout.backend")
+        return self.backend
+
+    def complete(self, prompts: Sequence[str], max_new_tokens: int, batch_size: int
+                 ) -> list[str]:
+        """Greedy completions, text only (evaluation)."""
+        from culture_rl.eval.generation import generate_answers
+
+        backend = self._hf("greedy evaluation")
+        return generate_answers(backend.model, backend.tokenizer, prompts,
+                                max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+    def option_distributions(self, prompts: Sequence[str], labels: Sequence[Sequence[str]],
+                             batch_size: int) -> list[list[float]]:
+        """Per prompt, the distribution over its option labels (survey / value answers)."""
+        from culture_rl.eval.generation import option_distributions
+
+        backend = self._hf("option scoring")
+        return option_distributions(backend.model, backend.tokenizer, prompts, labels,
+                                    batch_size=batch_size)
 
     def generate(self, prompts: Sequence[str], params: SamplingParams, seed: int) -> Rollout:
         # Prompts this generator has yet to finish: the dashboard's view of rollout backlog.

@@ -33,13 +33,15 @@ class PPOResult:
 
 
 def ranking_prompts(config: ExperimentConfig, data: AlignData, cues: list[str], seed: int,
-                    per_cue: int) -> list[dict]:
-    """ALIGN ranking prompts for ``cues``, tagged with the target culture."""
-    norms = data.norms_by_culture[data.target_culture]
-    rows = examples.build_ranking_examples(norms, cues, n_words=config.ppo.ranking_words,
+                    per_cue: int, culture: str | None = None) -> list[dict]:
+    """ALIGN ranking prompts for ``cues`` from ``culture``'s norms (default: the target's),
+    tagged with that culture."""
+    culture = culture or data.target_culture
+    rows = examples.build_ranking_examples(data.norms_by_culture[culture], cues,
+                                           n_words=config.ppo.ranking_words,
                                            language=config.data.language, seed=seed,
                                            per_cue=per_cue)
-    return [{**row, "culture": data.target_culture} for row in rows]
+    return [{**row, "culture": culture} for row in rows]
 
 
 def heldout_ranking_cues(config: ExperimentConfig, data: AlignData) -> list[str]:
@@ -51,14 +53,15 @@ def heldout_ranking_cues(config: ExperimentConfig, data: AlignData) -> list[str]
     return held[:config.eval.max_cues] if config.eval.max_cues else held
 
 
-def eval_ranking_prompts(config: ExperimentConfig, data: AlignData) -> list[dict]:
+def eval_ranking_prompts(config: ExperimentConfig, data: AlignData,
+                         culture: str | None = None) -> list[dict]:
     # A seed apart from the training prompts' and several word samples per cue: the held-out
     # mean rho is then a stable number even with few cues.
     return ranking_prompts(config, data, heldout_ranking_cues(config, data),
-                           seed=config.run.seed + 1, per_cue=4)
+                           seed=config.run.seed + 1, per_cue=4, culture=culture)
 
 
-def resolve_policy_path(path: str) -> str:
+def resolve_policy_path(path: str, field: str = "ppo.policy_path") -> str:
     """A model folder, an SFT ``export`` folder (its merged ``model/``, else ``adapter/``) or a
     local Hugging Face name."""
     from culture_rl.models.loading import check_available
@@ -70,7 +73,7 @@ def resolve_policy_path(path: str) -> str:
     try:
         check_available(path)
     except ConfigError as err:
-        raise ConfigError(err.reason, field="ppo.policy_path") from None
+        raise ConfigError(err.reason, field=field) from None
     return str(folder.resolve()) if folder.exists() else path
 
 
