@@ -8,7 +8,6 @@ invocation created is removed again, so nothing half-written is left behind.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -21,6 +20,8 @@ EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 # Commands that talk to a cluster's job server: they create no run folder here.
 CLIENTS = ("submit", "jobs")
+# Commands that take no config: the clients, and `report`, which reads a finished run folder.
+NO_CONFIG = (*CLIENTS, "report")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,14 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
                                "actor groups"),
                        ("sweep", "Ray Tune sweep of SFT across cultures x hyper-parameters "
                                  "(ASHA); writes the best configuration per culture"),
-                       ("eval", "evaluate a model: association P@k and survey alignment per "
-                                "culture"),
-                       ("demo", "the quickstart: world, base, SFT, evaluation, summary")):
+                       ("eval", "evaluate models x cultures x evaluations (eval.models; "
+                                "default: every exported stage of the run) into "
+                                "eval/eval.json and eval/eval.csv"),
+                       ("demo", "the quickstart: world, base, SFT, PPO, evaluation, report")):
         sub = commands.add_parser(name, help=text)
         _add_config_args(sub, required=name != "demo")
         if name == "eval":
-            sub.add_argument("--model", help="model folder (default: the run's SFT export)")
-            sub.add_argument("--label", default=None, help="name of this model in eval/")
+            sub.add_argument("--model", help="evaluate only this model folder (or a stage of "
+                                             "the run: pretrain, sft, ppo)")
+            sub.add_argument("--label", default=None, help="name of --model in the results "
+                                                           "(default: its folder name)")
+            sub.add_argument("--no-report", action="store_true",
+                             help="do not write report.md / report.html afterwards")
+    report = commands.add_parser("report", help="write report.md and a self-contained "
+                                                "report.html (with plots) for a run folder")
+    report.add_argument("run_dir", help="the run folder, e.g. runs/quickstart")
 
     from culture_rl.jobs.commands import add_parsers as add_job_parsers
 
@@ -88,13 +97,21 @@ def _print_table(summary: dict, run_dir: Path) -> None:
 
     print()
     print(render_markdown(summary))
-    print(f"Report: {run_dir / 'summary.md'}  (numbers: {run_dir / 'summary.json'})")
+    print(f"Summary: {run_dir / 'summary.md'}  (numbers: {run_dir / 'summary.json'})")
+    print(f"Report: {run_dir / 'report.html'}  (markdown: {run_dir / 'report.md'}; every "
+          f"number: {run_dir / 'eval' / 'eval.json'})")
 
 
 def run_command(args, config) -> int:
     """Run a parsed command; ``config`` is the loaded config (None for `config fields`)."""
     from culture_rl.config import config_to_yaml, describe_fields, write_run_config
 
+    if args.command == "report":
+        from culture_rl.eval.report import write_report
+
+        paths = write_report(Path(args.run_dir).expanduser().resolve())
+        print(f"report: {paths['html']}  (markdown: {paths['md']})")
+        return 0
     if args.command in CLIENTS:
         from culture_rl.jobs import commands
 
@@ -156,17 +173,23 @@ def run_command(args, config) -> int:
         print_summary(result, config.sweep.metric)
         return EXIT_FAILED if result.count(ERROR_STATUS) else 0
     if args.command == "eval":
-        from culture_rl.workflows.align_sft import stage_dir
-        from culture_rl.workflows.quickstart import evaluate_stage, stage_summary
+        from culture_rl.eval.harness import plan_evaluation, run_evaluation
+        from culture_rl.workflows.quickstart import render_results
 
         data = load_align_data(config)
-        model_dir = args.model or str(stage_dir(config, "sft") / "export" / "model")
-        if not Path(model_dir).is_dir():
-            raise ConfigError(f"no model at {model_dir}; pass --model or train with `sft`",
-                              field="--model")
-        label = args.label or Path(model_dir).name
-        report = evaluate_stage(config, data, model_dir, label)
-        print(json.dumps(stage_summary(report, data.target_culture), indent=2))
+        models = None
+        if args.model:
+            label = args.label or Path(args.model).name
+            models = {label: args.model}
+        plan = plan_evaluation(config, data, models)  # every input checked before Ray starts
+        write_run_config(config)
+        results = run_evaluation(config, plan)
+        print(render_results(results))
+        print(f"results: {config.run_dir / 'eval' / 'eval.json'} (and eval.csv)")
+        if not args.no_report:
+            from culture_rl.eval.report import write_report
+
+            print(f"report: {write_report(config.run_dir)['html']}")
         return 0
     raise AssertionError(args.command)
 
@@ -198,9 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     created = config = None
     try:
-        if getattr(args, "config_command", None) != "fields" and args.command not in CLIENTS:
+        if getattr(args, "config_command", None) != "fields" and args.command not in NO_CONFIG:
             config = _load(args)
-        if args.command not in ("config", *CLIENTS):
+        if args.command not in ("config", *NO_CONFIG):
             created = _first_missing(config.run_dir)
         return run_command(args, config)
     except CultureRLError as err:

@@ -235,12 +235,21 @@ class EvalConfig(_Section):
     def _positive_k(self) -> "EvalConfig":
         if any(k < 1 for k in self.k_values):
             raise ValueError("every k must be >= 1")
-        if self.tension_pair and (len(self.tension_pair) != 2
-                                  or self.tension_pair[0] == self.tension_pair[1]):
-            raise ValueError("tension_pair takes two different cultures [A, B]")
-        if len(set(self.evaluations)) != len(self.evaluations):
-            raise ValueError("evaluations lists an evaluation twice")
         return self
+
+    @field_validator("tension_pair")
+    @classmethod
+    def _two_cultures(cls, value: list[str]) -> list[str]:
+        if value and (len(value) != 2 or value[0] == value[1]):
+            raise ValueError("takes two different cultures [A, B] (or [] for the default)")
+        return value
+
+    @field_validator("evaluations")
+    @classmethod
+    def _each_evaluation_once(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists an evaluation twice")
+        return value
 
 
 class PPOConfig(_Section):

@@ -17,11 +17,12 @@ class Workflow:
 
 WORKFLOWS = {w.name: w for w in (
     Workflow("quickstart", "demo", "the quickstart end to end: world, base, SFT, PPO, "
-                                   "evaluation, summary"),
+                                   "evaluation, summary, report"),
     Workflow("align_sft", "sft", "ALIGN stage 1: LoRA SFT on association norms (Ray Train + "
                                  "DeepSpeed)"),
     Workflow("align_ppo", "ppo", "ALIGN stage 2: PPO with the Spearman ranking reward"),
-    Workflow("eval", "eval", "evaluate a model: association P@k, survey alignment, ranking rho"),
+    Workflow("eval", "eval", "evaluate models x cultures x evaluations on the evaluation actors "
+                             "and write eval.json, eval.csv and the report"),
     Workflow("sweep", "sweep", "Ray Tune sweep of SFT across cultures and hyper-parameters"),
 )}
 

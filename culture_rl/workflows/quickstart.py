@@ -1,8 +1,10 @@
 """The quickstart: synthesise the world, pretrain the biased base, ALIGN SFT, ALIGN PPO, evaluate,
-summarise.
+summarise, report.
 
-Writes ``<run dir>/eval/<stage>.json`` per evaluated model and ``summary.json`` /
-``summary.md``; every stage is resumable, so an interrupted demo picks up where it stopped.
+The three models go through the evaluation harness (``eval/eval.json``, ``eval/eval.csv``), then
+``summary.json`` / ``summary.md`` (the target culture's numbers per stage) and the report
+(``report.md``, ``report.html``) are written; every stage is resumable (and evaluations cached),
+so an interrupted demo picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 from pathlib import Path
 
 from culture_rl.config import ExperimentConfig, write_run_config
-from culture_rl.workflows.align_data import AlignData, load_align_data
+from culture_rl.workflows.align_data import load_align_data
 from culture_rl.workflows.align_ppo import run_ppo
 from culture_rl.workflows.align_sft import run_pretrain, run_sft
 
@@ -19,81 +21,48 @@ SUMMARY_KEYS = ("p@1", "p@5", "p@10", "parse_failure_rate")
 SURVEY_KEYS = ("js", "emd", "argmax_agree")
 
 
-def evaluation_cues(config: ExperimentConfig, data: AlignData) -> list[str]:
-    split = config.eval.split
-    cues = data.split["val"] + data.split["test"] if split == "heldout" else data.split[split]
-    return cues[:config.eval.max_cues] if config.eval.max_cues else cues
-
-
-def evaluate_stage(config: ExperimentConfig, data: AlignData, model_dir: str | Path,
-                   label: str) -> dict:
-    """Evaluate one exported model on the driver; cached in ``eval/<label>.json``."""
-    from culture_rl.eval.evaluate import evaluate_model
-    from culture_rl.models.loading import load_model, load_tokenizer
-
-    from culture_rl.workflows.align_ppo import eval_ranking_prompts
-
-    out = config.run_dir / "eval" / f"{label}.json"
-    if out.is_file():
-        cached = json.loads(out.read_text("utf-8"))
-        # Same label but another model, or made before ranking was measured: evaluate anew.
-        if cached.get("model_dir") == str(model_dir) and "ranking" in cached:
-            export_evaluation(config, cached, label)
-            return cached
-    print(f"[eval] {label}: {model_dir}", flush=True)
-    model = load_model(model_dir, config.model.dtype, config.model.trust_remote_code)
-    tokenizer = load_tokenizer(model_dir, config.model.trust_remote_code)
-    report = evaluate_model(model, tokenizer, norms_by_culture=data.norms_by_culture,
-                            cues=evaluation_cues(config, data), survey=data.survey,
-                            k_values=config.eval.k_values, language=config.data.language,
-                            max_new_tokens=config.eval.max_new_tokens,
-                            batch_size=config.eval.batch_size, label=label,
-                            ranking=eval_ranking_prompts(config, data),
-                            ranking_max_new_tokens=config.rollout.max_new_tokens)
-    report["model_dir"] = str(model_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".partial")
-    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False), "utf-8")
-    tmp.rename(out)
-    export_evaluation(config, report, label)
-    return report
-
-
-def evaluation_values(report: dict) -> dict[str, float]:
-    """An evaluation report as ``evaluation_<metric>/<culture>`` numbers (and
-    ``evaluation_ranking_rho`` for the target culture's ranking task)."""
-    values = {}
-    for section in ("associations", "survey"):
-        for culture, scores in report.get(section, {}).items():
-            values.update({f"evaluation_{key}/{culture}": value for key, value in scores.items()
-                           if not key.startswith("n_")})
-    ranking = report.get("ranking", {})
-    values.update({f"evaluation_ranking_{key}": ranking[key]
-                   for key in ("rho", "parse_failure_rate") if key in ranking})
-    return values
-
-
-def export_evaluation(config: ExperimentConfig, report: dict, label: str) -> None:
-    from culture_rl.distributed.metrics import RayGauges
-
-    RayGauges(run=config.run.name, workflow="eval", model=label).set(evaluation_values(report))
-
-
-def stage_summary(report: dict, target: str) -> dict:
+def stage_summary(results: dict, model: str, target: str) -> dict:
     """The flat per-stage numbers of summary.json (target culture), plus P@5 per culture."""
-    assoc = report["associations"].get(target, {})
-    row = {key: round(assoc[key], 4) for key in SUMMARY_KEYS if key in assoc}
-    survey = report["survey"].get(target, {})
-    row.update({f"wvs_{key}": round(survey[key], 4) for key in SURVEY_KEYS if key in survey})
-    row["p@5_by_culture"] = {c: round(s["p@5"], 4) for c, s in report["associations"].items()
-                             if "p@5" in s}
-    ranking = report.get("ranking", {})
-    if "rho" in ranking:
-        row["ranking_rho"] = round(ranking["rho"], 4)
-        row["ranking_parse_failure_rate"] = round(ranking["parse_failure_rate"], 4)
-    row["n_cues"] = assoc.get("n_cues", 0)
-    row["n_questions"] = survey.get("n_questions", 0)
+    from culture_rl.eval.harness import lookup
+
+    def value(evaluation: str, metric: str, culture: str = target):
+        return lookup(results, model, culture, evaluation, metric)
+
+    row = {key: round(v, 4) for key in SUMMARY_KEYS
+           if (v := value("associations", key)) is not None}
+    row.update({f"wvs_{key}": round(v, 4) for key in SURVEY_KEYS
+                if (v := value("wvs", key)) is not None})
+    row["p@5_by_culture"] = {c: round(v, 4) for c in results["cultures"]
+                             if (v := value("associations", "p@5", c)) is not None}
+    if (rho := value("ranking", "rho")) is not None:
+        row["ranking_rho"] = round(rho, 4)
+        row["ranking_parse_failure_rate"] = round(value("ranking", "parse_failure_rate"), 4)
+    counts = {(r["evaluation"], r["culture"]): r["n"] for r in results["records"]
+              if r["model"] == model and r["subset"] == "all"}
+    row["n_cues"] = counts.get(("associations", target), 0)
+    row["n_questions"] = counts.get(("wvs", target), 0)
     return row
+
+
+def render_results(results: dict) -> str:
+    """The target culture's main numbers per model, for the terminal."""
+    from culture_rl.eval.harness import lookup
+
+    target = results["target_culture"]
+    columns = [("associations", "p@5"), ("associations", "parse_failure_rate"),
+               ("ranking", "rho"), ("wvs", "js"), ("value_classification", "accuracy")]
+    columns = [c for c in columns if any((r["evaluation"], r["metric"]) == c
+                                         for r in results["records"])]
+    lines = [f"Evaluation against {target} (all cultures: eval/eval.csv)", "",
+             "| model | " + " | ".join(f"{e} {m}" for e, m in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    for model in results["models"]:
+        cells = []
+        for evaluation, metric in columns:
+            v = lookup(results, model, target, evaluation, metric)
+            cells.append("-" if v is None else f"{v:.3f}")
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def render_markdown(summary: dict) -> str:
@@ -127,6 +96,9 @@ def render_markdown(summary: dict) -> str:
 
 
 def run_quickstart(config: ExperimentConfig) -> dict:
+    from culture_rl.eval.harness import plan_evaluation, run_evaluation
+    from culture_rl.eval.report import write_report
+
     data = load_align_data(config)
     write_run_config(config)
     print(f"[quickstart] world written to {config.run_dir / 'world'}; target culture "
@@ -134,14 +106,24 @@ def run_quickstart(config: ExperimentConfig) -> dict:
     base = run_pretrain(config, data)
     sft = run_sft(config, data)
     ppo = run_ppo(config, data)
-    reports = {"base": evaluate_stage(config, data, base.model_dir, "base"),
-               "sft": evaluate_stage(config, data, sft.model_dir, "sft"),
-               "ppo": evaluate_stage(config, data, ppo.model_dir, "ppo")}
+    models = {"base": str(base.model_dir), "sft": str(sft.model_dir), "ppo": str(ppo.model_dir)}
+    results = run_evaluation(config, plan_evaluation(config, data, models),
+                             command=_quickstart_command(config))
     summary = {"target_culture": data.target_culture,
-               "stages": {name: stage_summary(r, data.target_culture)
-                          for name, r in reports.items()},
-               "samples": {name: r["samples"] for name, r in reports.items()}}
+               "stages": {name: stage_summary(results, name, data.target_culture)
+                          for name in models},
+               "samples": {name: results["details"][name].get("samples", [])
+                           for name in models}}
     (config.run_dir / "summary.json").write_text(json.dumps(summary, indent=2,
                                                             ensure_ascii=False), "utf-8")
     (config.run_dir / "summary.md").write_text(render_markdown(summary), "utf-8")
+    summary["report"] = str(write_report(config.run_dir)["html"])
     return summary
+
+
+def _quickstart_command(config: ExperimentConfig) -> str:
+    import shlex
+    import sys
+
+    argv = sys.argv[1:] if Path(sys.argv[0]).name == "culture-rl" else ["demo"]
+    return shlex.join(["culture-rl", *argv]) + f"  # run folder {config.run_dir}"

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.browser import ensure_chromium
 from tests.support.ray_head import BIN, RayHead, auth_token, client_env, free_port
 
 pytestmark = pytest.mark.e2e
@@ -205,11 +206,12 @@ def test_grafana_dashboard_charts_only_series_we_export(quickstart_run):
     """Every series the shipped Grafana dashboard charts is one the jobs above exported, or one
     the evaluation exports (its names computed from a real evaluation report)."""
     from culture_rl.distributed.metrics import gauge_updates
-    from culture_rl.workflows.quickstart import evaluation_values
+    from culture_rl.eval.harness import evaluation_values
 
     config, _ = quickstart_run
-    report = json.loads((config.run_dir / "eval" / "sft.json").read_text("utf-8"))
-    evaluation = {"ray_" + name for name, _, _ in gauge_updates(evaluation_values(report), {})}
+    results = json.loads((config.run_dir / "eval" / "eval.json").read_text("utf-8"))
+    evaluation = {"ray_" + name for name, _, _ in
+                  gauge_updates(evaluation_values(results["records"], "sft"), {})}
     dashboard = json.loads((REPO / "cluster" / "grafana" / "culture_rl.json").read_text("utf-8"))
     charted = {name for panel in dashboard["panels"] for target in panel["targets"]
                for name in re.findall(r"ray_culture_rl_\w+", target["expr"])}
@@ -253,22 +255,3 @@ def test_dashboard_jobs_page_shows_the_jobs_in_a_real_browser(head, tmp_path):
     finally:
         driver.quit()
 
-
-def ensure_chromium() -> str:
-    """Debian's chromium + chromedriver, installed here when missing (the test setup); skip
-    with the reason only if they cannot be installed."""
-    driver = shutil.which("chromedriver")
-    if driver and shutil.which("chromium"):
-        return driver
-    if shutil.which("apt-get") is None:
-        pytest.skip("chromium is not installed and this machine has no apt-get to install it")
-    done = subprocess.run(["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"],
-                          capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        done = subprocess.run("apt-get update -q && apt-get install -y -q chromium "
-                              "chromium-driver", shell=True, capture_output=True, text=True,
-                              timeout=900)
-    driver = shutil.which("chromedriver")
-    if done.returncode != 0 or not driver:
-        pytest.skip(f"chromium could not be installed: {done.stderr.strip()[-300:]}")
-    return driver

@@ -59,6 +59,8 @@ def test_finished_stage_rerun_is_a_no_op(quickstart_run, capsys):
 
 
 def test_cli_eval_on_the_trained_model(quickstart_run, tmp_path):
+    """`culture-rl eval --model` in another run folder: the same numbers as the quickstart's
+    evaluation of the same model (greedy, same prompts, same actor split)."""
     import subprocess
     import sys
     from pathlib import Path
@@ -67,8 +69,31 @@ def test_cli_eval_on_the_trained_model(quickstart_run, tmp_path):
     script = Path(sys.executable).with_name("culture-rl")
     proc = subprocess.run([str(script), "eval", "--config", str(config.run_dir / "config.yaml"),
                            "--model", str(config.run_dir / "sft" / "export" / "model"),
-                           "--label", "cli"], capture_output=True, text=True, timeout=600)
+                           "--label", "cli", "run.name=cli_eval",
+                           "eval.evaluations=[associations,wvs]"],
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    row = json.loads(proc.stdout[proc.stdout.index("{"):])
-    assert row["p@5"] == pytest.approx(summary["stages"]["sft"]["p@5"])
-    assert (config.run_dir / "eval" / "cli.json").is_file()
+    run_dir = config.run_dir.with_name("cli_eval")
+    results = json.loads((run_dir / "eval" / "eval.json").read_text("utf-8"))
+    assert list(results["models"]) == ["cli"] and "--label cli" in results["command"]
+    p5 = next(r["value"] for r in results["records"] if (r["culture"], r["metric"]) ==
+              (summary["target_culture"], "p@5"))
+    assert p5 == pytest.approx(summary["stages"]["sft"]["p@5"], abs=1e-4)
+    assert "| cli |" in proc.stdout and (run_dir / "report.html").is_file()
+    assert (run_dir / "eval" / "models" / "cli.json").is_file()
+
+
+def test_quickstart_writes_the_report(quickstart_run):
+    config, summary = quickstart_run
+    assert summary["report"] == str(config.run_dir / "report.html")
+    markdown = (config.run_dir / "report.md").read_text("utf-8")
+    for heading in ("Summary", "Associations (P@k)", "Lexical norms", "World Values Survey",
+                    "High-tension items", "Value classification", "Ranking reward",
+                    "Training curves", "Provenance"):
+        assert f"## {heading}" in markdown
+    results = json.loads((config.run_dir / "eval" / "eval.json").read_text("utf-8"))
+    assert list(results["models"]) == ["base", "sft", "ppo"]
+    evaluations = {r["evaluation"] for r in results["records"]}
+    assert evaluations == set(config.eval.evaluations)
+    images = sorted(p.name for p in (config.run_dir / "report_files").iterdir())
+    assert "wvs_js.png" in images and any(name.startswith("training_ppo") for name in images)
