@@ -103,7 +103,6 @@ class ActorGroup:
                  timeout_field: str = "ppo_resources.placement_timeout_s"):
         import ray
         from ray.util.placement_group import placement_group as make_placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.role = role
         self.owns_placement_group = placement_group is None
@@ -121,15 +120,27 @@ class ActorGroup:
                                     f"({timeout_field}); the cluster cannot place it "
                                     "now") from None
         self.placement_group = placement_group
-        self.actors = []
-        for rank in range(role.count):
-            strategy = PlacementGroupSchedulingStrategy(placement_group=placement_group,
-                                                        placement_group_bundle_index=rank)
-            options = {"num_cpus": role.cpus * share, "scheduling_strategy": strategy}
-            if role.gpus:
-                options["num_gpus"] = role.gpus * share
-            args, kwargs = args_for_rank(rank)
-            self.actors.append(actor_class.options(**options).remote(*args, **kwargs))
+        self.actor_class, self.args_for_rank, self.share = actor_class, args_for_rank, share
+        self.actors = [self._start(rank) for rank in range(role.count)]
+
+    def _start(self, rank: int):
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        strategy = PlacementGroupSchedulingStrategy(placement_group=self.placement_group,
+                                                    placement_group_bundle_index=rank)
+        options = {"num_cpus": self.role.cpus * self.share, "scheduling_strategy": strategy}
+        if self.role.gpus:
+            options["num_gpus"] = self.role.gpus * self.share
+        args, kwargs = self.args_for_rank(rank)
+        return self.actor_class.options(**options).remote(*args, **kwargs)
+
+    def replace(self, rank: int):
+        """Start a new actor on ``rank``'s bundle (its predecessor died: the bundle is free)."""
+        import ray
+
+        ray.kill(self.actors[rank], no_restart=True)  # make sure it is gone, not restarting
+        self.actors[rank] = self._start(rank)
+        return self.actors[rank]
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -141,3 +152,32 @@ class ActorGroup:
             ray.kill(actor)
         if self.owns_placement_group:
             ray.util.remove_placement_group(self.placement_group)
+
+
+def gather_replacing_dead(submit, count: int, replace, *, timeout_s: float, max_retries: int,
+                          what: str, error: type[Exception]) -> list:
+    """Results of ``count`` chunks, in order: ``submit(i)`` starts chunk i on actor i and
+    returns its ref. An actor that dies (process killed, node lost) is replaced by
+    ``replace(i)`` and its chunk resubmitted, so the step it serves is not lost; the same chunk
+    failing more than ``max_retries`` times, or any wait past ``timeout_s``, raises ``error``
+    naming ``what``."""
+    import ray
+
+    pending = {i: submit(i) for i in range(count)}
+    attempts = dict.fromkeys(pending, 0)
+    results = {}
+    while pending:
+        index, ref = next(iter(pending.items()))
+        try:
+            results[index] = ray.get(ref, timeout=timeout_s)
+            del pending[index]
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
+            attempts[index] += 1
+            if attempts[index] > max_retries:
+                raise error(f"{what}: actor {index} died {attempts[index]} times "
+                            f"({type(err).__name__})") from err
+            replace(index)
+            pending[index] = submit(index)
+        except ray.exceptions.GetTimeoutError as err:
+            raise error(f"{what}: actor {index} did not answer within {timeout_s:g} s") from err
+    return [results[i] for i in range(count)]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from culture_rl.checkpoints import latest_complete, prune, write_checkpoint
 from culture_rl.errors import CultureRLError
 from culture_rl.eval.evaluate import ranking_parse_failure_rate
 from culture_rl.rl import ppo
@@ -58,11 +59,11 @@ class PPOJob:
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
-    """The newest complete checkpoint (``controller.json`` is written last, and the folder is
-    renamed from ``.partial`` only after that): a truncated one is never picked."""
-    done = sorted(p for p in folder.glob("step_*") if p.is_dir() and (p / STATE).is_file()
-                  and not p.name.endswith(".partial"))
-    return done[-1] if done else None
+    """The newest complete checkpoint: renamed from ``.partial`` only after its manifest was
+    written, and still matching it (see :mod:`culture_rl.checkpoints`). A damaged one is
+    skipped with one warning line, and the one before it is used."""
+    return latest_complete(folder, "step_*", required=(STATE,),
+                           warn=lambda line: print(f"[ppo] warning: {line}", flush=True))
 
 
 class PPOController:
@@ -79,6 +80,7 @@ class PPOController:
         self.resumed_from: Path | None = None
         self.groups: dict = {}
         self.pool = None
+        self.rollout_replacements = 0
 
     # ---------------------------------------------------------------- set-up
     def start(self) -> None:
@@ -143,6 +145,14 @@ class PPOController:
         except ray.exceptions.GetTimeoutError:
             raise PPORunError(f"{what} did not finish within {timeout:g} s "
                               "(ppo_resources.call_timeout_s)") from None
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
+            # A trainer rank holds optimizer state and a share of the process group: it cannot
+            # be swapped mid-run like a generator. End the run, pointing at what resumes it.
+            saved = latest_checkpoint(self.job.checkpoint_dir)
+            resume = (f"rerun the same command to resume from {saved}" if saved else
+                      "no checkpoint was saved yet; rerun the same command to start again")
+            raise PPORunError(f"an actor died during {what} ({type(err).__name__}); "
+                              f"{resume}") from None
 
     def _setup_process_group(self, group) -> None:
         addr, port = self._get(group.actors[0].master_address.remote(),
@@ -171,13 +181,32 @@ class PPOController:
     def _generate(self, prompts: list[dict], params, seed: int, what: str) -> list:
         """Near-equal contiguous chunks of ``prompts`` to the rollout workers (worker i seeded
         ``seed + i``); returns ((first, last + 1), Rollout) per non-empty chunk, in order."""
-        workers = self.groups["rollout"].actors
-        bounds = [(i * len(prompts) // len(workers), (i + 1) * len(prompts) // len(workers))
-                  for i in range(len(workers))]
-        used = [(i, a, b) for i, (a, b) in enumerate(bounds) if b > a]
-        refs = [workers[i].generate.remote([p["prompt"] for p in prompts[a:b]], params, seed + i)
-                for i, a, b in used]
-        return list(zip([(a, b) for _, a, b in used], self._get(refs, what)))
+        from culture_rl.distributed.cluster import gather_replacing_dead
+        from culture_rl.eval.inference import contiguous_chunks
+
+        group = self.groups["rollout"]
+        chunks = contiguous_chunks(len(prompts), len(group))
+
+        def submit(i: int):
+            a, b = chunks[i]
+            return group.actors[i].generate.remote([p["prompt"] for p in prompts[a:b]], params,
+                                                   seed + i)
+
+        rollouts = gather_replacing_dead(submit, len(chunks), self._replace_rollout_worker,
+                                         timeout_s=self.config.ppo_resources.call_timeout_s,
+                                         max_retries=2, what=what, error=PPORunError)
+        return list(zip(chunks, rollouts))
+
+    def _replace_rollout_worker(self, rank: int) -> None:
+        """A dead generator is restarted on its bundle and given the policy's current
+        weights before its chunk is retried (same seed: the same samples)."""
+        print(f"[ppo] rollout worker {rank} died; starting a replacement", flush=True)
+        worker = self.groups["rollout"].replace(rank)
+        self.rollout_replacements += 1
+        bucket_mb, timeout = self.config.rollout.sync_bucket_mb, \
+            self.config.ppo_resources.call_timeout_s
+        self._get([a.sync_weights.remote([worker], bucket_mb, timeout)
+                   for a in self.groups["policy"].actors], "weight sync to the new rollout worker")
 
     def rollout(self, batch: list[dict], step: int) -> tuple[Experience, list[str]]:
         from culture_rl.rl.rollout import SamplingParams
@@ -281,24 +310,19 @@ class PPOController:
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, step: int) -> Path:
-        final = self.job.checkpoint_dir / f"step_{step:06d}"
-        partial = final.with_name(final.name + ".partial")
-        if partial.exists():
-            shutil.rmtree(partial)
-        partial.mkdir(parents=True)
-        for name in ("policy", "critic"):
-            if name in self.groups:
-                self._get([a.save.remote(str(partial / name), {"step": step})
-                           for a in self.groups[name].actors], f"saving {name}")
-        state = {"step": step, "prompts": self.iterator.state_dict(),
-                 "kl": self.kl.state_dict()}
-        (partial / STATE).write_text(json.dumps(state, indent=2), "utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        partial.rename(final)
-        for old in sorted(p for p in self.job.checkpoint_dir.glob("step_*")
-                          if p.is_dir() and p != final and not p.name.endswith(".partial"))[:-1]:
-            shutil.rmtree(old, ignore_errors=True)  # keep the newest two
+        """Written whole or not at all (``.partial``, manifest last, rename); a failure, e.g. a
+        full disk, raises CheckpointError naming the checkpoint and leaves the previous one."""
+        def write(partial: Path) -> None:
+            for name in ("policy", "critic"):
+                if name in self.groups:
+                    self._get([a.save.remote(str(partial / name), {"step": step})
+                               for a in self.groups[name].actors], f"saving {name}")
+            state = {"step": step, "prompts": self.iterator.state_dict(),
+                     "kl": self.kl.state_dict()}
+            (partial / STATE).write_text(json.dumps(state, indent=2), "utf-8")
+
+        final = write_checkpoint(self.job.checkpoint_dir / f"step_{step:06d}", write)
+        prune(self.job.checkpoint_dir, keep=final, required=(STATE,))  # and one to fall back on
         return final
 
     def export(self) -> Path:

@@ -52,31 +52,23 @@ class RewardPool:
         """Scores in input order; chunks go to the scorers in parallel."""
         if len(answers) != len(metas):
             raise ValueError(f"{len(answers)} answers but {len(metas)} metadata records")
+        from culture_rl.distributed.cluster import gather_replacing_dead
+
         n = len(self.scorers)
         bounds = [(i * len(answers) // n, (i + 1) * len(answers) // n) for i in range(n)]
-        pending = {index: self.scorers[index].score.remote(answers[a:b], metas[a:b])
-                   for index, (a, b) in enumerate(bounds)}
-        results: dict[int, list[float]] = {}
-        attempts = {index: 0 for index in pending}
-        while pending:
-            index, ref = next(iter(pending.items()))
-            try:
-                results[index] = ray.get(ref, timeout=self.timeout_s)
-                del pending[index]
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
-                attempts[index] += 1
-                if attempts[index] > self.max_retries:
-                    raise RewardScoringError(
-                        f"reward scorer for samples {bounds[index][0]}-{bounds[index][1] - 1} "
-                        f"died {attempts[index]} times: {type(err).__name__}") from err
-                self.scorers[index] = self._start()  # replace the dead actor, retry its chunk
-                self.replacements += 1
-                a, b = bounds[index]
-                pending[index] = self.scorers[index].score.remote(answers[a:b], metas[a:b])
-            except ray.exceptions.GetTimeoutError as err:
-                raise RewardScoringError(f"reward scorer {index} did not answer within "
-                                         f"{self.timeout_s:g} s") from err
-        return [score for index in range(n) for score in results[index]]
+
+        def submit(index: int):
+            a, b = bounds[index]
+            return self.scorers[index].score.remote(answers[a:b], metas[a:b])
+
+        def replace(index: int) -> None:
+            self.scorers[index] = self._start()  # the dead actor's chunk is retried on it
+            self.replacements += 1
+
+        parts = gather_replacing_dead(submit, n, replace, timeout_s=self.timeout_s,
+                                      max_retries=self.max_retries, what="reward scoring",
+                                      error=RewardScoringError)
+        return [score for part in parts for score in part]
 
     def shutdown(self) -> None:
         for scorer in self.scorers:

@@ -99,6 +99,67 @@ def test_ppo_steps_sync_weights_into_generators_and_log_finite_metrics(ray_sessi
     assert latest_checkpoint(controller.job.checkpoint_dir).name == "step_000002"
 
 
+def test_killed_rollout_worker_is_replaced_synced_and_the_step_completes(ray_session, tmp_path,
+                                                                          tiny_policy):
+    """A generator process killed (SIGKILL) after step 1 trained the policy: step 2's rollout
+    finds it dead, a replacement starts on its bundle, receives the trained weights and
+    generates the lost chunk; the step completes with generators and trainer in agreement."""
+    import os
+    import signal
+
+    config = ppo_config(tmp_path, tiny_policy, "rollout_loss")
+    controller = controller_for(config, tiny_policy)
+    try:
+        controller.start()
+        controller.run_step(1)
+        victim = controller.groups["rollout"].actors[1]
+        victim_pid = ray.get(victim.pid.remote())
+        os.kill(victim_pid, signal.SIGKILL)
+        values = controller.run_step(2)
+        replacement = controller.groups["rollout"].actors[1]
+        assert ray.get(replacement.pid.remote()) != victim_pid
+        trained = ray.get(controller.groups["policy"].actors[0].fingerprint.remote())
+        synced = ray.get(replacement.fingerprint.remote())
+    finally:
+        controller.shutdown()
+    assert controller.rollout_replacements == 1
+    assert values["samples"] == 8 and values["reward_mean"] == values["reward_mean"]
+    assert values["logprob_gap"] < 1e-3  # the replacement generated with the trained weights
+    assert all(synced[k] == pytest.approx(trained[k], rel=1e-6, abs=1e-6) for k in trained)
+
+
+def test_dead_trainer_ends_the_run_with_a_resumable_checkpoint(ray_session, tmp_path,
+                                                              tiny_policy):
+    """The policy trainer process killed after step 1's checkpoint: step 2 ends with a
+    PPORunError that names the checkpoint, and a rerun resumes from it and finishes."""
+    import os
+    import signal
+
+    config = ppo_config(tmp_path, tiny_policy, "trainer_loss")
+    metrics_path = tmp_path / "trainer_loss.jsonl"
+    first = controller_for(config, tiny_policy)
+    try:
+        first.start()
+        first.run_step(1)
+        first.step = 1
+        saved = first.save_checkpoint(1)
+        os.kill(ray.get(first.groups["policy"].actors[0].pid.remote()), signal.SIGKILL)
+        with pytest.raises(PPORunError) as failure:
+            first.run_step(2)
+    finally:
+        first.shutdown()
+    message = str(failure.value)
+    assert "died during" in message and str(saved) in message and "rerun" in message
+    second = controller_for(config, tiny_policy)
+    try:
+        second.start()
+        assert second.resumed_from == saved and second.step == 1
+        last = second.run(StepMetrics(metrics_path, "trainer_loss", "ppo"))
+    finally:
+        second.shutdown()
+    assert second.step == 2 and last["logprob_gap"] < 1e-3
+
+
 def test_killed_scorer_mid_step_is_replaced_and_the_step_completes(ray_session, tmp_path,
                                                                      tiny_policy):
     config = ppo_config(tmp_path, tiny_policy, "scorer", ["ppo.max_steps=1"])
