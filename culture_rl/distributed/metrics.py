@@ -17,6 +17,8 @@ import re
 import time
 from pathlib import Path
 
+from culture_rl.redact import redact
+
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
 
 
@@ -84,8 +86,11 @@ class StepMetrics:
         self.path.write_text("".join(line + "\n" for line in kept), "utf-8")
 
     def log(self, step: int, values: dict[str, float]) -> dict:
-        record = {"step": step, "time": round(time.time(), 3),
-                  **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in values.items()}}
+        # Redacted: metrics.jsonl is read by anyone with the run folder, and a value passed
+        # through here (a tag, a note) must never carry a credential along.
+        record = redact({"step": step, "time": round(time.time(), 3),
+                         **{k: (round(v, 6) if isinstance(v, float) else v)
+                            for k, v in values.items()}})
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")

@@ -387,11 +387,16 @@ _SHARED: SharedStaging | None = None  # this process' /dev/shm files, made on fi
 _NODE_OF: dict[str, str] = {}  # receiver actor id -> node id (asked once per receiver)
 
 
-def _all_on_this_node(receivers: list) -> bool:
+def _all_on_this_node(receivers: list, timeout_s: float = 600) -> bool:
     import ray
 
     missing = [r for r in receivers if r._actor_id.hex() not in _NODE_OF]
-    for receiver, node in zip(missing, ray.get([r.node_id.remote() for r in missing])):
+    try:
+        nodes = ray.get([r.node_id.remote() for r in missing], timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise WeightSyncError(f"weight sync: {len(missing)} receivers did not say which node "
+                              f"they are on within {timeout_s:g} s") from None
+    for receiver, node in zip(missing, nodes):
         _NODE_OF[receiver._actor_id.hex()] = node
     here = ray.get_runtime_context().get_node_id()
     return all(_NODE_OF[r._actor_id.hex()] == here for r in receivers)
@@ -444,7 +449,7 @@ def sync_weights(model: torch.nn.Module, receivers: list, bucket_mb: float,
                 "tensors": 0, "rpcs": 0, "transport": "none"}
     if transport == "auto":
         usable = os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)
-        transport = ("shared_memory" if usable and _all_on_this_node(receivers)
+        transport = ("shared_memory" if usable and _all_on_this_node(receivers, timeout_s)
                      else "object_store")
     shared = _shared_staging() if transport == "shared_memory" else None
     bucket_bytes = int(bucket_mb * 2 ** 20) if mode == "bucketed" else 0

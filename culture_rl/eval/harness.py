@@ -31,6 +31,7 @@ from culture_rl.config import ExperimentConfig, config_to_yaml
 from culture_rl.errors import ConfigError
 from culture_rl.eval.evaluate import (EVALUATIONS, EvalInputs, evaluate, lexical_comparisons,
                                       sample_statements)
+from culture_rl.redact import redact_text
 from culture_rl.workflows.align_data import AlignData
 
 SCHEMA = 1
@@ -244,7 +245,7 @@ class _EvalGroup:
 
         from culture_rl.distributed.cluster import (ActorGroup, Role, check_plan, connect,
                                                     describe_plan)
-        from culture_rl.eval.inference import ActorInference
+        from culture_rl.eval.inference import ActorInference, EvaluationError
         from culture_rl.rl.rollout import RolloutWorker
 
         settings, model = self.config.eval, self.config.model
@@ -260,11 +261,16 @@ class _EvalGroup:
                 role, RolloutWorker,
                 lambda rank: ((model_path, "hf", model.dtype, model.trust_remote_code, threads),
                               {}), self.config.ppo_resources.placement_timeout_s)
-            self.inference = ActorInference(self.group.actors, settings.batch_size,
-                                            settings.call_timeout_s)
+            self.inference = ActorInference(self.group, settings.batch_size,
+                                            settings.call_timeout_s, model_path)
             # The constructors load the first model; a failed load surfaces here.
-            ray.get([a.pid.remote() for a in self.group.actors],
-                    timeout=settings.call_timeout_s)
+            try:
+                ray.get([a.pid.remote() for a in self.group.actors],
+                        timeout=settings.call_timeout_s)
+            except ray.exceptions.GetTimeoutError:
+                raise EvaluationError(f"the evaluation actors did not load {model_path} within "
+                                      f"{settings.call_timeout_s:g} s (eval.call_timeout_s)") \
+                    from None
         else:
             self.inference.load(model_path)
         return self.inference
@@ -309,7 +315,8 @@ def run_evaluation(config: ExperimentConfig, plan: EvalPlan, command: str | None
     results = {
         "schema": SCHEMA, "run": config.run.name,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": command or shlex.join(["culture-rl", *sys.argv[1:]]),
+        # Both redacted: an override such as resources.address=ray://user:pass@head is in argv.
+        "command": redact_text(command or shlex.join(["culture-rl", *sys.argv[1:]])),
         "config_yaml": config_to_yaml(config), "target_culture": plan.inputs.target_culture,
         "cultures": plan.inputs.cultures, "evaluations": plan.evaluations,
         "models": {label: {"path": r["model_dir"], "seconds": r["seconds"]}

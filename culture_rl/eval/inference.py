@@ -15,8 +15,9 @@ from culture_rl.errors import CultureRLError
 from culture_rl.eval.generation import generate_answers, option_distributions
 
 
-class EvaluationTimeout(CultureRLError):
-    """An evaluation call on the actors outlived ``eval.call_timeout_s`` (exit code 1)."""
+class EvaluationError(CultureRLError):
+    """An evaluation call on the actors outlived ``eval.call_timeout_s``, or an actor kept
+    dying (exit code 1)."""
 
 
 class Inference(Protocol):
@@ -52,37 +53,51 @@ def contiguous_chunks(n_items: int, n_workers: int) -> list[tuple[int, int]]:
 
 
 class ActorInference:
-    """The evaluation actor group (``RolloutWorker`` actors, see ``rl/rollout.py``): each call is
-    split into contiguous chunks, one per actor, and the answers are put back in order."""
+    """The evaluation actor group (``RolloutWorker`` actors, see ``rl/rollout.py``, on an
+    :class:`~culture_rl.distributed.cluster.ActorGroup`): each call is split into contiguous
+    chunks, one per actor, and the answers are put back in order. An actor that dies is
+    restarted on its bundle, loads the model under evaluation and its chunk is retried."""
 
-    def __init__(self, actors: list, batch_size: int, timeout_s: float):
-        self.actors, self.batch_size, self.timeout_s = actors, batch_size, timeout_s
+    def __init__(self, group, batch_size: int, timeout_s: float, model_path: str):
+        self.group, self.batch_size, self.timeout_s = group, batch_size, timeout_s
+        self.model_path = model_path  # what the actors serve now
+        self.replacements = 0
 
     def _fan_out(self, method: str, what: str, items: Sequence, *extra_lists: Sequence,
                  **kwargs) -> list:
+        from culture_rl.distributed.cluster import gather_replacing_dead
+
+        chunks = contiguous_chunks(len(items), len(self.group))
+
+        def submit(i: int):
+            a, b = chunks[i]
+            return getattr(self.group.actors[i], method).remote(
+                list(items[a:b]), *[list(e[a:b]) for e in extra_lists], **kwargs)
+
+        parts = gather_replacing_dead(submit, len(chunks), self._replace,
+                                      timeout_s=self.timeout_s, max_retries=2,
+                                      what=f"evaluation {what} (eval.call_timeout_s)",
+                                      error=EvaluationError)
+        return [x for part in parts for x in part]
+
+    def _replace(self, rank: int) -> None:
         import ray
 
-        chunks = contiguous_chunks(len(items), len(self.actors))
-        refs = [getattr(self.actors[i], method).remote(
-                    list(items[a:b]), *[list(e[a:b]) for e in extra_lists], **kwargs)
-                for i, (a, b) in enumerate(chunks)]
-        try:
-            parts = ray.get(refs, timeout=self.timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            for ref in refs:
-                ray.cancel(ref, force=True)
-            raise EvaluationTimeout(f"evaluation {what} did not finish within {self.timeout_s:g} s "
-                               "(eval.call_timeout_s)") from None
-        return [x for part in parts for x in part]
+        print(f"[eval] evaluation actor {rank} died; starting a replacement", flush=True)
+        actor = self.group.replace(rank)
+        self.replacements += 1
+        ray.get(actor.load.remote(self.model_path), timeout=self.timeout_s)
 
     def load(self, model_path: str) -> None:
         import ray
 
         try:
-            ray.get([a.load.remote(model_path) for a in self.actors], timeout=self.timeout_s)
+            ray.get([a.load.remote(model_path) for a in self.group.actors],
+                    timeout=self.timeout_s)
         except ray.exceptions.GetTimeoutError:
-            raise EvaluationTimeout(f"loading {model_path} on the evaluation actors took longer "
-                               f"than {self.timeout_s:g} s (eval.call_timeout_s)") from None
+            raise EvaluationError(f"loading {model_path} on the evaluation actors took longer "
+                                  f"than {self.timeout_s:g} s (eval.call_timeout_s)") from None
+        self.model_path = model_path
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
         return self._fan_out("complete", "generation", prompts, max_new_tokens=max_new_tokens,

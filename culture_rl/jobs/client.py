@@ -21,6 +21,7 @@ import yaml
 
 from culture_rl.errors import ConfigError, CultureRLError
 from culture_rl.jobs.workflows import WORKFLOWS, entrypoint
+from culture_rl.redact import redact_text
 
 DEFAULT_RUNTIME_ENV = Path(__file__).resolve().parents[2] / "ray_jobs" / "runtime_env.yaml"
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -38,8 +39,8 @@ def dashboard_address(address: str | None) -> str:
         if candidate:
             if not candidate.startswith(("http://", "https://")):
                 if candidate is address:
-                    raise ConfigError(f"{candidate!r} is not the dashboard's http address "
-                                      "(e.g. http://HEAD:8265)", field="--address")
+                    raise ConfigError(f"{redact_text(candidate)!r} is not the dashboard's "
+                                      "http address (e.g. http://HEAD:8265)", field="--address")
                 continue  # a GCS address in RAY_ADDRESS is for ray.init, not for jobs
             return candidate.rstrip("/")
     return DEFAULT_ADDRESS
@@ -63,12 +64,16 @@ def connect(address: str | None):
     try:
         return JobSubmissionClient(url)
     except Exception as err:  # noqa: BLE001 -- Ray raises bare ConnectionError/RuntimeError
-        raise JobError(f"cannot reach the Ray dashboard at {url}: {_first_line(err)}. "
-                       f"{_hint(err)}") from err
+        # Redacted: an address may carry user:password@ (a proxy in front of the dashboard).
+        raise JobError(f"cannot reach the Ray dashboard at {redact_text(url)}: "
+                       f"{_first_line(err)}. {_hint(err)}") from err
 
 
 def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300].rstrip(".")
+    """What we print of a Ray error: its first line, without credentials (Ray's messages
+    repeat the address they were given)."""
+    line = (str(err).strip().splitlines() or [type(err).__name__])[0][:300].rstrip(".")
+    return redact_text(line)
 
 
 def _hint(err: BaseException) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from culture_rl.jobs import client as jobs
+from culture_rl.redact import redact_text
 
 EXIT_INTERRUPTED = 130
 
@@ -55,7 +56,8 @@ def run_submit(args) -> int:
                                          args.working_dir, args.runtime_env)
     client = jobs.connect(args.address)
     job_id = jobs.submit(client, submission)
-    print(f"submitted {job_id}: {submission['entrypoint']}", flush=True)
+    # The job itself gets the overrides as given; the terminal (and CI logs) get no password.
+    print(f"submitted {job_id}: {redact_text(submission['entrypoint'])}", flush=True)
     print(f"  run folder on the cluster: {submission['metadata']['run_dir']}", flush=True)
     if args.no_wait:
         print(f"  follow it with: culture-rl jobs logs {job_id} --follow", flush=True)

@@ -24,6 +24,7 @@ from transformers import TrainerCallback
 from culture_rl.distributed.metrics import RayGauges
 from culture_rl.eval.generation import generate_answers
 from culture_rl.eval.metrics import precision_at_k
+from culture_rl.redact import redact
 
 # Inside Ray Train workers, print() is patched to go through the root logger *and*, when a
 # library has wrapped sys.stdout, to the stream as well, so each line showed up twice on the
@@ -32,8 +33,9 @@ worker_log = logging.getLogger("culture_rl.worker")
 
 
 def append_jsonl(path: Path, record: dict) -> None:
+    """Append one redacted record (Hugging Face puts whatever a callback logs into ``logs``)."""
     with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        handle.write(json.dumps(redact(record), ensure_ascii=False) + "\n")
 
 
 def stage_gauges(stage: str, metrics_path: str | Path) -> RayGauges:
@@ -57,8 +59,9 @@ class ProgressLogger(TrainerCallback):
         self._last_time = time.perf_counter()
         self._last_tokens = state.num_input_tokens_seen or 0
         if state.is_world_process_zero:
-            if state.global_step:
-                _drop_records_after(self.metrics_path, state.global_step)
+            # Also at step 0: a worker group lost before Ray Train registered a checkpoint
+            # starts again from scratch, and its first attempt's records must go.
+            _drop_records_after(self.metrics_path, state.global_step)
             where = f"resuming at step {state.global_step}" if state.global_step else "starting"
             worker_log.info(f"[{self.stage}] {where}: {state.max_steps} optimizer steps")
 
