@@ -182,6 +182,10 @@ def train_worker(loop_config: dict) -> None:
         callbacks.append(StopOnRequest(job.stop_file))
     if job.train.fault_injection_step:
         callbacks.append(FaultInjection(job.train.fault_injection_step))  # after the report
+    if job.train.log_sample_ids:
+        from culture_rl.train.ledger import SampleLedger
+
+        callbacks.append(SampleLedger(model, job.stage_dir, rank))
 
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                          processing_class=tokenizer,

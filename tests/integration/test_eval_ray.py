@@ -112,3 +112,33 @@ def test_rerun_reuses_unchanged_models(ray_session, setting, capsys):
     assert "second (2/2): cached" not in out and "second (2/2):" in out
     assert [r for r in results["records"] if r["model"] == "first"] == \
         [r for r in before["records"] if r["model"] == "first"]
+
+
+def test_killed_evaluation_actor_is_replaced_and_the_numbers_stand(ray_session, setting):
+    """An evaluation actor SIGKILLed before a pass: it is restarted on its bundle, loads the
+    model under evaluation and its chunk is retried; the numbers equal the in-process ones."""
+    import signal
+
+    import ray
+
+    from culture_rl.eval.harness import _EvalGroup
+
+    config, data, models = setting
+    plan = plan_evaluation(config, data, models)
+    group = _EvalGroup(config)
+    try:
+        group.load(models["first"])
+        inference = group.load(models["second"])  # actors now serve the second model
+        victim = group.group.actors[1]
+        victim_pid = ray.get(victim.pid.remote())
+        os.kill(victim_pid, signal.SIGKILL)
+        got = evaluate("second", inference, plan.inputs, ["associations", "wvs"]).records
+        assert inference.replacements == 1
+        assert ray.get(group.group.actors[1].pid.remote()) != victim_pid
+    finally:
+        group.shutdown()
+    local = LocalInference(load_model(models["second"]), load_tokenizer(models["second"]), 4)
+    expected = evaluate("second", local, plan.inputs, ["associations", "wvs"]).records
+    assert [_key(r) for r in got] == [_key(r) for r in expected]
+    for a, b in zip(got, expected):
+        assert a["value"] == pytest.approx(b["value"], abs=1e-4), _key(a)

@@ -109,3 +109,68 @@ def test_interrupted_run_resumes_at_the_right_step_with_the_right_data(quickstar
 
     again = run_stage(build_sft_job(broken, data), broken.resources)
     assert again.already_finished
+
+
+def test_killed_worker_recovers_and_every_sample_is_seen_exactly_once(quickstart_run, tmp_path):
+    """A Ray Train worker process SIGKILLed between two checkpoints: Ray Train restarts the
+    worker group from the latest checkpoint (resources.max_failures=1) and the run finishes.
+    The per-step sample ledger then equals an uninterrupted run's with the same seed (same
+    samples at every step, none replayed, none skipped) and the losses match within 1 %."""
+    import os
+    import signal
+    import threading
+    import time
+    from collections import Counter
+
+    from culture_rl.train.ledger import read_ledger
+
+    common = ["sft.max_steps=12", "sft.save_steps=3", "sft.lr_scheduler=constant",
+              "sft.log_sample_ids=true", "resources.max_failures=1"]
+    straight = short_sft_config(quickstart_run, tmp_path, "uninterrupted", common)
+    data = load_align_data(straight, write_world=False)
+    run_stage(build_sft_job(straight, data), straight.resources)
+
+    killed = short_sft_config(quickstart_run, tmp_path, "killed", common)
+    stage = killed.run_dir / "sft"
+    victims: list[int] = []
+
+    def kill_rank_1_after_step_4():
+        # Once Ray Train has *registered* the step-3 checkpoint (its snapshot file exists): a
+        # checkpoint persisted but not yet registered when the group dies is not resumed from
+        # (the new group starts from the previous one, here step 0; the ledger copes, but this
+        # test wants a resume mid-run).
+        ledger = stage / "samples" / "rank1.jsonl"
+        registered = stage / "checkpoint_manager_snapshot.json"
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if ledger.is_file() and registered.is_file():
+                rows = [json.loads(line) for line in ledger.read_text("utf-8").splitlines()
+                        if line.strip()]
+                if rows and rows[-1]["step"] >= 4:  # past the step-3 checkpoint
+                    victims.append(rows[-1]["pid"])
+                    os.kill(rows[-1]["pid"], signal.SIGKILL)
+                    return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_rank_1_after_step_4, daemon=True)
+    killer.start()
+    result = run_stage(build_sft_job(killed, data), killed.resources)
+    killer.join(timeout=5)
+    assert victims, "the worker was never killed"
+    assert result.final_metrics["step"] == 12
+
+    expected, got = read_ledger(straight.run_dir / "sft"), read_ledger(stage)
+    assert set(got) == {0, 1}
+    for rank in (0, 1):
+        assert [r["step"] for r in got[rank]] == list(range(1, 13)), rank  # each step once
+        pids = {r["pid"] for r in got[rank]}
+        assert len(pids) == 2, pids  # the steps after the checkpoint came from new workers
+        for before, after in zip(expected[rank], got[rank]):
+            assert Counter(after["samples"]) == Counter(before["samples"]), after["step"]
+    seen = Counter(s for rank in got.values() for r in rank for s in r["samples"])
+    assert seen == Counter(s for rank in expected.values() for r in rank for s in r["samples"])
+    assert victims[0] in {r["pid"] for r in got[1]}  # its records up to the checkpoint remain
+
+    resumed, uninterrupted = losses_by_step(stage), losses_by_step(straight.run_dir / "sft")
+    assert sorted(resumed) == list(range(1, 13))
+    assert resumed[12] == pytest.approx(uninterrupted[12], rel=0.01)
