@@ -14,15 +14,18 @@ from culture_rl.config import ResourcesConfig
 from culture_rl.errors import ResourceError
 
 
-def connect(address: str | None = None) -> None:
-    """``ray.init`` once: the given address, else ``RAY_ADDRESS`` (jobs), else a local Ray."""
+def connect(address: str | None = None):
+    """``ray.init`` once: the given address, else ``RAY_ADDRESS`` (jobs), else a local Ray
+    whose dashboard listens on loopback only (reach a remote one through an SSH tunnel).
+    Returns Ray's context when this call joined, else None."""
     import ray
 
     if ray.is_initialized():
-        return
+        return None
     target = address or os.environ.get("RAY_ADDRESS") or None
-    ray.init(address=target, log_to_driver=True, include_dashboard=None,
-             configure_logging=False)
+    local = {"dashboard_host": "127.0.0.1"} if target is None else {}
+    return ray.init(address=target, log_to_driver=True, include_dashboard=None,
+                    configure_logging=False, **local)
 
 
 def check_resources(resources: ResourcesConfig) -> None:

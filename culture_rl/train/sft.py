@@ -275,7 +275,8 @@ def run_stage(job: TrainJob, resources: ResourcesConfig, callbacks: list | None 
         scaling_config=ray.train.ScalingConfig(
             num_workers=resources.num_workers, use_gpu=resources.use_gpu,
             resources_per_worker={"CPU": resources.cpus_per_worker}),
-        torch_config=TorchConfig(backend=torch_backend(resources.use_gpu)),
+        torch_config=TorchConfig(backend=torch_backend(resources.use_gpu),
+                                 timeout_s=int(resources.collective_timeout_s)),
         run_config=ray.train.RunConfig(
             name=job.stage, storage_path=str(Path(job.stage_dir).parent),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),

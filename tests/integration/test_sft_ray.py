@@ -174,3 +174,37 @@ def test_killed_worker_recovers_and_every_sample_is_seen_exactly_once(quickstart
     resumed, uninterrupted = losses_by_step(stage), losses_by_step(straight.run_dir / "sft")
     assert sorted(resumed) == list(range(1, 13))
     assert resumed[12] == pytest.approx(uninterrupted[12], rel=0.01)
+
+
+def test_driver_stopped_at_an_epoch_boundary_resumes_with_the_next_epoch(quickstart_run,
+                                                                        tmp_path):
+    """Checkpoints once per epoch; the run stops right after epoch 1's checkpoint; the rerun
+    with the same name starts epoch 2 with the same shuffled samples, step by step, as an
+    uninterrupted run; a third run is a no-op."""
+    from culture_rl.train.ledger import read_ledger
+
+    common = ["sft.epochs=2", "sft.save_steps=0", "sft.lr_scheduler=constant",
+              "data.examples_per_cue=1", "sft.log_sample_ids=true"]
+    straight = short_sft_config(quickstart_run, tmp_path, "epochs", common)
+    data = load_align_data(straight, write_world=False)
+    run_stage(build_sft_job(straight, data), straight.resources)
+    stopped = short_sft_config(quickstart_run, tmp_path, "epochs_stopped",
+                               common + ["sft.fault_injection_step=1"])  # at the first save
+    with pytest.raises(TrainingError, match="fault injected"):
+        run_stage(build_sft_job(stopped, data), stopped.resources)
+    stage = stopped.run_dir / "sft"
+    per_epoch = max(losses_by_step(stage))
+    result = run_stage(build_sft_job(stopped, data), stopped.resources)
+    expected, got = read_ledger(straight.run_dir / "sft"), read_ledger(stage)
+    total = 2 * per_epoch
+    for rank in (0, 1):
+        assert [r["step"] for r in got[rank]] == list(range(1, total + 1))
+        assert [sorted(r["samples"]) for r in got[rank]] == \
+            [sorted(r["samples"]) for r in expected[rank]]
+        assert len({r["pid"] for r in got[rank][per_epoch:]} & {r["pid"] for r in
+                                                                got[rank][:per_epoch]}) == 0
+    resumed, uninterrupted = losses_by_step(stage), losses_by_step(straight.run_dir / "sft")
+    assert all(resumed[s] == pytest.approx(uninterrupted[s], rel=1e-4, abs=1e-5)
+               for s in range(1, total + 1))
+    assert result.final_metrics["step"] == total
+    assert run_stage(build_sft_job(stopped, data), stopped.resources).already_finished
