@@ -1,0 +1,163 @@
+"""The ``calm:`` config section: CALM's modules, their ablation flags and loss weights.
+
+``ExperimentConfig.calm`` (culture_rl/config.py). Every module of
+:mod:`culture_rl.models.calm` is one flag (``calm.<module>.enabled=false``), so each ablation of
+the paper is one override. What each option means, and why its default is what it is, is written
+in the "Design choices" section of :mod:`culture_rl.models.calm`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from culture_rl.config_base import FieldProblem, _Section
+
+
+class DisentangleConfig(_Section):
+    enabled: bool = Field(True, description="Three projection heads (task semantics, explicit "
+                          "cultural concepts, latent cultural signals) with the orthogonality "
+                          "loss and the explicit part's culture (and concept) classifier. "
+                          "False: one shared projection serves as both cultural parts, with no "
+                          "orthogonality and no culture term (the 'w/o disentanglement' "
+                          "ablation).")
+    orthogonal_cultural_parts: bool = Field(False, description="Also decorrelate the explicit "
+                                            "part from the latent part (by default only task "
+                                            "semantics is kept apart from both).")
+
+
+class ContrastiveConfig(_Section):
+    enabled: bool = Field(True, description="Supervised contrastive loss (Khosla et al. 2020) "
+                          "over the explicit cultural representations, culture as the "
+                          "positive key.")
+    temperature: float = Field(0.1, gt=0, description="Temperature of the contrastive loss "
+                               "(Khosla et al.: 0.1).")
+
+
+class PrototypeConfig(_Section):
+    enabled: bool = Field(True, description="Learnable prototypes per culture (and per concept) "
+                          "that define the cultural clusters, with the prototype loss; they "
+                          "are also keys of the cross-attention.")
+    temperature: float = Field(0.1, gt=0, description="Temperature of the cosine similarities "
+                               "in the prototype loss.")
+    per_concept: bool = Field(True, description="Also learn one prototype per cultural concept "
+                              "(when the data has concept labels).")
+
+
+class CrossAttentionConfig(_Section):
+    enabled: bool = Field(True, description="Explicit-concept features (queries) attend over "
+                          "the prototypes and the latent signals (keys/values), with a "
+                          "residual connection. False: the explicit features pass unchanged.")
+    num_heads: int = Field(4, gt=0, description="Attention heads (must divide calm.dim).")
+    latent_tokens: bool = Field(True, description="Keys/values hold the latent signals of every "
+                                "non-pad token; false: only their pooled vector.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Attention dropout.")
+
+
+class MoEConfig(_Section):
+    enabled: bool = Field(True, description="Mixture-of-Experts with top-k gating and the "
+                          "load-balancing loss. False: one dense projection (no gate weights, "
+                          "no balance term).")
+    num_experts: int = Field(4, ge=2, description="Experts, one per cultural dimension (the "
+                             "synthetic world: world.num_value_dims).")
+    top_k: int = Field(2, gt=0, description="Experts each sample is routed to (softmax over "
+                       "the top-k router logits).")
+    expert_hidden_size: int = Field(128, ge=0, description="Hidden width of each expert MLP "
+                                    "(0: a linear expert).")
+
+
+class FusionConfig(_Section):
+    enabled: bool = Field(True, description="Gated fusion h' = h + g * W(z) of the MoE output "
+                          "with the model's hidden state into the identity state, injected into "
+                          "the LM (calm.injection). False: nothing is injected and the LM is "
+                          "exactly the base model.")
+    gate: Literal["scalar", "channel"] = Field("scalar", description="One gate value per "
+                                               "position ('scalar') or one per hidden channel.")
+    gate_bias_init: float = Field(-2.0, description="Initial bias of the gate logit: sigmoid(-2) "
+                                  "= 0.12, so training starts close to the base model but every "
+                                  "fusion weight gets a gradient from the first step.")
+
+
+class HeadsConfig(_Section):
+    lm: bool = Field(True, description="LM (generation) loss of the wrapped model, with the "
+                     "injection, when the batch has labels.")
+    classification: bool = Field(True, description="Value identification / classification head "
+                                 "over num_labels on the identity state (and task semantics), "
+                                 "trained when the batch has class labels.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout before the classification "
+                           "head.")
+
+
+class CalmConfig(_Section):
+    """``calm:``: CALM (Culturally Self-Aware Language Models, arXiv 2601.03483) modules."""
+
+    dim: int = Field(64, gt=0, description="Width of the disentangled representations, "
+                     "prototypes, cross-attention and experts.")
+    feature_layer: int = Field(-1, description="Hidden-state index the CALM features are read "
+                               "from (Hugging Face hidden_states: 0 = embeddings, i = after "
+                               "decoder layer i, -1 = last, after the final norm).")
+    pooling: Literal["mean", "last"] = Field("mean", description="Sequence-level features: "
+                                             "masked mean over non-pad tokens, or the last "
+                                             "non-pad token.")
+    head_hidden_size: int = Field(256, ge=0, description="Hidden width of the disentanglement "
+                                  "projection heads (0: linear heads).")
+    input_norm: bool = Field(True, description="LayerNorm on the hidden states before the "
+                             "heads (intermediate layers have large, uneven norms).")
+    freeze_base: bool = Field(False, description="Freeze every parameter of the base model "
+                              "(LoRA adapters included). False keeps the base model's own "
+                              "requires_grad: a peft LoRA model trains its adapters, a plain "
+                              "model trains all weights.")
+    features_grad: bool = Field(True, description="Backpropagate the CALM losses into a "
+                                "trainable base (LoRA/full) through the feature-reading pass; "
+                                "false reads the features under no_grad (less memory).")
+    injection: Literal["hook", "prefix", "none"] = Field(
+        "hook", description="How the identity state enters the LM: 'hook' adds it to the hidden "
+        "states of decoder layer calm.hook_layer (a forward hook), 'prefix' prepends "
+        "calm.prefix_tokens soft tokens to the input embeddings, 'none' feeds only the "
+        "classification head.")
+    hook_layer: int | None = Field(None, description="injection 'hook': decoder layer whose "
+                                   "output gets the identity (negative counts from the end; "
+                                   "empty: the middle layer, (num_layers - 1) // 2).")
+    prefix_tokens: int = Field(4, gt=0, le=128, description="injection 'prefix': soft prefix "
+                               "tokens made from the identity state.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout inside the projection heads "
+                           "and experts.")
+    lambda_contrastive: float = Field(0.1, ge=0, description="Weight of the contrastive and "
+                                      "prototype losses (lambda * (contrastive + prototype)).")
+    lambda_orth: float = Field(0.1, ge=0, description="Weight of the orthogonality loss.")
+    lambda_balance: float = Field(0.01, ge=0, description="Weight of the MoE load-balancing "
+                                  "loss (Switch Transformer: 0.01).")
+    lambda_culture: float = Field(0.5, ge=0, description="Weight of the explicit part's culture "
+                                  "(and concept) cross-entropy.")
+    disentangle: DisentangleConfig = Field(default_factory=DisentangleConfig,
+                                           description="Disentanglement heads and losses.")
+    contrastive: ContrastiveConfig = Field(default_factory=ContrastiveConfig,
+                                           description="Supervised contrastive loss.")
+    prototypes: PrototypeConfig = Field(default_factory=PrototypeConfig,
+                                        description="Culture / concept prototypes.")
+    cross_attention: CrossAttentionConfig = Field(default_factory=CrossAttentionConfig,
+                                                  description="Cross-attention alignment.")
+    moe: MoEConfig = Field(default_factory=MoEConfig, description="Mixture-of-Experts.")
+    fusion: FusionConfig = Field(default_factory=FusionConfig,
+                                 description="Identity-state fusion and its gate.")
+    heads: HeadsConfig = Field(default_factory=HeadsConfig, description="LM and classification "
+                               "heads.")
+
+    @model_validator(mode="after")
+    def _possible(self) -> "CalmConfig":
+        if self.cross_attention.enabled and self.dim % self.cross_attention.num_heads:
+            raise FieldProblem("cross_attention.num_heads", f"calm.dim {self.dim} is not "
+                               f"divisible by num_heads {self.cross_attention.num_heads}")
+        if self.moe.enabled and self.moe.top_k > self.moe.num_experts:
+            raise FieldProblem("moe.top_k", f"top_k {self.moe.top_k} exceeds num_experts "
+                               f"{self.moe.num_experts}")
+        if self.disentangle.orthogonal_cultural_parts and not self.disentangle.enabled:
+            raise FieldProblem("disentangle.orthogonal_cultural_parts", "needs "
+                               "disentangle.enabled (without it the cultural parts are one "
+                               "shared projection)")
+        if not (self.heads.lm or self.heads.classification or self.disentangle.enabled
+                or self.contrastive.enabled or self.prototypes.enabled):
+            raise FieldProblem("heads", "no LM, classification, culture, contrastive or "
+                               "prototype loss is on: nothing would train the representations")
+        return self

@@ -1,0 +1,22 @@
+"""The base of every config section (kept apart from config.py, which imports the sections
+that live in their own modules, e.g. calm_config.py)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors (a typo must not silently fall back to a default); frozen so a
+    # config object handed to Ray workers cannot drift from the one written in the run dir.
+    # No float may be infinite or NaN: `epochs: .inf` would pass `gt=0` and train forever.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class FieldProblem(ValueError):
+    """Raised by a model validator about one field of its section, so the error names that
+    field's dotted path (and the file that set it) rather than only the section."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field

@@ -1,0 +1,849 @@
+"""CALM (Culturally Self-Aware Language Models, arXiv 2601.03483): the modules around any causal LM.
+
+CALM has no public code; its abstract is the specification. :class:`CalmModel` wraps any Hugging
+Face causal LM (frozen, LoRA via peft, or fully trainable) and adds small modules, each switched
+off by one config flag (``culture_rl.calm_config.CalmConfig``)::
+
+    base hidden states (layer calm.feature_layer)
+      -> Disentangler            task semantics | explicit cultural concepts | latent signals
+                                 (orthogonality loss; explicit part -> culture/concept classifier)
+      -> CulturePrototypes       learnable culture (and concept) prototypes, prototype loss;
+         supervised_contrastive_loss over the explicit representations
+      -> CulturalCrossAttention  explicit (query) attends over prototypes + latent tokens
+      -> CultureMoE              top-k gated experts, one per cultural dimension; gate weights
+      -> IdentityFusion          h' = h + g * W(z), g = sigmoid(gate(h, z))  -> identity state
+      -> injected into the LM    'hook' (decoder layer output) or 'prefix' (soft prefix tokens)
+      -> heads                   LM loss of the wrapped model; classification on the identity
+
+Total loss = lm + classification + lambda_contrastive * (contrastive + prototype)
+             + lambda_orth * orthogonality + lambda_balance * load_balance
+             + lambda_culture * culture.
+
+Design choices
+--------------
+Where the abstract is silent, these are the choices (each a ``calm.*`` option where it matters):
+
+- **Two passes.** The identity state must exist before the LM reads the tokens it changes, so a
+  *reading pass* of the base model (no injection, no labels, through ``get_decoder()`` so no
+  vocabulary logits are made) gives the hidden states at ``calm.feature_layer`` (default: the
+  last, after the final norm), and the *injection pass* computes the LM logits and loss. With a
+  frozen base (or ``features_grad: false``) the reading pass runs under ``no_grad`` and costs about
+  a third of a training step; with ``fusion.enabled: false`` or ``injection: none`` there is only
+  one pass. In ``generate`` the identity is computed once from the prompt and stays fixed for
+  every new token.
+- **Per token and pooled.** The heads project every token; sequence-level features are the
+  masked mean over non-pad tokens (``pooling: last``: the last non-pad token). The latent signals
+  are kept per token as keys/values of the cross-attention (``cross_attention.latent_tokens``).
+  A LayerNorm precedes the heads (``input_norm``) because intermediate layers have large,
+  uneven norms.
+- **Orthogonality = mean squared cross-correlation.** Each feature is standardised over the
+  batch and the loss is ``mean_ij C_ij^2`` of the cross-correlation matrix between task semantics
+  and each cultural part (the squared Frobenius norm of the normalised cross-covariance divided
+  by d^2, so it lies in [0, 1] whatever ``dim``). Chosen over a per-sample squared cosine because
+  that only asks each sample's two vectors to be perpendicular, which a rotation satisfies while
+  the task vector still linearly predicts the cultural one across samples; decorrelation over the
+  batch removes that linear dependence, and the standardisation makes it scale-free, so a head
+  cannot lower it by shrinking its output. The task vector is an input of the classification
+  head, so it must carry information and cannot collapse to a constant to escape the loss.
+- **Who is supervised.** The explicit part gets the culture (and concept) cross-entropy, the
+  contrastive loss and the prototype loss; the latent part gets no label and learns only through
+  the downstream losses (and stays decorrelated from task semantics). Labels of -100 are ignored
+  everywhere (a batch may mix labelled and unlabelled samples); one concept per sample.
+- **Supervised contrastive** is Khosla et al.'s L_out (the average over positives outside the
+  log); anchors without a positive in the batch are skipped (they still serve as negatives).
+- **Prototypes** are unit vectors (cosine similarity / temperature); they start orthogonal when
+  there are no more of them than ``dim``. They are keys of the cross-attention, so the
+  explicit features are aligned with the clusters as well as with the latent signals.
+- **Cross-attention** is pre-norm (LayerNorm on queries and on keys/values, since prototypes are
+  unit vectors and latent tokens are not) with the residual ``explicit + attn``.
+- **MoE** computes every expert densely (E is small: one per cultural dimension) and weights
+  them by the top-k gate; its input is the aligned explicit part concatenated with the pooled
+  latent part (it integrates the two). Load balancing is Switch's ``E * sum_e f_e * P_e`` with
+  ``f_e`` the share of the batch's k assignments routed to e and ``P_e`` the mean router
+  probability (1 when routing is uniform, E when it collapses onto one expert).
+- **Fusion gate** is a sigmoid of a linear function of ``[h, z]`` (one value per position, or per
+  channel with ``fusion.gate: channel``), bias initialised to ``fusion.gate_bias_init`` = -2
+  (g = 0.12): training starts near the base model, yet every fusion weight has a gradient at
+  step 0 (a zero-initialised W would starve the gate). A closed gate (g = 0) returns h exactly.
+- **Injection 'hook'** adds ``g * W(z)`` to every position of decoder layer ``hook_layer``'s
+  output (default: the middle layer, so half the network can use it) with a forward hook that
+  exists only during the injection pass and ``generate``. **Injection 'prefix'** prepends
+  ``prefix_tokens`` soft tokens ``P(g * W(z))`` (g, z from the pooled identity; P bias-free, so
+  a nearly closed gate gives nearly null tokens); the attention mask is extended with ones
+  (zeros for a sample whose gate is exactly closed: it sees no prefix) and the labels with -100
+  (as peft's prompt tuning does: the last prefix token predicts the first real token); returned
+  logits drop the prefix positions. Position ids are left to the model in training and in
+  generation alike.
+- **Identity state** returned in ``CalmOutput.identity`` is the pooled fusion ``h_pool + g *
+  W(z)`` of the reading pass; the classification head reads ``[identity; task semantics]``
+  (``h_pool`` alone when fusion is off), so value identification sees the identity state without
+  a third pass through the LM.
+- **Ablations.** ``disentangle.enabled: false`` replaces the three heads by one shared projection
+  (no orthogonality, no culture term); ``prototypes``/``contrastive``/``cross_attention`` off
+  drop their term or pass the explicit part through; ``moe.enabled: false`` is one dense
+  projection; ``fusion.enabled: false`` leaves the LM exactly the base model.
+- **Precision.** CALM modules keep their own dtype (float32 unless the training engine casts
+  them); hidden states are cast to it and the injection is cast back to the LM's dtype.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from culture_rl.calm_config import CalmConfig
+
+IGNORE_INDEX = -100
+
+# --------------------------------------------------------------------------------------------
+# pure functions
+
+
+def pool_tokens(x: torch.Tensor, mask: torch.Tensor, how: str = "mean") -> torch.Tensor:
+    """Sequence-level features from per-token ``x`` [B, T, D] over the non-pad tokens of
+    ``mask`` [B, T]: their mean (``how='mean'``) or the last one (``'last'``)."""
+    if how == "mean":
+        weights = mask.to(x.dtype).unsqueeze(-1)
+        return (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+    if how == "last":
+        positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+        last = (mask.long() * positions).argmax(1)
+        return x[torch.arange(x.shape[0], device=x.device), last]
+    raise ValueError(f"unknown pooling {how!r} (mean, last)")
+
+
+def supervised_contrastive_loss(features: torch.Tensor, labels: torch.Tensor,
+                                temperature: float = 0.1,
+                                ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    r"""Supervised contrastive loss (Khosla et al. 2020, :math:`L^{sup}_{out}`).
+
+    With :math:`z_i = f_i / \lVert f_i \rVert`, :math:`P(i) = \{p \ne i : y_p = y_i\}` and the
+    anchors :math:`A = \{i : |P(i)| > 0\}`:
+
+    .. math::
+
+        L = \frac{1}{|A|} \sum_{i \in A} \frac{-1}{|P(i)|} \sum_{p \in P(i)}
+            \log \frac{\exp(z_i \cdot z_p / \tau)}{\sum_{a \ne i} \exp(z_i \cdot z_a / \tau)}
+
+    Samples labelled ``ignore_index`` take no part at all; a sample with no positive is no anchor
+    but still a negative of the others. No anchor at all gives 0 (attached to the graph).
+    ``features`` [N, D], ``labels`` [N].
+    """
+    keep = labels != ignore_index
+    z = F.normalize(features[keep].float(), dim=-1)
+    y = labels[keep]
+    n = z.shape[0]
+    zero = features.sum() * 0.0
+    if n < 2:
+        return zero
+    eye = torch.eye(n, dtype=torch.bool, device=z.device)
+    sim = (z @ z.T / temperature).masked_fill(eye, float("-inf"))
+    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    positives = (y[:, None] == y[None, :]) & ~eye
+    counts = positives.sum(1)
+    anchors = counts > 0
+    if not anchors.any():
+        return zero
+    per_anchor = log_prob.masked_fill(~positives, 0.0).sum(1)[anchors] / counts[anchors]
+    return -per_anchor.mean().to(features.dtype)
+
+
+def orthogonality_loss(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Mean squared entry of the cross-correlation matrix of ``a`` [N, Da] and ``b`` [N, Db]
+    over the batch: ``||C||_F^2 / (Da * Db)`` with ``C = a_std^T b_std / N`` and every column
+    standardised (zero mean, unit variance). 0 when no feature of ``a`` correlates linearly
+    with any feature of ``b``, in [0, 1] and invariant to the features' scale. Fewer than two
+    samples give 0."""
+    if a.shape[0] < 2:
+        return (a.sum() + b.sum()) * 0.0
+
+    def standardise(x: torch.Tensor) -> torch.Tensor:
+        x = x.float() - x.float().mean(0, keepdim=True)
+        return x / torch.sqrt(x.pow(2).mean(0, keepdim=True) + eps)
+
+    cross = standardise(a).T @ standardise(b) / a.shape[0]
+    return cross.pow(2).mean().to(a.dtype)
+
+
+def prototype_loss(features: torch.Tensor, prototypes: torch.Tensor, labels: torch.Tensor,
+                   temperature: float = 0.1) -> torch.Tensor:
+    """Cross-entropy of the cosine similarities (over ``temperature``) of ``features`` [N, D] to
+    every prototype [K, D] against each sample's own prototype index ``labels`` [N]."""
+    logits = F.normalize(features, dim=-1) @ F.normalize(prototypes, dim=-1).T / temperature
+    return masked_cross_entropy(logits, labels)
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy ignoring labels of -100; 0 (attached to the graph) when all are ignored,
+    where ``F.cross_entropy`` would give NaN."""
+    if not (labels != IGNORE_INDEX).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX).to(logits.dtype)
+
+
+def top_k_gating(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gate weights [N, E]: softmax over each row's top-k logits, zeros elsewhere (rows sum to
+    1, exactly k non-zeros); and the bool dispatch mask of the chosen experts."""
+    top_values, top_index = logits.topk(k, dim=-1)
+    weights = torch.zeros_like(logits).scatter(-1, top_index, torch.softmax(top_values, dim=-1))
+    dispatch = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, top_index, True)
+    return weights, dispatch
+
+
+def load_balancing_loss(router_probs: torch.Tensor, dispatch: torch.Tensor) -> torch.Tensor:
+    """Switch Transformer load balancing ``E * sum_e f_e * P_e``: ``f_e`` the share of all
+    assignments in ``dispatch`` [N, E] that go to expert e, ``P_e`` the mean router probability
+    (softmax over all E logits) ``router_probs`` [N, E]. 1 when routing is uniform, E when
+    everything goes to one expert with probability 1."""
+    num_experts = router_probs.shape[-1]
+    fraction = dispatch.float().sum(0) / dispatch.float().sum().clamp_min(1.0)
+    return num_experts * (fraction * router_probs.float().mean(0)).sum()
+
+
+def extend_for_prefix(attention_mask: torch.Tensor, labels: torch.Tensor | None,
+                      num_prefix: int, active: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention mask and labels for ``num_prefix`` soft tokens prepended to every sequence:
+    the mask gets ones in front (zeros for samples whose ``active`` [B] is false), the labels
+    -100 (no loss on the prefix)."""
+    batch = attention_mask.shape[0]
+    if active is None:
+        active = torch.ones(batch, dtype=torch.bool, device=attention_mask.device)
+    prefix_mask = active.to(attention_mask.dtype)[:, None].expand(batch, num_prefix)
+    mask = torch.cat([prefix_mask, attention_mask], dim=1)
+    if labels is None:
+        return mask, None
+    pad = torch.full((batch, num_prefix), IGNORE_INDEX, dtype=labels.dtype, device=labels.device)
+    return mask, torch.cat([pad, labels], dim=1)
+
+
+def routing_by_culture(gate_weights: torch.Tensor, culture_ids: torch.Tensor,
+                       num_cultures: int) -> torch.Tensor:
+    """Mean gate weight per culture and expert [C, E] (rows of absent cultures are 0): which
+    cultural dimensions each culture routes to."""
+    table = gate_weights.new_zeros(num_cultures, gate_weights.shape[-1])
+    counts = gate_weights.new_zeros(num_cultures)
+    keep = culture_ids != IGNORE_INDEX
+    table.index_add_(0, culture_ids[keep], gate_weights[keep])
+    counts.index_add_(0, culture_ids[keep], torch.ones_like(culture_ids[keep], dtype=counts.dtype))
+    return table / counts.clamp_min(1.0)[:, None]
+
+
+# --------------------------------------------------------------------------------------------
+# modules
+
+
+def _mlp(in_dim: int, out_dim: int, hidden: int, dropout: float = 0.0) -> nn.Module:
+    if hidden <= 0:
+        return nn.Linear(in_dim, out_dim)
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout),
+                         nn.Linear(hidden, out_dim))
+
+
+@dataclass
+class DisentangledFeatures:
+    """Pooled [B, D] and per-token [B, T, D] parts; ``task`` is None without disentanglement
+    (then ``explicit`` and ``latent`` are the same shared projection)."""
+
+    task: torch.Tensor | None
+    explicit: torch.Tensor
+    latent: torch.Tensor
+    task_tokens: torch.Tensor | None
+    explicit_tokens: torch.Tensor
+    latent_tokens: torch.Tensor
+    culture_logits: torch.Tensor | None = None
+    concept_logits: torch.Tensor | None = None
+
+
+class Disentangler(nn.Module):
+    """Three projection heads over the base model's hidden states: task semantics, explicit
+    cultural concepts (with a linear culture classifier, and a concept classifier when there
+    are concepts) and latent cultural signals (unsupervised). ``separate=False``: one shared
+    head for both cultural parts, no task head, no classifiers (the ablation)."""
+
+    def __init__(self, hidden_size: int, dim: int, num_cultures: int, num_concepts: int = 0, *,
+                 separate: bool = True, head_hidden_size: int = 256, input_norm: bool = True,
+                 pooling: str = "mean", dropout: float = 0.0) -> None:
+        super().__init__()
+        self.separate, self.pooling = separate, pooling
+        self.norm = nn.LayerNorm(hidden_size) if input_norm else nn.Identity()
+        if separate:
+            self.task = _mlp(hidden_size, dim, head_hidden_size, dropout)
+            self.explicit = _mlp(hidden_size, dim, head_hidden_size, dropout)
+            self.latent = _mlp(hidden_size, dim, head_hidden_size, dropout)
+            self.culture_classifier = nn.Linear(dim, num_cultures)
+            self.concept_classifier = nn.Linear(dim, num_concepts) if num_concepts > 0 else None
+        else:
+            self.shared = _mlp(hidden_size, dim, head_hidden_size, dropout)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> DisentangledFeatures:
+        hidden = self.norm(hidden)
+        if not self.separate:
+            tokens = self.shared(hidden)
+            pooled = pool_tokens(tokens, mask, self.pooling)
+            return DisentangledFeatures(None, pooled, pooled, None, tokens, tokens)
+        task_t, explicit_t, latent_t = self.task(hidden), self.explicit(hidden), self.latent(hidden)
+        explicit = pool_tokens(explicit_t, mask, self.pooling)
+        concept_logits = (self.concept_classifier(explicit)
+                          if self.concept_classifier is not None else None)
+        return DisentangledFeatures(
+            task=pool_tokens(task_t, mask, self.pooling), explicit=explicit,
+            latent=pool_tokens(latent_t, mask, self.pooling), task_tokens=task_t,
+            explicit_tokens=explicit_t, latent_tokens=latent_t,
+            culture_logits=self.culture_classifier(explicit), concept_logits=concept_logits)
+
+
+class CulturePrototypes(nn.Module):
+    """Learnable prototypes, one per culture (and one per concept), that define the cultural
+    clusters. ``forward()`` returns them as unit vectors ([C, D], [K, D] or None); the
+    parameters are read only there, so ZeRO-3 gathers them like any module's."""
+
+    def __init__(self, num_cultures: int, dim: int, num_concepts: int = 0) -> None:
+        super().__init__()
+        self.cultures = nn.Parameter(self._init(num_cultures, dim))
+        self.concepts = nn.Parameter(self._init(num_concepts, dim)) if num_concepts > 0 else None
+
+    @staticmethod
+    def _init(count: int, dim: int) -> torch.Tensor:
+        weight = torch.empty(count, dim)
+        if count <= dim:
+            nn.init.orthogonal_(weight)
+        else:
+            nn.init.normal_(weight)
+        return weight
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        concepts = F.normalize(self.concepts, dim=-1) if self.concepts is not None else None
+        return F.normalize(self.cultures, dim=-1), concepts
+
+
+class CulturalCrossAttention(nn.Module):
+    """Explicit-concept features (one query per sample) attend over the cluster prototypes
+    (shared by the batch) and the latent signals (per token, pads masked) as keys/values;
+    pre-norm, residual: ``aligned = explicit + MHA(LN(explicit), LN(kv), LN(kv))``."""
+
+    def __init__(self, dim: int, num_heads: int = 4, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm_query = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.attention = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+
+    def forward(self, query: torch.Tensor, prototypes: torch.Tensor | None = None,
+                latent: torch.Tensor | None = None, latent_mask: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``query`` [B, D]; ``prototypes`` [P, D]; ``latent`` [B, L, D] with ``latent_mask``
+        [B, L] (true = real token). Returns the aligned features [B, D] and the attention
+        weights [B, P + L] (heads averaged)."""
+        batch = query.shape[0]
+        keys, ignore = [], []
+        if prototypes is not None:
+            keys.append(prototypes.unsqueeze(0).expand(batch, -1, -1))
+            ignore.append(torch.zeros(batch, prototypes.shape[0], dtype=torch.bool,
+                                      device=query.device))
+        if latent is not None:
+            if latent_mask is None:
+                latent_mask = torch.ones(latent.shape[:2], dtype=torch.bool, device=query.device)
+            latent_ignore = ~latent_mask.bool()
+            if prototypes is None:  # a row with every key masked would give NaN
+                latent_ignore[latent_ignore.all(1), 0] = False
+            keys.append(latent)
+            ignore.append(latent_ignore)
+        if not keys:
+            raise ValueError("cross-attention needs prototypes or latent signals as keys")
+        kv = self.norm_kv(torch.cat(keys, dim=1).to(query.dtype))
+        out, weights = self.attention(self.norm_query(query).unsqueeze(1), kv, kv,
+                                      key_padding_mask=torch.cat(ignore, dim=1),
+                                      need_weights=True)
+        return query + out.squeeze(1), weights.squeeze(1)
+
+
+@dataclass
+class MoEOutput:
+    output: torch.Tensor            # [B, out]
+    gate_weights: torch.Tensor      # [B, E], k non-zeros per row, rows sum to 1
+    router_probs: torch.Tensor      # [B, E], softmax over all experts
+    load_balance: torch.Tensor      # scalar
+
+
+class CultureMoE(nn.Module):
+    """E experts (one per cultural dimension) with top-k gating and Switch load balancing.
+    Experts are evaluated densely and weighted by the gate (E is small)."""
+
+    def __init__(self, in_dim: int, out_dim: int, num_experts: int = 4, top_k: int = 2,
+                 hidden_size: int = 128, dropout: float = 0.0) -> None:
+        super().__init__()
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k {top_k} must be in 1..num_experts {num_experts}")
+        self.top_k = top_k
+        self.router = nn.Linear(in_dim, num_experts)
+        self.experts = nn.ModuleList(_mlp(in_dim, out_dim, hidden_size, dropout)
+                                     for _ in range(num_experts))
+
+    def forward(self, x: torch.Tensor) -> MoEOutput:
+        logits = self.router(x)
+        weights, dispatch = top_k_gating(logits, self.top_k)
+        probs = torch.softmax(logits.float(), dim=-1)
+        outputs = torch.stack([expert(x) for expert in self.experts], dim=1)
+        mixed = (weights.unsqueeze(-1).to(outputs.dtype) * outputs).sum(1)
+        return MoEOutput(mixed, weights, probs, load_balancing_loss(probs, dispatch))
+
+
+class IdentityFusion(nn.Module):
+    """Gated fusion ``h' = h + g * W(z)``, ``g = sigmoid(gate([h, z]))``, of the MoE output z
+    [B, D] with hidden states h [B, H] or [B, T, H] (z broadcast over positions). Returns
+    ``(h', g, g * W(z))``; with g = 0 (gate bias -inf) h' is h exactly, in h's dtype."""
+
+    def __init__(self, hidden_size: int, dim: int, gate: str = "scalar",
+                 gate_bias_init: float = -2.0) -> None:
+        super().__init__()
+        if gate not in ("scalar", "channel"):
+            raise ValueError(f"unknown gate {gate!r} (scalar, channel)")
+        self.proj = nn.Linear(dim, hidden_size)
+        self.gate = nn.Linear(hidden_size + dim, 1 if gate == "scalar" else hidden_size)
+        nn.init.constant_(self.gate.bias, gate_bias_init)
+
+    def forward(self, hidden: torch.Tensor, z: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        while z.dim() < hidden.dim():
+            z = z.unsqueeze(-2)
+        h = hidden.to(z.dtype)
+        z = z.expand(*h.shape[:-1], z.shape[-1])
+        g = torch.sigmoid(self.gate(torch.cat([h, z], dim=-1)))
+        delta = g * self.proj(z)
+        return hidden + delta.to(hidden.dtype), g, delta
+
+
+class PrefixEncoder(nn.Module):
+    """``k`` soft prefix tokens [B, k, H] from the gated identity contribution [B, H]
+    (bias-free: a null contribution gives null tokens)."""
+
+    def __init__(self, hidden_size: int, num_tokens: int) -> None:
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.proj = nn.Linear(hidden_size, num_tokens * hidden_size, bias=False)
+
+    def forward(self, identity: torch.Tensor) -> torch.Tensor:
+        return self.proj(identity).view(identity.shape[0], self.num_tokens, -1)
+
+
+# --------------------------------------------------------------------------------------------
+# the wrapper
+
+
+@dataclass
+class CalmOutput:
+    """``loss``: the weighted total (None without any term); ``losses``: each term that is on
+    and has its labels (lm, classification, culture, contrastive, prototype, orthogonality,
+    load_balance), unweighted; ``logits``: LM logits [B, T, V] of the input positions (with the
+    injection); ``class_logits`` [B, num_labels]; ``gate_weights`` [B, E] (MoE routing);
+    ``identity`` [B, H] (the pooled identity state); ``features``: intermediate tensors
+    (task, explicit, latent, aligned, moe, fusion_gate, attention) for inspection."""
+
+    loss: torch.Tensor | None
+    losses: dict[str, torch.Tensor]
+    logits: torch.Tensor
+    class_logits: torch.Tensor | None = None
+    gate_weights: torch.Tensor | None = None
+    identity: torch.Tensor | None = None
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class _Identity:
+    z: torch.Tensor | None                       # MoE output [B, D]
+    prefix_delta: torch.Tensor | None            # g * W(z) on the pooled state [B, H]
+    prefix_active: torch.Tensor | None           # [B] bool: gate not exactly closed
+    class_logits: torch.Tensor | None
+    gate_weights: torch.Tensor | None
+    identity: torch.Tensor | None
+    losses: dict[str, torch.Tensor]
+    features: dict[str, torch.Tensor]
+
+
+def _text_config(config: Any) -> Any:
+    getter = getattr(config, "get_text_config", None)
+    return getter() if callable(getter) else config
+
+
+def _hooks_inside_checkpoint(layer: nn.Module) -> bool:
+    """True where Hugging Face checkpoints a layer's ``__call__`` (transformers < 5), so a
+    forward hook would be replayed without its state in backward."""
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:  # pragma: no cover - very old transformers
+        return True
+    return isinstance(layer, GradientCheckpointingLayer) and \
+        "__call__" in vars(GradientCheckpointingLayer)
+
+
+class CalmModel(nn.Module):
+    """Any Hugging Face causal LM (``self.base``) with the CALM modules (``self.calm``).
+
+    ``forward(input_ids, attention_mask, labels=None, culture_ids=None, concept_ids=None,
+    class_labels=None) -> CalmOutput``; ``generate(input_ids, attention_mask, **kwargs)``
+    generates with the identity injected and returns prompt + new tokens. Labels of -100 are
+    ignored; ``culture_ids``/``concept_ids``/``class_labels`` are one id per sample.
+    """
+
+    def __init__(self, base: nn.Module, config: CalmConfig, num_cultures: int, num_labels: int,
+                 num_concepts: int = 0) -> None:
+        super().__init__()
+        if num_cultures < 1:
+            raise ValueError(f"num_cultures must be >= 1 (got {num_cultures})")
+        if num_labels < 0 or num_concepts < 0:
+            raise ValueError("num_labels and num_concepts must be >= 0")
+        text = _text_config(base.config)
+        hidden, num_layers = int(text.hidden_size), int(text.num_hidden_layers)
+        if not -(num_layers + 1) <= config.feature_layer <= num_layers:
+            raise ValueError(f"calm.feature_layer {config.feature_layer} is outside the "
+                             f"{num_layers + 1} hidden states of the model")
+        self.base = base
+        self.calm_config = config
+        self.num_cultures, self.num_labels = num_cultures, num_labels
+        self.num_concepts = num_concepts
+        self.hidden_size, self.num_layers = hidden, num_layers
+        self.hook_layer: int | None = None
+        if config.fusion.enabled and config.injection == "hook":
+            layer = (num_layers - 1) // 2 if config.hook_layer is None else config.hook_layer
+            if not -num_layers <= layer < num_layers:
+                raise ValueError(f"calm.hook_layer {layer} is outside the model's {num_layers} "
+                                 "decoder layers")
+            self.hook_layer = layer % num_layers
+            self._decoder_layers()  # fail now, not at the first step, if they cannot be found
+
+        c, dim = config, config.dim
+        concepts = num_concepts if c.prototypes.per_concept else 0
+        modules: dict[str, nn.Module] = {
+            "disentangler": Disentangler(hidden, dim, num_cultures, num_concepts,
+                                         separate=c.disentangle.enabled,
+                                         head_hidden_size=c.head_hidden_size,
+                                         input_norm=c.input_norm, pooling=c.pooling,
+                                         dropout=c.dropout)}
+        if c.prototypes.enabled:
+            modules["prototypes"] = CulturePrototypes(num_cultures, dim, concepts)
+        if c.cross_attention.enabled:
+            modules["cross_attention"] = CulturalCrossAttention(dim, c.cross_attention.num_heads,
+                                                                c.cross_attention.dropout)
+        if c.moe.enabled:
+            modules["moe"] = CultureMoE(2 * dim, dim, c.moe.num_experts, c.moe.top_k,
+                                        c.moe.expert_hidden_size, c.dropout)
+        else:
+            modules["moe"] = nn.Linear(2 * dim, dim)
+        if c.fusion.enabled:
+            modules["fusion"] = IdentityFusion(hidden, dim, c.fusion.gate, c.fusion.gate_bias_init)
+            if c.injection == "prefix":
+                modules["prefix"] = PrefixEncoder(hidden, c.prefix_tokens)
+        if num_labels > 0 and c.heads.classification:
+            head_in = hidden + (dim if c.disentangle.enabled else 0)
+            modules["classifier"] = nn.Sequential(nn.Dropout(c.heads.dropout),
+                                                  nn.Linear(head_in, num_labels))
+        self.calm = nn.ModuleDict(modules)
+        if c.freeze_base:
+            for param in base.parameters():
+                param.requires_grad_(False)
+        try:
+            device = next(base.parameters()).device
+        except StopIteration:  # pragma: no cover
+            device = torch.device("cpu")
+        self.calm.to(device)
+
+    # ---- helpers -----------------------------------------------------------------------------
+
+    @property
+    def config(self) -> Any:
+        """The base model's Hugging Face config (code that reads ``model.config`` keeps
+        working); the CALM config is ``calm_config``."""
+        return self.base.config
+
+    @property
+    def injecting(self) -> bool:
+        return self.calm_config.fusion.enabled and self.calm_config.injection != "none"
+
+    def _decoder_layers(self) -> nn.ModuleList:
+        for _, module in self.base.named_modules():
+            if isinstance(module, nn.ModuleList) and len(module) == self.num_layers:
+                return module
+        raise ValueError("injection 'hook': no ModuleList of the model's "
+                         f"{self.num_layers} decoder layers found; use injection 'prefix'")
+
+    def _calm_dtype(self) -> torch.dtype:
+        return next(self.calm.parameters()).dtype
+
+    def _base_trainable(self) -> bool:
+        return any(param.requires_grad for param in self.base.parameters())
+
+    def _read_hidden(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Hidden states at ``feature_layer`` from a pass without injection and without the
+        vocabulary projection (``get_decoder()`` where the model has one)."""
+        need_grad = (torch.is_grad_enabled() and self.calm_config.features_grad
+                     and self._base_trainable())
+        with torch.set_grad_enabled(need_grad):
+            backbone = None
+            getter = getattr(self.base, "get_decoder", None)
+            if callable(getter):
+                try:
+                    backbone = getter()
+                except (AttributeError, NotImplementedError, ValueError):
+                    backbone = None
+            if backbone is not None and backbone is not self.base:
+                out = backbone(input_ids=input_ids, attention_mask=mask,
+                               output_hidden_states=True, use_cache=False)
+            else:
+                out = self.base(input_ids=input_ids, attention_mask=mask,
+                                output_hidden_states=True, use_cache=False)
+            return out.hidden_states[self.calm_config.feature_layer]
+
+    def _identity(self, hidden: torch.Tensor, mask: torch.Tensor, culture_ids, concept_ids,
+                  class_labels) -> _Identity:
+        c, calm = self.calm_config, self.calm
+        h = hidden.to(self._calm_dtype())
+        losses: dict[str, torch.Tensor] = {}
+        feats = calm["disentangler"](h, mask)
+        features = {"explicit": feats.explicit, "latent": feats.latent}
+        if feats.task is not None:
+            features["task"] = feats.task
+            orth = (orthogonality_loss(feats.task, feats.explicit)
+                    + orthogonality_loss(feats.task, feats.latent))
+            if c.disentangle.orthogonal_cultural_parts:
+                orth = orth + orthogonality_loss(feats.explicit, feats.latent)
+            losses["orthogonality"] = orth
+            if culture_ids is not None:
+                culture = masked_cross_entropy(feats.culture_logits, culture_ids)
+                if concept_ids is not None and feats.concept_logits is not None:
+                    culture = culture + masked_cross_entropy(feats.concept_logits, concept_ids)
+                losses["culture"] = culture
+
+        culture_protos = concept_protos = None
+        if "prototypes" in calm:
+            culture_protos, concept_protos = calm["prototypes"]()
+            if culture_ids is not None:
+                proto = prototype_loss(feats.explicit, culture_protos, culture_ids,
+                                       c.prototypes.temperature)
+                if concept_ids is not None and concept_protos is not None:
+                    proto = proto + prototype_loss(feats.explicit, concept_protos, concept_ids,
+                                                   c.prototypes.temperature)
+                losses["prototype"] = proto
+        if c.contrastive.enabled and culture_ids is not None:
+            losses["contrastive"] = supervised_contrastive_loss(
+                feats.explicit, culture_ids, c.contrastive.temperature)
+
+        aligned = feats.explicit
+        if "cross_attention" in calm:
+            protos = None
+            if culture_protos is not None:
+                protos = (culture_protos if concept_protos is None
+                          else torch.cat([culture_protos, concept_protos]))
+            if c.cross_attention.latent_tokens:
+                latent, latent_mask = feats.latent_tokens, mask.bool()
+            else:
+                latent, latent_mask = feats.latent.unsqueeze(1), None
+            aligned, attention = calm["cross_attention"](aligned, protos, latent, latent_mask)
+            features["attention"] = attention
+        features["aligned"] = aligned
+
+        moe_in = torch.cat([aligned, feats.latent], dim=-1)
+        gate_weights = None
+        if c.moe.enabled:
+            moe = calm["moe"](moe_in)
+            z, gate_weights = moe.output, moe.gate_weights
+            losses["load_balance"] = moe.load_balance
+        else:
+            z = calm["moe"](moe_in)
+        features["moe"] = z
+
+        pooled_h = pool_tokens(h, mask, c.pooling)
+        identity = prefix_delta = prefix_active = None
+        if "fusion" in calm:
+            identity, gate, prefix_delta = calm["fusion"](pooled_h, z)
+            prefix_active = (gate > 0).any(-1)
+            features["fusion_gate"] = gate
+
+        class_logits = None
+        if "classifier" in calm:
+            head_in = identity if identity is not None else pooled_h
+            if feats.task is not None:
+                head_in = torch.cat([head_in, feats.task], dim=-1)
+            class_logits = calm["classifier"](head_in)
+            if class_labels is not None:
+                losses["classification"] = masked_cross_entropy(class_logits, class_labels)
+        return _Identity(z, prefix_delta, prefix_active, class_logits, gate_weights, identity,
+                         losses, features)
+
+    @contextlib.contextmanager
+    def _hook(self, z: torch.Tensor) -> Iterator[None]:
+        """Adds ``g * W(z)`` to the output of decoder layer ``hook_layer`` while open."""
+        layer = self._decoder_layers()[self.hook_layer]
+        fusion = self.calm["fusion"]
+        if (torch.is_grad_enabled() and _hooks_inside_checkpoint(layer)
+                and getattr(layer, "gradient_checkpointing", False) and layer.training):
+            raise RuntimeError("injection 'hook' with gradient checkpointing needs "
+                               "transformers >= 5 (older versions replay the hook in backward "
+                               "without its state); use injection 'prefix' or turn "
+                               "gradient checkpointing off")
+
+        def inject(module, args, output):
+            states = output[0] if isinstance(output, tuple) else output
+            zz = z
+            if states.shape[0] != zz.shape[0]:  # num_return_sequences / beams expand the batch
+                zz = zz.repeat_interleave(states.shape[0] // zz.shape[0], dim=0)
+            fused = fusion(states, zz)[0]
+            return (fused, *output[1:]) if isinstance(output, tuple) else fused
+
+        handle = layer.register_forward_hook(inject)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def _prefix_inputs(self, input_ids, mask, labels, ident: _Identity):
+        """(inputs_embeds, attention_mask, labels) with the soft prefix, or None when every
+        sample's gate is exactly closed (then the LM runs on input_ids as the base model)."""
+        if not bool(ident.prefix_active.any()):
+            return None
+        embeds = self.base.get_input_embeddings()(input_ids)
+        prefix = self.calm["prefix"](ident.prefix_delta).to(embeds.dtype)
+        mask, labels = extend_for_prefix(mask, labels, prefix.shape[1], ident.prefix_active)
+        return torch.cat([prefix, embeds], dim=1), mask, labels
+
+    # ---- public ------------------------------------------------------------------------------
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, culture_ids: torch.Tensor | None = None,
+                concept_ids: torch.Tensor | None = None,
+                class_labels: torch.Tensor | None = None) -> CalmOutput:
+        c = self.calm_config
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        lm_labels = labels if c.heads.lm else None
+        if not self.injecting:  # one pass: the LM is the base model
+            out = self.base(input_ids=input_ids, attention_mask=mask, labels=lm_labels,
+                            output_hidden_states=True, use_cache=False)
+            ident = self._identity(out.hidden_states[c.feature_layer], mask, culture_ids,
+                                   concept_ids, class_labels)
+            logits, lm_loss = out.logits, out.loss
+        else:
+            ident = self._identity(self._read_hidden(input_ids, mask), mask, culture_ids,
+                                   concept_ids, class_labels)
+            if c.injection == "hook":
+                with self._hook(ident.z):
+                    out = self.base(input_ids=input_ids, attention_mask=mask, labels=lm_labels,
+                                    use_cache=False)
+                logits = out.logits
+            else:
+                prefixed = self._prefix_inputs(input_ids, mask, lm_labels, ident)
+                if prefixed is None:
+                    out = self.base(input_ids=input_ids, attention_mask=mask, labels=lm_labels,
+                                    use_cache=False)
+                    logits = out.logits
+                else:
+                    embeds, ext_mask, ext_labels = prefixed
+                    out = self.base(inputs_embeds=embeds, attention_mask=ext_mask,
+                                    labels=ext_labels, use_cache=False)
+                    logits = out.logits[:, embeds.shape[1] - input_ids.shape[1]:]
+            lm_loss = out.loss
+        losses = dict(ident.losses)
+        if lm_labels is not None and lm_loss is not None:
+            losses["lm"] = lm_loss
+        return CalmOutput(loss=self.total_loss(losses), losses=losses, logits=logits,
+                          class_logits=ident.class_logits, gate_weights=ident.gate_weights,
+                          identity=ident.identity, features=ident.features)
+
+    def total_loss(self, losses: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """lm + classification + lambda_contrastive * (contrastive + prototype)
+        + lambda_orth * orthogonality + lambda_balance * load_balance
+        + lambda_culture * culture, over the terms present."""
+        c = self.calm_config
+        weights = {"lm": 1.0, "classification": 1.0, "contrastive": c.lambda_contrastive,
+                   "prototype": c.lambda_contrastive, "orthogonality": c.lambda_orth,
+                   "load_balance": c.lambda_balance, "culture": c.lambda_culture}
+        terms = [weights[name] * value for name, value in losses.items()]
+        return torch.stack([t.float() for t in terms]).sum() if terms else None
+
+    @torch.no_grad()
+    def identity_state(self, input_ids: torch.Tensor,
+                       attention_mask: torch.Tensor | None = None) -> CalmOutput:
+        """Classification logits, gate weights, identity and features of a batch from the
+        reading pass alone (no injection pass, no losses; ``logits`` is empty): value
+        identification and routing analysis at evaluation time."""
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        ident = self._identity(self._read_hidden(input_ids, mask), mask, None, None, None)
+        return CalmOutput(None, {}, torch.empty(0), ident.class_logits,
+                          ident.gate_weights, ident.identity, ident.features)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 **kwargs: Any):
+        """``base.generate`` with the identity (computed once from the prompt) injected;
+        returns prompt + new tokens in both injection modes (or the generate output object
+        with such ``sequences``)."""
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        if not self.injecting:
+            return self.base.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+        ident = self._identity(self._read_hidden(input_ids, mask), mask, None, None, None)
+        if self.calm_config.injection == "hook":
+            with self._hook(ident.z):
+                return self.base.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+        prefixed = self._prefix_inputs(input_ids, mask, None, ident)
+        if prefixed is None:
+            return self.base.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+        embeds, ext_mask, _ = prefixed
+        out = self.base.generate(inputs_embeds=embeds, attention_mask=ext_mask, **kwargs)
+        # With inputs_embeds only the new tokens come back; put the prompt in front (once per
+        # returned sequence: num_return_sequences repeats each prompt in place).
+        sequences = out if isinstance(out, torch.Tensor) else out.sequences
+        prompts = input_ids.repeat_interleave(sequences.shape[0] // input_ids.shape[0], dim=0)
+        sequences = torch.cat([prompts, sequences], dim=1)
+        if isinstance(out, torch.Tensor):
+            return sequences
+        out.sequences = sequences
+        return out
+
+
+def build_calm_model(base_model: nn.Module, config: CalmConfig, num_cultures: int,
+                     num_labels: int, num_concepts: int = 0) -> CalmModel:
+    """Wrap ``base_model`` (a Hugging Face causal LM, plain or peft) in the CALM modules."""
+    return CalmModel(base_model, config, num_cultures, num_labels, num_concepts)
+
+
+def _unwrap(model: nn.Module) -> CalmModel:
+    # DeepSpeed engines and DDP keep the model in .module.
+    while not isinstance(model, CalmModel) and hasattr(model, "module"):
+        model = model.module
+    if not isinstance(model, CalmModel):
+        raise TypeError(f"expected a CalmModel (or a wrapper of one), got {type(model).__name__}")
+    return model
+
+
+def calm_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The CALM modules' parameters (for their own optimizer group), never the base LM's."""
+    return list(_unwrap(model).calm.parameters())
+
+
+def calm_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The CALM modules' weights only (keys relative to ``model.calm``), detached CPU copies:
+    saved beside the base model and its LoRA adapter. Under ZeRO-3 call it inside
+    ``deepspeed.zero.GatheredParameters(calm_parameters(model))``."""
+    return {name: tensor.detach().cpu().clone()
+            for name, tensor in _unwrap(model).calm.state_dict().items()}
+
+
+def load_calm_state(model: nn.Module, state: dict[str, torch.Tensor]) -> CalmModel:
+    """Restore what :func:`calm_state_dict` saved (strict: a state from a different CALM
+    config fails with the missing/unexpected keys); returns the model."""
+    calm_model = _unwrap(model)
+    calm_model.calm.load_state_dict(state, strict=True)
+    return calm_model
+
+
+__all__ = [
+    "CalmModel", "CalmOutput", "CultureMoE", "CulturalCrossAttention", "CulturePrototypes",
+    "DisentangledFeatures", "Disentangler", "IdentityFusion", "MoEOutput", "PrefixEncoder",
+    "build_calm_model", "calm_parameters", "calm_state_dict", "extend_for_prefix",
+    "load_balancing_loss", "load_calm_state", "masked_cross_entropy", "orthogonality_loss",
+    "pool_tokens", "prototype_loss", "routing_by_culture", "supervised_contrastive_loss",
+    "top_k_gating",
+]
