@@ -76,3 +76,24 @@ def value_prompt(text: str, labels: Sequence[str], language: Language = "en") ->
     """Value identification as a multiple-choice survey item over the label names; the answer
     is read from the option labels' log-probabilities, like a survey answer."""
     return survey_prompt(_VALUE_QUESTION[language].format(text=text), labels, language)
+
+
+_CCOT = {"en": "Before answering, think about what people from {culture} value and how they "
+               "would see this question.\nThoughts:",
+         "zh": "回答前，请先想一想{culture}的人重视什么、会如何看待这个问题。\n想法："}
+_AFTER_THOUGHTS = {"en": "\nAnswer:", "zh": "\n回答："}
+
+
+def ccot_prompt(question: str, options: Sequence[str], culture: str,
+                language: Language = "en") -> str:
+    """Cultural chain-of-thought (CultureSPA's CCoT): the culture preamble, the question, then a
+    request to think about the culture's values first; the model writes its thoughts after
+    this prompt and the answer is read after :func:`ccot_answer_suffix`."""
+    survey = survey_prompt(question, options, language)
+    question_part = survey[: survey.rindex(_AFTER_THOUGHTS[language].strip())]
+    return (culture_preamble(culture, language) + question_part
+            + _CCOT[language].format(culture=culture))
+
+
+def ccot_answer_suffix(language: Language = "en") -> str:
+    return _AFTER_THOUGHTS[language]

@@ -19,8 +19,10 @@ def _batches(items: Sequence, size: int):
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 40,
-                     batch_size: int = 16, synced_gpus: bool = False) -> list[str]:
-    """Greedy completions of ``prompts`` (new text only, special tokens dropped).
+                     batch_size: int = 16, synced_gpus: bool = False, sample: bool = False,
+                     temperature: float = 1.0) -> list[str]:
+    """Greedy (or, with ``sample``, sampled) completions of ``prompts`` (new text only,
+    special tokens dropped).
 
     ``synced_gpus`` must be true under ZeRO-3, where every rank has to join every forward pass
     (their shards are gathered on the fly): ranks then keep stepping until all have finished.
@@ -35,7 +37,9 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], *, max_new_tokens
         for batch in _batches(list(prompts), batch_size):
             encoded = tokenizer(batch, return_tensors="pt", padding=True,
                                 add_special_tokens=False).to(device)
-            output = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False,
+            decoding = ({"do_sample": True, "temperature": temperature, "top_k": 0} if sample
+                        else {"do_sample": False})
+            output = model.generate(**encoded, max_new_tokens=max_new_tokens, **decoding,
                                     pad_token_id=tokenizer.pad_token_id,
                                     eos_token_id=tokenizer.eos_token_id, synced_gpus=synced_gpus)
             new_tokens = output[:, encoded["input_ids"].shape[1]:]
@@ -99,3 +103,34 @@ def option_distributions(model, tokenizer, prompts: Sequence[str],
         distributions.append(torch.softmax(scores, dim=0).tolist())
         offset += len(options)
     return distributions
+
+
+@torch.no_grad()
+def mean_token_nll(model, tokenizer, texts: Sequence[str], *, batch_size: int = 16
+                   ) -> list[float]:
+    """Per text, the mean negative log-likelihood of its tokens after the first (the language
+    modelling loss a trainer reports), right-padded batches."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    losses: list[float] = []
+    try:
+        for batch in _batches(list(texts), batch_size):
+            rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in batch]
+            width = max(len(r) for r in rows)
+            input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+            attention = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, row in enumerate(rows):
+                input_ids[i, :len(row)] = torch.tensor(row)
+                attention[i, :len(row)] = 1
+            logits = model(input_ids=input_ids.to(device),
+                           attention_mask=attention.to(device)).logits.float()
+            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+            targets = input_ids[:, 1:].to(device)
+            token = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            mask = attention[:, 1:].to(device).float()
+            per_text = -(token * mask).sum(1) / mask.sum(1).clamp(min=1)
+            losses.extend(per_text.tolist())
+    finally:
+        model.train(was_training)
+    return losses

@@ -234,7 +234,7 @@ def evaluation_values(records: list[dict], model: str) -> dict[str, float]:
             and r["value"] is not None}
 
 
-class _EvalGroup:
+class EvaluationGroup:
     """The evaluation actors, started on the first model that is not cached."""
 
     def __init__(self, config: ExperimentConfig):
@@ -286,7 +286,7 @@ def run_evaluation(config: ExperimentConfig, plan: EvalPlan, command: str | None
     from culture_rl.distributed.metrics import RayGauges
 
     out = results_dir(config)
-    group = _EvalGroup(config)
+    group = EvaluationGroup(config)
     per_model: dict[str, dict] = {}
     try:
         for i, (label, path) in enumerate(plan.models.items(), start=1):

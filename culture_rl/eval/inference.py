@@ -21,12 +21,21 @@ class EvaluationError(CultureRLError):
 
 
 class Inference(Protocol):
-    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-        """Greedy completions (new text only)."""
+    """``routes`` (optional) names each prompt's culture: a model that is a per-culture
+    adapter set (``spa/adapters.py``) serves it with that culture's adapter."""
 
-    def option_distributions(self, prompts: Sequence[str],
-                             labels: Sequence[Sequence[str]]) -> list[list[float]]:
+    def generate(self, prompts: Sequence[str], max_new_tokens: int,
+                 routes: Sequence[str | None] | None = None, sample: bool = False,
+                 temperature: float = 1.0, seed: int = 0) -> list[str]:
+        """Greedy (or sampled) completions, new text only."""
+
+    def option_distributions(self, prompts: Sequence[str], labels: Sequence[Sequence[str]],
+                             routes: Sequence[str | None] | None = None) -> list[list[float]]:
         """Per prompt, a distribution over its option labels."""
+
+    def lm_losses(self, texts: Sequence[str], routes: Sequence[str | None] | None = None
+                  ) -> list[float]:
+        """Per text, the mean token negative log-likelihood."""
 
 
 class LocalInference:
@@ -35,14 +44,43 @@ class LocalInference:
     def __init__(self, model, tokenizer, batch_size: int = 16):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-        return generate_answers(self.model, self.tokenizer, list(prompts),
-                                max_new_tokens=max_new_tokens, batch_size=self.batch_size)
+    def _routed(self, routes, run):
+        if routes is None:
+            return run(None)
+        from culture_rl.spa.adapters import routed
 
-    def option_distributions(self, prompts: Sequence[str],
-                             labels: Sequence[Sequence[str]]) -> list[list[float]]:
-        return option_distributions(self.model, self.tokenizer, list(prompts), list(labels),
-                                    batch_size=self.batch_size * 2)
+        return routed(self.model, routes, run)
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, routes=None,
+                 sample: bool = False, temperature: float = 1.0, seed: int = 0) -> list[str]:
+        import torch
+
+        torch.manual_seed(seed)
+
+        def run(indices):
+            chosen = list(prompts) if indices is None else [prompts[i] for i in indices]
+            return generate_answers(self.model, self.tokenizer, chosen,
+                                    max_new_tokens=max_new_tokens, batch_size=self.batch_size,
+                                    sample=sample, temperature=temperature)
+        return self._routed(routes, run)
+
+    def option_distributions(self, prompts: Sequence[str], labels: Sequence[Sequence[str]],
+                             routes=None) -> list[list[float]]:
+        def run(indices):
+            chosen = range(len(prompts)) if indices is None else indices
+            return option_distributions(self.model, self.tokenizer,
+                                        [prompts[i] for i in chosen],
+                                        [labels[i] for i in chosen],
+                                        batch_size=self.batch_size * 2)
+        return self._routed(routes, run)
+
+    def lm_losses(self, texts: Sequence[str], routes=None) -> list[float]:
+        from culture_rl.eval.generation import mean_token_nll
+
+        def run(indices):
+            chosen = list(texts) if indices is None else [texts[i] for i in indices]
+            return mean_token_nll(self.model, self.tokenizer, chosen, batch_size=self.batch_size)
+        return self._routed(routes, run)
 
 
 def contiguous_chunks(n_items: int, n_workers: int) -> list[tuple[int, int]]:
@@ -64,15 +102,20 @@ class ActorInference:
         self.replacements = 0
 
     def _fan_out(self, method: str, what: str, items: Sequence, *extra_lists: Sequence,
-                 **kwargs) -> list:
+                 routes: Sequence | None = None, seed: int | None = None, **kwargs) -> list:
         from culture_rl.distributed.cluster import gather_replacing_dead
 
         chunks = contiguous_chunks(len(items), len(self.group))
 
         def submit(i: int):
             a, b = chunks[i]
+            per_chunk = dict(kwargs)
+            if routes is not None:
+                per_chunk["routes"] = list(routes[a:b])
+            if seed is not None:
+                per_chunk["seed"] = seed + i  # each actor samples its own stream
             return getattr(self.group.actors[i], method).remote(
-                list(items[a:b]), *[list(e[a:b]) for e in extra_lists], **kwargs)
+                list(items[a:b]), *[list(e[a:b]) for e in extra_lists], **per_chunk)
 
         parts = gather_replacing_dead(submit, len(chunks), self._replace,
                                       timeout_s=self.timeout_s, max_retries=2,
@@ -99,11 +142,17 @@ class ActorInference:
                                   f"than {self.timeout_s:g} s (eval.call_timeout_s)") from None
         self.model_path = model_path
 
-    def generate(self, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-        return self._fan_out("complete", "generation", prompts, max_new_tokens=max_new_tokens,
-                             batch_size=self.batch_size)
+    def generate(self, prompts: Sequence[str], max_new_tokens: int, routes=None,
+                 sample: bool = False, temperature: float = 1.0, seed: int = 0) -> list[str]:
+        return self._fan_out("complete", "generation", prompts, routes=routes, seed=seed,
+                             max_new_tokens=max_new_tokens, batch_size=self.batch_size,
+                             sample=sample, temperature=temperature)
 
-    def option_distributions(self, prompts: Sequence[str],
-                             labels: Sequence[Sequence[str]]) -> list[list[float]]:
+    def option_distributions(self, prompts: Sequence[str], labels: Sequence[Sequence[str]],
+                             routes=None) -> list[list[float]]:
         return self._fan_out("option_distributions", "option scoring", prompts, labels,
-                             batch_size=self.batch_size * 2)
+                             routes=routes, batch_size=self.batch_size * 2)
+
+    def lm_losses(self, texts: Sequence[str], routes=None) -> list[float]:
+        return self._fan_out("lm_losses", "language-modelling loss", texts, routes=routes,
+                             batch_size=self.batch_size)

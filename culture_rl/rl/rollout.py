@@ -79,12 +79,18 @@ class HFBackend:
 
     def __init__(self, model_path: str, dtype: str = "float32", trust_remote_code: bool = False):
         from culture_rl.models.loading import load_model, load_tokenizer
+        from culture_rl.spa.adapters import is_adapter_set, load_adapter_set, read_adapter_set
 
-        self.tokenizer = load_tokenizer(model_path, trust_remote_code)
+        if is_adapter_set(model_path):  # per-culture adapters, kept apart and routed
+            base = read_adapter_set(model_path)["base_model"]
+            self.tokenizer = load_tokenizer(base, trust_remote_code)
+            self.model = load_adapter_set(model_path, dtype, trust_remote_code)
+        else:
+            self.tokenizer = load_tokenizer(model_path, trust_remote_code)
+            self.model = load_model(model_path, dtype, trust_remote_code)
+            if hasattr(self.model, "merge_and_unload"):  # an adapter: serve merged weights
+                self.model = self.model.merge_and_unload()
         self.tokenizer.padding_side = "left"
-        self.model = load_model(model_path, dtype, trust_remote_code)
-        if hasattr(self.model, "merge_and_unload"):  # an adapter folder: serve merged weights
-            self.model = self.model.merge_and_unload()
         self.model.eval().requires_grad_(False)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device)
@@ -226,23 +232,45 @@ class RolloutWorker(WeightReceiver):
                               "use the 'hf' backend", field="rollout.backend")
         return self.backend
 
-    def complete(self, prompts: Sequence[str], max_new_tokens: int, batch_size: int
-                 ) -> list[str]:
-        """Greedy completions, text only (evaluation)."""
+    def _routed(self, backend, routes, run):
+        """``run(indices)`` over all requests, or per culture's adapter when routed."""
+        if routes is None:
+            return run(None)
+        from culture_rl.spa.adapters import routed
+
+        return routed(backend.model, routes, run)
+
+    def complete(self, prompts: Sequence[str], max_new_tokens: int, batch_size: int,
+                 routes: Sequence[str | None] | None = None, sample: bool = False,
+                 temperature: float = 1.0, seed: int = 0) -> list[str]:
+        """Completions, text only: greedy (evaluation) or sampled (data generation). With an
+        adapter set, ``routes`` names each prompt's culture (its adapter serves it)."""
         from culture_rl.eval.generation import generate_answers
 
-        backend = self._hf("greedy evaluation")
-        return generate_answers(backend.model, backend.tokenizer, prompts,
-                                max_new_tokens=max_new_tokens, batch_size=batch_size)
+        backend = self._hf("completion")
+        torch.manual_seed(seed)
+
+        def run(indices):
+            chosen = prompts if indices is None else [prompts[i] for i in indices]
+            return generate_answers(backend.model, backend.tokenizer, chosen,
+                                    max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                    sample=sample, temperature=temperature)
+        return self._routed(backend, routes, run)
 
     def option_distributions(self, prompts: Sequence[str], labels: Sequence[Sequence[str]],
-                             batch_size: int) -> list[list[float]]:
+                             batch_size: int, routes: Sequence[str | None] | None = None
+                             ) -> list[list[float]]:
         """Per prompt, the distribution over its option labels (survey / value answers)."""
         from culture_rl.eval.generation import option_distributions
 
         backend = self._hf("option scoring")
-        return option_distributions(backend.model, backend.tokenizer, prompts, labels,
-                                    batch_size=batch_size)
+
+        def run(indices):
+            chosen = range(len(prompts)) if indices is None else indices
+            return option_distributions(backend.model, backend.tokenizer,
+                                        [prompts[i] for i in chosen],
+                                        [labels[i] for i in chosen], batch_size=batch_size)
+        return self._routed(backend, routes, run)
 
     def generate(self, prompts: Sequence[str], params: SamplingParams, seed: int) -> Rollout:
         # Prompts this generator has yet to finish: the dashboard's view of rollout backlog.
@@ -255,6 +283,19 @@ class RolloutWorker(WeightReceiver):
     def receive_bucket(self, bucket) -> int:
         load_weights = getattr(self.backend, "load_weights", None)  # engines with a loader
         return load_weights(bucket) if load_weights else super().receive_bucket(bucket)
+
+    def lm_losses(self, texts: Sequence[str], batch_size: int,
+                  routes: Sequence[str | None] | None = None) -> list[float]:
+        """Per text, the mean token NLL (a guard on general language ability)."""
+        from culture_rl.eval.generation import mean_token_nll
+
+        backend = self._hf("language-modelling loss")
+
+        def run(indices):
+            chosen = texts if indices is None else [texts[i] for i in indices]
+            return mean_token_nll(backend.model, backend.tokenizer, chosen,
+                                  batch_size=batch_size)
+        return self._routed(backend, routes, run)
 
     def fingerprint(self) -> dict[str, float]:
         from culture_rl.distributed.weight_sync import state_fingerprint

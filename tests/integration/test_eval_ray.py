@@ -121,11 +121,11 @@ def test_killed_evaluation_actor_is_replaced_and_the_numbers_stand(ray_session, 
 
     import ray
 
-    from culture_rl.eval.harness import _EvalGroup
+    from culture_rl.eval.harness import EvaluationGroup
 
     config, data, models = setting
     plan = plan_evaluation(config, data, models)
-    group = _EvalGroup(config)
+    group = EvaluationGroup(config)
     try:
         group.load(models["first"])
         inference = group.load(models["second"])  # actors now serve the second model

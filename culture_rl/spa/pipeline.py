@@ -1,0 +1,488 @@
+"""``culture-rl spa``: the CultureSPA pipeline, each stage a resumable step with its output on disk.
+
+1. ``questions``: per culture topic, the model writes new survey questions (few-shot from the
+   seed survey's questions of that topic), parsed, deduplicated, malformed ones counted;
+2. ``unaware``: its answer distribution to each question with no culture named;
+3. ``aware``: its answer distribution once per culture ("You are a person from X");
+4. ``related``: the culture-related instances (aware answer differs from the unaware one);
+5. fine-tuning with the SFT trainer (Ray Train + DeepSpeed, LoRA): ``joint`` (one model, the
+   culture in the prompt) and/or ``specific`` (one adapter per culture, saved as one adapter set);
+6. ``evaluation``: WVS answer distributions per culture against the seed survey's, for the base
+   model and every tuned one, with and without CCoT, and the guard on general ability (LM loss
+   on held-out base-corpus documents).
+
+Generation and scoring run on the evaluation actor group (``eval.workers`` RolloutWorkers).
+Stages 1-4 and 6 write ``<run>/spa/<stage>/data.jsonl`` (or ``results.json``) and, last, a
+``manifest.json`` holding a key of everything that stage depends on; a rerun skips every stage
+whose manifest matches, so an interrupted pipeline restarts at the first unfinished stage, and
+fine-tuning resumes through the SFT stage's own checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from culture_rl.config import ExperimentConfig
+from culture_rl.data import prompts
+from culture_rl.errors import ConfigError
+from culture_rl.spa.instances import related_instances, training_rows
+from culture_rl.spa.questions import collect, generation_prompt
+from culture_rl.workflows.align_data import AlignData
+
+MANIFEST = "manifest.json"
+PROGRESS_CHUNK = 64  # prompts per actor between progress lines
+
+
+@dataclass
+class SpaPlan:
+    model_path: str
+    cultures: list[str]
+    topics: dict[str, list]  # topic -> its seed survey questions
+
+
+def spa_dir(config: ExperimentConfig) -> Path:
+    return config.run_dir / "spa"
+
+
+# ------------------------------------------------------------------------------- planning
+
+
+def load_spa_data(config: ExperimentConfig) -> AlignData:
+    """Your survey (``data.survey_path``; no association norms needed), else the synthetic
+    world with its survey and base corpus."""
+    from culture_rl.data.surveys import load_survey
+    from culture_rl.workflows.align_data import load_align_data
+
+    if config.data.survey_path is None:
+        return load_align_data(config)
+    survey = load_survey(config.data.survey_path,
+                         skip_mismatched=config.data.skip_mismatched_survey_rows)
+    return AlignData(target_culture=config.data.culture or "", norms_by_culture={}, split={},
+                     survey=survey, corpus=[], world=None, world_files=None)
+
+
+def plan_spa(config: ExperimentConfig, data: AlignData) -> SpaPlan:
+    """Check cultures, topics and the starting model before any Ray work."""
+    from culture_rl.workflows.align_ppo import resolve_policy_path
+
+    spa = config.spa
+    if not data.survey:
+        raise ConfigError("CultureSPA needs seed survey questions (data.survey_path)",
+                          field="data.survey_path")
+    surveyed = list(dict.fromkeys(c for q in data.survey for c in q.distributions))
+    cultures = []
+    for key in spa.cultures or surveyed:
+        name = key
+        if data.world is not None:
+            try:
+                name = data.world.culture(key).name
+            except KeyError as err:
+                raise ConfigError(str(err.args[0]), field="spa.cultures") from None
+        if name not in surveyed:
+            raise ConfigError(f"culture {key!r} has no survey distributions (have "
+                              f"{', '.join(surveyed)})", field="spa.cultures")
+        cultures.append(name)
+    has_topics = any(q.topic for q in data.survey)
+    topics = {t: [q for q in data.survey if q.topic == t] if has_topics else list(data.survey)
+              for t in spa.topics}
+    topics = {t: qs for t, qs in topics.items() if qs}
+    if not topics:
+        raise ConfigError("no seed survey question has any of spa.topics as its topic",
+                          field="spa.topics")
+    if spa.model_path == "pretrain":
+        model_path = str(config.run_dir / "pretrain" / "export" / "model")  # trained if missing
+    else:
+        model_path = resolve_policy_path(spa.model_path, field="spa.model_path")
+    return SpaPlan(model_path, list(dict.fromkeys(cultures)), topics)
+
+
+# ------------------------------------------------------------------------------ stage files
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
+    partial.replace(path)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
+
+
+def run_step(folder: Path, key: str, build: Callable[[], tuple[list[dict], dict]]
+             ) -> tuple[list[dict], dict]:
+    """A stage's rows and statistics: read back when its manifest carries ``key``, else built
+    and written (data first, the manifest last, each by rename)."""
+    manifest_path = folder / MANIFEST
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text("utf-8"))
+        if manifest.get("key") == key:
+            print(f"[spa] {folder.name}: already done ({manifest['rows']} rows in "
+                  f"{folder / 'data.jsonl'}), skipped", flush=True)
+            return _read_jsonl(folder / "data.jsonl"), manifest["stats"]
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    rows, stats = build()
+    _write_jsonl(folder / "data.jsonl", rows)
+    manifest = {"key": key, "rows": len(rows), "stats": stats,
+                "seconds": round(time.perf_counter() - started, 2)}
+    partial = manifest_path.with_name(MANIFEST + ".partial")
+    partial.write_text(json.dumps(manifest, indent=2, ensure_ascii=False), "utf-8")
+    partial.replace(manifest_path)
+    print(f"[spa] {folder.name}: {len(rows)} rows in {manifest['seconds']:.1f} s", flush=True)
+    return rows, stats
+
+
+def in_chunks(what: str, items: Sequence, call: Callable[[int, int], list], workers: int
+              ) -> list:
+    """``call(start, end)`` over slices of ``items`` with a progress line (done/total,
+    items per second) after each slice."""
+    out: list = []
+    size = PROGRESS_CHUNK * max(1, workers)
+    started = time.perf_counter()
+    for start in range(0, len(items), size):
+        out.extend(call(start, min(start + size, len(items))))
+        rate = len(out) / max(time.perf_counter() - started, 1e-9)
+        print(f"[spa] {what}: {len(out)}/{len(items)} ({rate:.1f}/s)", flush=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------- stages
+
+
+def _survey_prompts(questions: Sequence[dict], culture: str | None, language: str) -> list[str]:
+    preamble = prompts.culture_preamble(culture, language) if culture else ""
+    return [preamble + prompts.survey_prompt(q["question"], q["options"], language)
+            for q in questions]
+
+
+def _labels(questions: Sequence[dict]) -> list[list[str]]:
+    return [prompts.survey_option_labels(len(q["options"])) for q in questions]
+
+
+def generate_questions(config: ExperimentConfig, plan: SpaPlan, inference, workers: int
+                       ) -> tuple[list[dict], dict]:
+    spa, language = config.spa, config.data.language
+    rng = random.Random(config.run.seed)
+    jobs = []
+    for topic, seeds in plan.topics.items():
+        for _ in range(spa.questions_per_topic):
+            shots = rng.sample(seeds, min(spa.seed_questions, len(seeds)))
+            jobs.append((topic, generation_prompt(topic, [(q.question, q.options)
+                                                          for q in shots], language)))
+    completions = in_chunks(
+        "question generation", jobs,
+        lambda a, b: inference.generate([p for _, p in jobs[a:b]],
+                                        spa.generation_max_new_tokens, sample=True,
+                                        temperature=spa.generation_temperature,
+                                        seed=config.run.seed + a), workers)
+    seeds_text = [q.question for qs in plan.topics.values() for q in qs]
+    kept, dropped = collect([(t, c) for (t, _), c in zip(jobs, completions)], seen=seeds_text)
+    rows = [{"id": f"gen{i}", "topic": q.topic, "question": q.question,
+             "options": list(q.options), "source": "generated"} for i, q in enumerate(kept)]
+    if spa.include_seed_questions:
+        rows += [{"id": f"seed-{q.id}", "topic": q.topic or topic, "question": q.question,
+                  "options": list(q.options), "source": "seed"}
+                 for topic, qs in plan.topics.items() for q in qs]
+    by_topic = {t: sum(r["topic"] == t for r in rows) for t in plan.topics}
+    stats = {"attempts": len(jobs), "kept": len(kept), "dropped": dropped, "by_topic": by_topic,
+             "samples": [c.strip()[:200] for c in completions[:3]]}
+    print(f"[spa] questions: {len(kept)} new of {len(jobs)} attempts; dropped "
+          f"{sum(dropped.values())} ({', '.join(f'{k} {v}' for k, v in dropped.items())})",
+          flush=True)
+    if not rows:
+        raise ConfigError("the model wrote no usable question (see the dropped counts above); "
+                          "raise spa.questions_per_topic or set spa.include_seed_questions",
+                          field="spa.questions_per_topic")
+    return rows, stats
+
+
+def answer_distributions(config: ExperimentConfig, questions: list[dict], culture: str | None,
+                         inference, workers: int) -> list[list[float]]:
+    texts = _survey_prompts(questions, culture, config.data.language)
+    labels = _labels(questions)
+    return in_chunks(f"answers ({culture or 'culture-unaware'})", texts,
+                     lambda a, b: inference.option_distributions(texts[a:b], labels[a:b]),
+                     workers)
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+
+def _train(config: ExperimentConfig, name: str, folder: Path, rows: list[dict], base: str):
+    from culture_rl.train.sft import TrainJob, run_stage
+
+    job = TrainJob(stage=name, stage_dir=str(folder), model_path=base, train=config.spa.train,
+                   deepspeed=config.deepspeed, lora=config.lora, train_rows=rows,
+                   dtype=config.model.dtype, trust_remote_code=config.model.trust_remote_code,
+                   seed=config.run.seed)
+    return run_stage(job, config.resources)
+
+
+def _targets(config: ExperimentConfig) -> dict:
+    return {"target": config.spa.target, "samples": config.spa.samples_per_instance,
+            "seed": config.run.seed}
+
+
+def fine_tune(config: ExperimentConfig, plan: SpaPlan, instances: list[dict]) -> dict[str, str]:
+    """The tuned models: 'joint' -> its merged export; 'specific' -> the adapter set folder.
+
+    Their folders carry a key of the training data and settings (``joint-<key>``), so a rerun
+    with the same ones finds its finished (or resumable) runs, and changed settings train anew
+    beside them instead of reusing a model made from other data."""
+    from culture_rl.spa.adapters import write_adapter_set
+
+    spa = config.spa
+    key = _key(instances, _targets(config), spa.specific_culture_in_prompt,
+               spa.train.model_dump(mode="json"), config.lora.model_dump(mode="json"),
+               config.deepspeed.model_dump(mode="json"), plan.model_path)[:8]
+    models = {}
+    if "joint" in spa.modes:
+        rows = training_rows(instances, "joint", config.data.language, **_targets(config))
+        rows = rows["joint"]
+        print(f"[spa] culture-joint fine-tuning on {len(rows)} instances", flush=True)
+        models["joint"] = str(_train(config, "spa_joint", spa_dir(config) / f"joint-{key}",
+                                     rows, plan.model_path).model_dir)
+    if "specific" in spa.modes:
+        per_culture = training_rows(instances, "specific", config.data.language,
+                                    spa.specific_culture_in_prompt, **_targets(config))
+        adapters = {}
+        for culture in plan.cultures:
+            rows = per_culture.get(culture, [])
+            if not rows:
+                print(f"[spa] {culture}: no culture-related instance, no adapter (its requests "
+                      "use the base model)", flush=True)
+                continue
+            print(f"[spa] culture-specific adapter for {culture} on {len(rows)} instances",
+                  flush=True)
+            result = _train(config, f"spa_{culture}",
+                            spa_dir(config) / f"specific-{key}" / culture, rows, plan.model_path)
+            adapters[culture] = result.export_dir / "adapter"
+        if adapters:
+            models["specific"] = str(write_adapter_set(spa_dir(config) / f"specific-{key}",
+                                                       plan.model_path, adapters))
+    return models
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+def _ccot_distributions(config, questions, culture, inference, routes):
+    language = config.data.language
+    heads = [prompts.ccot_prompt(q.question, q.options, culture, language) for q in questions]
+    thoughts = inference.generate(heads, config.spa.ccot_max_new_tokens, routes=routes)
+    full = [h + t.split("\n")[0] + prompts.ccot_answer_suffix(language)
+            for h, t in zip(heads, thoughts)]
+    return inference.option_distributions(
+        full, [prompts.survey_option_labels(len(q.options)) for q in questions], routes=routes)
+
+
+def survey_alignment(config: ExperimentConfig, inference, culture: str, prompting: str,
+                     survey, routing: str = "none") -> dict:
+    """Mean alignment of the model's answers with ``culture``'s survey distributions.
+    ``routing`` (adapter sets): 'adapter' serves every prompt with ``culture``'s adapter,
+    'base' with the adapters off, 'none' sends no routes (a plain model)."""
+    from culture_rl.eval.evaluate import survey_scores
+
+    questions = [q for q in survey if culture in q.distributions]
+    routes = {"none": None, "adapter": [culture] * len(questions),
+              "base": [None] * len(questions)}[routing]
+    if prompting == "ccot":
+        dists = _ccot_distributions(config, questions, culture, inference, routes)
+    else:
+        named = culture if prompting == "culture" else None
+        texts = [(prompts.culture_preamble(named, config.data.language) if named else "")
+                 + prompts.survey_prompt(q.question, q.options, config.data.language)
+                 for q in questions]
+        dists = inference.option_distributions(
+            texts, [prompts.survey_option_labels(len(q.options)) for q in questions],
+            routes=routes)
+    return survey_scores(dists, questions, culture)
+
+
+def guard_documents(config: ExperimentConfig, data: AlignData) -> list[str]:
+    """Held-out documents for the general-ability guard: a seeded sample of the base corpus
+    (the synthetic world), else the seed survey prompts."""
+    docs = list(data.corpus) or [prompts.survey_prompt(q.question, q.options) for q in
+                                 data.survey]
+    rng = random.Random(config.run.seed + 7)
+    return rng.sample(docs, min(config.spa.lm_guard_docs, len(docs)))
+
+
+def evaluate_models(config: ExperimentConfig, data: AlignData, plan: SpaPlan,
+                    models: dict[str, str], group) -> dict:
+    """WVS alignment per model x prompting x culture, and the LM-loss guard."""
+    settings = {"base": ["unprompted", "culture"], "joint": ["culture"],
+                "specific": ["culture"]}
+    if config.spa.ccot:
+        for name in settings:
+            settings[name].append("ccot")
+    docs = guard_documents(config, data)
+    rows, guard = [], {}
+    for name, path in {"base": plan.model_path, **models}.items():
+        inference = group.load(path)
+        routed = name == "specific"
+        started = time.perf_counter()
+        for prompting in settings[name]:
+            for culture in plan.cultures:
+                routing = ("none" if not routed else
+                           "adapter" if _has_adapter(path, culture) else "base")
+                scores = survey_alignment(config, inference, culture, prompting, data.survey,
+                                          routing)
+                rows.append({"model": name, "prompting": prompting, "culture": culture,
+                             **scores})
+        if routed:
+            losses = [statistics.fmean(inference.lm_losses(docs, routes=[c] * len(docs)))
+                      for c in plan.cultures if _has_adapter(path, c)]
+        else:
+            losses = [statistics.fmean(inference.lm_losses(docs))]
+        guard[name] = statistics.fmean(losses)
+        print(f"[spa] evaluated {name} in {time.perf_counter() - started:.1f} s; LM loss "
+              f"{guard[name]:.4f}", flush=True)
+    margin = config.spa.lm_guard_margin
+    base_loss = guard["base"]
+    lm_guard = {name: {"lm_loss": loss, "rise": (loss - base_loss) / base_loss,
+                       "held": (loss - base_loss) / base_loss <= margin}
+                for name, loss in guard.items()}
+    return {"rows": rows, "lm_guard": lm_guard, "lm_guard_margin": margin,
+            "lm_guard_docs": len(docs), "mean_js": mean_js(rows)}
+
+
+def _has_adapter(adapter_set: str, culture: str) -> bool:
+    from culture_rl.spa.adapters import read_adapter_set
+
+    return culture in read_adapter_set(adapter_set)["adapters"]
+
+
+def mean_js(rows: Sequence[dict]) -> dict[str, float]:
+    """'<model>/<prompting>' -> JS distance averaged over cultures."""
+    groups: dict[str, list[float]] = {}
+    for r in rows:
+        groups.setdefault(f"{r['model']}/{r['prompting']}", []).append(r["js"])
+    return {k: statistics.fmean(v) for k, v in groups.items()}
+
+
+def render_report(results: dict, stats: dict) -> str:
+    lines = ["# CultureSPA", "",
+             f"Questions: {stats['questions']['kept']} generated of "
+             f"{stats['questions']['attempts']} attempts (dropped: "
+             f"{stats['questions']['dropped'] or 'none'}); culture-related instances: "
+             f"{stats['related']['related']}.", "",
+             "| culture | questions | related |", "|---|---|---|"]
+    for culture, entry in stats["related"]["by_culture"].items():
+        lines.append(f"| {culture} | {entry['questions']} | {entry['related']} |")
+    lines += ["", "| topic | questions | related |", "|---|---|---|"]
+    for topic, entry in stats["related"]["by_topic"].items():
+        lines.append(f"| {topic} | {entry['questions']} | {entry['related']} |")
+    cultures = list(dict.fromkeys(r["culture"] for r in results["rows"]))
+    lines += ["", "WVS JS distance to each culture's answers (lower is closer):", "",
+              "| model | prompting | " + " | ".join(cultures) + " | mean |",
+              "|---" * (len(cultures) + 3) + "|"]
+    for key, mean in results["mean_js"].items():
+        model, prompting = key.split("/")
+        cells = [next(f"{r['js']:.3f}" for r in results["rows"] if r["model"] == model
+                      and r["prompting"] == prompting and r["culture"] == c) for c in cultures]
+        lines.append(f"| {model} | {prompting} | " + " | ".join(cells) + f" | {mean:.3f} |")
+    lines += ["", f"General-ability guard: LM loss on {results['lm_guard_docs']} base-corpus "
+              f"documents may rise at most {results['lm_guard_margin']:.0%}:", "",
+              "| model | LM loss | rise | held |", "|---|---|---|---|"]
+    for name, entry in results["lm_guard"].items():
+        lines.append(f"| {name} | {entry['lm_loss']:.4f} | {entry['rise']:+.1%} | "
+                     f"{'yes' if entry['held'] else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------- the driver
+
+
+def run_spa(config: ExperimentConfig, data: AlignData) -> dict:
+    from culture_rl.eval.harness import EvaluationGroup
+    from culture_rl.workflows.align_sft import run_pretrain
+
+    plan = plan_spa(config, data)
+    out = spa_dir(config)
+    if config.spa.model_path == "pretrain" and not Path(plan.model_path).is_dir():
+        print("[spa] no base model in this run yet: pretraining it first", flush=True)
+        run_pretrain(config, data)
+    from culture_rl.eval.harness import _model_stamp
+
+    workers = config.eval.workers
+    # What the data stages depend on (the fine-tuning and evaluation settings are keyed later).
+    spa = config.spa.model_dump(mode="json", exclude={"train", "modes", "ccot",
+                                                      "ccot_max_new_tokens", "lm_guard_docs",
+                                                      "lm_guard_margin", "target",
+                                                      "samples_per_instance",
+                                                      "specific_culture_in_prompt"})
+    base_key = _key(spa, plan.model_path, _model_stamp(plan.model_path),
+                    config.world.model_dump(), config.data.model_dump(), config.run.seed)
+    group = EvaluationGroup(config)
+    stats: dict = {}
+    try:
+        inference = None
+
+        def base_inference():
+            nonlocal inference
+            if inference is None:
+                inference = group.load(plan.model_path)
+            return inference
+
+        questions, stats["questions"] = run_step(
+            out / "questions", base_key,
+            lambda: generate_questions(config, plan, base_inference(), workers))
+        unaware, _ = run_step(out / "unaware", _key(base_key, "unaware"), lambda: (
+            [{"id": q["id"], "dist": d} for q, d in zip(questions, answer_distributions(
+                config, questions, None, base_inference(), workers))], {}))
+        aware_key = _key(base_key, "aware", plan.cultures)
+        aware, _ = run_step(out / "aware", aware_key, lambda: (
+            [{"id": q["id"], "culture": c, "dist": d} for c in plan.cultures
+             for q, d in zip(questions, answer_distributions(config, questions, c,
+                                                             base_inference(), workers))], {}))
+        related_key = _key(aware_key, "related", config.spa.js_threshold)
+        instances, stats["related"] = run_step(out / "related", related_key, lambda: (
+            related_instances(questions, [u["dist"] for u in unaware],
+                              {c: [a["dist"] for a in aware if a["culture"] == c]
+                               for c in plan.cultures}, config.spa.js_threshold)))
+        group.shutdown()  # training needs the CPUs
+        inference = None
+        models = fine_tune(config, plan, instances)
+        results = _evaluate_step(config, data, plan, models, group, related_key)
+    finally:
+        group.shutdown()
+    report = render_report(results, stats)
+    (out / "report.md").write_text(report, "utf-8")
+    print(report, flush=True)
+    print(f"[spa] report: {out / 'report.md'} (numbers: {out / 'evaluation' / 'results.json'})",
+          flush=True)
+    return {"results": results, "stats": stats, "models": models}
+
+
+def _evaluate_step(config, data, plan, models, group, upstream_key) -> dict:
+    from culture_rl.eval.harness import _model_stamp
+
+    folder = spa_dir(config) / "evaluation"
+    key = _key(upstream_key, {n: _model_stamp(p) for n, p in models.items()},
+               config.spa.ccot, config.spa.ccot_max_new_tokens, config.spa.lm_guard_docs,
+               config.spa.lm_guard_margin)
+    manifest = folder / MANIFEST
+    if manifest.is_file() and json.loads(manifest.read_text("utf-8")).get("key") == key:
+        print(f"[spa] evaluation: already done ({folder / 'results.json'}), skipped", flush=True)
+        return json.loads((folder / "results.json").read_text("utf-8"))
+    results = evaluate_models(config, data, plan, models, group)
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / "results.json.partial"
+    partial.write_text(json.dumps(results, indent=1), "utf-8")
+    partial.replace(folder / "results.json")
+    (folder / (MANIFEST + ".partial")).write_text(json.dumps({"key": key}), "utf-8")
+    (folder / (MANIFEST + ".partial")).replace(manifest)
+    return results
