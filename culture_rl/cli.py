@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from culture_rl.errors import CultureRLError, ConfigError, DataError, ResourceError
+from culture_rl.storage import check_storage
 
 INPUT_ERRORS = (ConfigError, DataError, ResourceError)
 EXIT_BAD_INPUT = 2
@@ -26,7 +27,11 @@ NO_CONFIG = (*CLIENTS, "report")
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, exit 2 (argparse prints usage + message)
-        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        # Every error line starts "culture-rl: error:" (scripts grep for it), also from a
+        # subcommand's parser, whose prog is "culture-rl sft": that goes into the message.
+        command = self.prog.partition(" ")[2]
+        where = f"{command}: " if command else ""
+        sys.stderr.write(f"culture-rl: error: {where}{message} (see {self.prog} --help)\n")
         raise SystemExit(EXIT_BAD_INPUT)
 
 
@@ -53,11 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
                                "DeepSpeed)"),
                        ("ppo", "ALIGN stage 2: PPO with the Spearman ranking reward on Ray "
                                "actor groups"),
+                       ("calm", "CALM: culture-aware modules (disentangle, contrastive "
+                                "prototypes, cross-attention, MoE, identity fusion) around the "
+                                "base model with LoRA on Ray Train + DeepSpeed; held-out value "
+                                "identification vs a LoRA baseline and ablations"),
                        ("sweep", "Ray Tune sweep of SFT across cultures x hyper-parameters "
                                  "(ASHA); writes the best configuration per culture"),
                        ("eval", "evaluate models x cultures x evaluations (eval.models; "
                                 "default: every exported stage of the run) into "
                                 "eval/eval.json and eval/eval.csv"),
+                       ("spa", "CultureSPA: self-generated culture questions, culture-aware "
+                               "vs -unaware answers, joint / per-culture fine-tuning, "
+                               "evaluation with and without CCoT"),
                        ("demo", "the quickstart: world, base, SFT, PPO, evaluation, report")):
         sub = commands.add_parser(name, help=text)
         _add_config_args(sub, required=name != "demo")
@@ -160,11 +172,27 @@ def run_command(args, config) -> int:
     if args.command == "ppo":
         from culture_rl.workflows.align_ppo import run_ppo, validate
 
+        validate(config)  # needs no data: a bad batch setting must not write the world first
         data = load_align_data(config)
-        validate(config)
         write_run_config(config)
         result = run_ppo(config, data)
         print(f"ppo: model in {result.model_dir}")
+        return 0
+    if args.command == "calm":
+        from culture_rl.workflows.calm import build_calm_job, run_calm
+
+        data = load_align_data(config)
+        build_calm_job(config, data)  # validates statements and settings before any Ray work
+        write_run_config(config)
+        run_calm(config, data)
+        return 0
+    if args.command == "spa":
+        from culture_rl.spa.pipeline import load_spa_data, plan_spa, run_spa
+
+        data = load_spa_data(config)
+        plan_spa(config, data)  # cultures, topics and model checked before any Ray work
+        write_run_config(config)
+        run_spa(config, data)
         return 0
     if args.command == "sweep":
         from culture_rl.tune.sweep import ERROR_STATUS, print_summary, run_sweep
@@ -225,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
             config = _load(args)
         if args.command not in ("config", *NO_CONFIG):
             created = _first_missing(config.run_dir)
+            # Every command from here on writes into the run folder, most of them from Ray
+            # workers: a storage path that is no folder, read-only or full fails now, in one
+            # line, instead of minutes later inside a worker.
+            check_storage(config.run_dir)
         return run_command(args, config)
     except CultureRLError as err:
         if isinstance(err, INPUT_ERRORS) and created is not None:

@@ -10,21 +10,30 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError,
-                      ValidationInfo, field_validator, model_validator)
+from pydantic import (BaseModel, BeforeValidator, Field, PositiveFloat, PositiveInt,
+                      ValidationError, ValidationInfo, field_validator, model_validator)
 
 from culture_rl.errors import ConfigError
+from culture_rl.redact import redact
 
 COMMAND_LINE = "command line"
 
 
-class _Section(BaseModel):
-    # Unknown keys are errors (a typo must not silently fall back to a default); frozen so a
-    # config object handed to Ray workers cannot drift from the one written in the run dir.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+# The section base class lives apart so that section modules such as calm_config.py can build
+# on it without importing this module (which imports them).
+from culture_rl.config_base import FieldProblem, _Section  # noqa: E402,F401  (re-exported)
+from culture_rl.calm_config import CalmConfig  # noqa: E402
+
+
+def _culture_key(value: Any) -> Any:
+    # A culture may be named by its index in the synthetic world, and YAML reads `1` as an int.
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+CultureKey = Annotated[str, BeforeValidator(_culture_key)]
 
 
 class RunConfig(_Section):
@@ -47,8 +56,8 @@ class TinyModelConfig(_Section):
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "TinyModelConfig":
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
-                             f"num_heads {self.num_heads}")
+            raise FieldProblem("num_heads", f"hidden_size {self.hidden_size} is not divisible "
+                               f"by num_heads {self.num_heads}")
         return self
 
 
@@ -85,9 +94,11 @@ class DeepSpeedConfig(_Section):
     @model_validator(mode="after")
     def _offload_needs_stage(self) -> "DeepSpeedConfig":
         if self.offload_params and self.zero_stage != 3:
-            raise ValueError("offload_params needs zero_stage 3")
+            raise FieldProblem("offload_params", f"offload_params needs zero_stage 3 (got "
+                               f"zero_stage {self.zero_stage})")
         if self.offload_optimizer and self.zero_stage == 0:
-            raise ValueError("offload_optimizer needs zero_stage >= 1")
+            raise FieldProblem("offload_optimizer", "offload_optimizer needs zero_stage >= 1 "
+                               "(got zero_stage 0)")
         return self
 
 
@@ -121,8 +132,9 @@ class WorldConfig(_Section):
 class DataConfig(_Section):
     swow_path: str | None = Field(None, description="SWOW CSV (raw or aggregated). Empty: the "
                                   "synthetic world's norms for `culture`.")
-    culture: str | None = Field(None, description="Target culture. For the synthetic world a "
-                                "culture name or index; for real data a label used in reports.")
+    culture: CultureKey | None = Field(None, description="Target culture. For the synthetic "
+                                       "world a culture name or index; for real data a label "
+                                       "used in reports.")
     country: list[str] | None = Field(None, description="Raw SWOW: keep participants from these "
                                       "countries.")
     native_language: list[str] | None = Field(None, description="Raw SWOW: keep participants "
@@ -147,6 +159,14 @@ class DataConfig(_Section):
     max_associations: int = Field(10, ge=1, description="Longest association list in an SFT "
                                   "target.")
     split_seed: int = Field(42, description="Seed of the 70/20/10 cue split (ALIGN: 42).")
+
+    @field_validator("swow_path", "survey_path", "warriner_path", "brysbaert_path",
+                     "statements_path", mode="before")
+    @classmethod
+    def _blank_path_is_unset(cls, value: Any) -> Any:
+        # "Empty" means the synthetic world's file; `swow_path: ""` must not be a third state
+        # (it was neither None nor a path, and the loader fell through to an assert).
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 class TrainConfig(_Section):
@@ -174,6 +194,10 @@ class TrainConfig(_Section):
     fault_injection_step: int = Field(0, ge=0, description="Testing aid: fail the run right "
                                       "after the checkpoint of this step, unless it resumed "
                                       "from a checkpoint (0: off).")
+    log_sample_ids: bool = Field(False, description="Append a hash of every sample each "
+                                 "optimizer step trains on to <stage dir>/samples/rank<r>.jsonl "
+                                 "(an audit that recovery after a failure neither replays nor "
+                                 "skips data).")
 
 
 class ResourcesConfig(_Section):
@@ -187,6 +211,10 @@ class ResourcesConfig(_Section):
                               "fail when the plan exceeds the nodes running now.")
     max_failures: int = Field(0, ge=-1, description="Worker failures Ray Train recovers from "
                               "(restart from the latest checkpoint); -1: unlimited.")
+    collective_timeout_s: float = Field(1800, gt=0, description="Longest wait of the training "
+                                        "workers' process-group set-up and of any collective "
+                                        "(a peer that hangs fails the run after this, naming "
+                                        "the collective, instead of stalling it).")
 
 
 class EvalConfig(_Section):
@@ -201,8 +229,9 @@ class EvalConfig(_Section):
                                    "export), a model or export folder, or a local Hugging Face "
                                    "name. Empty: every exported stage of this run (base, sft, "
                                    "ppo).")
-    cultures: list[str] = Field([], description="Cultures to score against (names, or indices "
-                                "of the synthetic world). Empty: every culture in the data.")
+    cultures: list[CultureKey] = Field([], description="Cultures to score against (names, or "
+                                       "indices of the synthetic world). Empty: every culture "
+                                       "in the data.")
     evaluations: list[str] = Field(["associations", "lexical_norms", "wvs", "high_tension",
                                     "value_classification", "ranking"],
                                    min_length=1, description="Registered evaluations to run, "
@@ -211,9 +240,9 @@ class EvalConfig(_Section):
                                  "preamble ('You are a person from X') and score each culture "
                                  "on its own prompted answers (culture-joint models); false "
                                  "scores the model's unprompted default against every culture.")
-    tension_pair: list[str] = Field([], description="High-tension items: the two cultures "
-                                    "[A, B] compared. Empty: the first other culture and the "
-                                    "target culture.")
+    tension_pair: list[CultureKey] = Field([], description="High-tension items: the two "
+                                           "cultures [A, B] compared. Empty: the first other "
+                                           "culture and the target culture.")
     tension_top_n: int = Field(50, gt=0, description="High-tension items: the N questions on "
                                "which A and B disagree most.")
     max_statements: int = Field(240, ge=0, description="Value classification: statements "
@@ -234,7 +263,7 @@ class EvalConfig(_Section):
     @model_validator(mode="after")
     def _positive_k(self) -> "EvalConfig":
         if any(k < 1 for k in self.k_values):
-            raise ValueError("every k must be >= 1")
+            raise FieldProblem("k_values", f"every k must be >= 1 (got {self.k_values})")
         return self
 
     @field_validator("tension_pair")
@@ -311,10 +340,13 @@ class PPOConfig(_Section):
     def _batches_divide(self) -> "PPOConfig":
         samples = self.rollout_batch_size * self.samples_per_prompt
         if self.mini_batch_size > samples:
-            raise ValueError(f"mini_batch_size {self.mini_batch_size} exceeds the samples per "
-                             f"step ({samples} = rollout_batch_size x samples_per_prompt)")
+            raise FieldProblem("mini_batch_size", f"mini_batch_size {self.mini_batch_size} "
+                               f"exceeds the samples per step ({samples} = rollout_batch_size "
+                               f"{self.rollout_batch_size} x samples_per_prompt "
+                               f"{self.samples_per_prompt})")
         if self.advantage_estimator == "grpo" and self.samples_per_prompt < 2:
-            raise ValueError("advantage_estimator 'grpo' needs samples_per_prompt >= 2")
+            raise FieldProblem("samples_per_prompt", "advantage_estimator 'grpo' needs "
+                               f"samples_per_prompt >= 2 (got {self.samples_per_prompt})")
         return self
 
 
@@ -354,9 +386,10 @@ class SweepConfig(_Section):
                       description="Sweep folder: <run dir>/sweeps/<name>/. Rerunning the same "
                                   "name resumes the sweep (Tune restore + per-trial SFT "
                                   "checkpoints).")
-    cultures: list[str] = Field([], description="Cultures to sweep (grid over them), names or "
-                                "indices of the synthetic world. Empty: every culture of the "
-                                "world (with your own data.swow_path: that one culture).")
+    cultures: list[CultureKey] = Field([], description="Cultures to sweep (grid over them), "
+                                       "names or indices of the synthetic world. Empty: every "
+                                       "culture of the world (with your own data.swow_path: "
+                                       "that one culture).")
     search: Literal["grid", "random"] = Field("grid", description="'grid': every combination "
                                               "of the lists below; 'random': num_samples "
                                               "points per culture sampled from them.")
@@ -432,6 +465,65 @@ class SweepConfig(_Section):
         return value
 
 
+WVS_TOPIC_AREAS = ["social values and norms", "happiness and well-being",
+                   "social capital and trust", "economic values", "corruption", "migration",
+                   "security", "post-materialism", "science and technology",
+                   "religious values", "ethical values", "political interest and participation",
+                   "political culture and regimes"]
+
+
+class SpaConfig(_Section):
+    """``culture-rl spa``: the CultureSPA pipeline (culture_rl/spa)."""
+
+    model_path: str = Field("pretrain", description="Model the pipeline starts from (it "
+                            "generates the data and is fine-tuned): 'pretrain' (this run's "
+                            "tiny base), a model folder or a local Hugging Face name.")
+    topics: list[str] = Field(WVS_TOPIC_AREAS, min_length=1, description="Culture topics "
+                              "questions are generated for (default: the 13 WVS topic areas).")
+    cultures: list[str] = Field([], description="Cultures to align to (names, or indices of the "
+                                "synthetic world). Empty: every culture of the survey.")
+    seed_questions: int = Field(2, ge=1, description="Example survey questions of the topic "
+                                "shown in each generation prompt.")
+    questions_per_topic: int = Field(8, ge=1, description="Generation attempts per topic "
+                                     "(sampled; duplicates and malformed ones are dropped).")
+    include_seed_questions: bool = Field(False, description="Also use the seed survey's own "
+                                         "questions as instances (False: only the generated "
+                                         "ones, as in the paper).")
+    generation_temperature: float = Field(1.0, gt=0, description="Sampling temperature of "
+                                          "question generation.")
+    generation_max_new_tokens: int = Field(96, gt=0, description="Longest generated question "
+                                           "with its options.")
+    js_threshold: float = Field(0.1, ge=0, le=1, description="A question is culture-related "
+                                "for a culture when the aware answer picks another option or "
+                                "its distribution is further than this JS distance from the "
+                                "unaware one.")
+    modes: list[Literal["joint", "specific"]] = Field(
+        ["joint", "specific"], min_length=1, description="Fine-tuning: 'joint' (one model, the "
+        "culture in the prompt) and/or 'specific' (one LoRA adapter per culture, saved and "
+        "served as one adapter set).")
+    specific_culture_in_prompt: bool = Field(True, description="Culture-specific adapters "
+                                             "also see the culture preamble in their prompts.")
+    target: Literal["sampled", "argmax"] = Field("sampled", description="What an instance "
+                                                 "teaches: 'sampled' answers drawn from the "
+                                                 "culture-aware distribution (its spread), or "
+                                                 "the 'argmax' answer only.")
+    samples_per_instance: int = Field(8, ge=1, description="'sampled': training rows per "
+                                      "instance.")
+    ccot: bool = Field(True, description="Also evaluate with cultural chain-of-thought "
+                       "prompting (think about the culture's values, then answer).")
+    ccot_max_new_tokens: int = Field(24, gt=0, description="Tokens of CCoT thoughts generated "
+                                     "before the answer is read.")
+    lm_guard_docs: int = Field(64, ge=1, description="Base-corpus documents (or eval rows) "
+                               "whose LM loss guards general ability.")
+    lm_guard_margin: float = Field(0.10, ge=0, description="The fine-tuned model's held-out LM "
+                                   "loss may rise at most this fraction above the base "
+                                   "model's (the report says whether it held).")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(
+        epochs=4, learning_rate=1e-3, warmup_ratio=0.05, micro_batch_size=8, logging_steps=10,
+        eval_each_epoch=False), description="LoRA fine-tuning on the culture-related "
+        "instances (lora.* sets the adapter).")
+
+
 class ExperimentConfig(_Section):
     run: RunConfig = Field(default_factory=RunConfig, description="Name, storage and seed.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Base model.")
@@ -456,6 +548,10 @@ class ExperimentConfig(_Section):
                                               description="Actor groups of the PPO loop.")
     sweep: SweepConfig = Field(default_factory=SweepConfig, description="Ray Tune sweep "
                                "across cultures and SFT hyper-parameters (`culture-rl sweep`).")
+    spa: SpaConfig = Field(default_factory=SpaConfig, description="CultureSPA pipeline "
+                           "(`culture-rl spa`).")
+    calm: CalmConfig = Field(default_factory=CalmConfig, description="CALM modules, their "
+                             "ablation flags and loss weights (`culture-rl calm`).")
 
     @property
     def run_dir(self) -> Path:
@@ -465,11 +561,34 @@ class ExperimentConfig(_Section):
 # ----------------------------------------------------------------------------------- loading
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that rejects a key given twice in one mapping: PyYAML keeps the last
+    one silently, so a second ``sft:`` section would drop every setting of the first."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` may be overridden by the keys beside it
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                except TypeError:
+                    continue  # unhashable: the base class reports it with its line
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError("config file not found", path=path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
@@ -477,6 +596,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{where}invalid YAML: {problem}", path=path) from None
     except UnicodeDecodeError:
         raise ConfigError("not UTF-8 text", path=path) from None
+    except (ValueError, RecursionError) as err:
+        # PyYAML lets int() fail on a number of over 4300 digits, and nests by recursion.
+        reason = ("nested too deeply" if isinstance(err, RecursionError)
+                  else str(err).split(";")[0])
+        raise ConfigError(f"invalid YAML: {reason}", path=path) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -527,7 +651,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
                           path=COMMAND_LINE)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # not YAML: the text itself
         value = raw
     if isinstance(value, str) or value is None:
         # `key=` clears a value; `key=1e-5` must be a float (PyYAML 1.1 reads it as a string).
@@ -551,6 +675,9 @@ def _apply_overrides(tree: dict, overrides: list[str], origins: dict) -> dict:
 def _field_error(err: ValidationError, origins: dict, default_path: str) -> ConfigError:
     first = err.errors()[0]
     loc = [str(part) for part in first["loc"]]
+    problem = (first.get("ctx") or {}).get("error")
+    if isinstance(problem, FieldProblem):
+        loc.append(problem.field)  # a model validator's: its loc is only the section
     dotted = ".".join(loc)
     # Name the file that set this value (or its nearest set ancestor), else the top file.
     source = default_path
@@ -564,8 +691,11 @@ def _field_error(err: ValidationError, origins: dict, default_path: str) -> Conf
         message = "unknown key"
     elif message.startswith("Value error, "):
         message = message[len("Value error, "):]
-    if first["type"] not in ("extra_forbidden", "missing") and "input" in first:
-        message += f" (got {first['input']!r})"
+    # A FieldProblem's input is its whole section; its message carries the values instead.
+    if (first["type"] not in ("extra_forbidden", "missing") and "input" in first
+            and not isinstance(problem, FieldProblem)):
+        got = repr(first["input"])
+        message += f" (got {got if len(got) <= 200 else got[:200] + '...'})"
     more = len(err.errors()) - 1
     if more:
         message += f" [and {more} more problem{'s' if more > 1 else ''}]"
@@ -585,7 +715,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def config_to_yaml(config: BaseModel) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    """The config as YAML, with secrets redacted (credentials in an address, any secret-looking
+    key): every dump of it is written somewhere others read (config.yaml, eval.json, the
+    terminal). Credentials come from the environment, so a redacted dump still reloads."""
+    return yaml.safe_dump(redact(config.model_dump(mode="json")), sort_keys=False,
+                          allow_unicode=True)
 
 
 def describe_fields(model: type[BaseModel] = ExperimentConfig, prefix: str = "") -> list[str]:

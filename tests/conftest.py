@@ -40,3 +40,12 @@ def quickstart_run(tmp_path_factory, ray_session):
                          [f"run.storage_path={storage}", "run.name=session"])
     summary = run_quickstart(config)
     return config, summary
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many generated bad-input cases ran (tests/unit/test_bad_input_property.py)."""
+    from tests.support import bad_input_counter
+
+    line = bad_input_counter.summary()
+    if line:
+        terminalreporter.write_line(line)

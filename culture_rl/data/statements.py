@@ -25,7 +25,11 @@ def load_statements(path: str | Path) -> list[dict]:
         culture = obj.get("culture")
         if culture is not None and not isinstance(culture, str):
             raise DataError("culture must be a string", path=path, line=line, column="culture")
-        statements.append({"id": str(obj.get("id", f"line{line}")), "text": obj["text"].strip(),
+        # As for survey ids: a list or object would be turned into its repr without a word.
+        sid = obj.get("id", f"line{line}")
+        if isinstance(sid, bool) or not isinstance(sid, (str, int)) or not str(sid).strip():
+            raise DataError("id must be a non-empty string", path=path, line=line, column="id")
+        statements.append({"id": str(sid), "text": obj["text"].strip(),
                            "label": obj["label"].strip(), "culture": culture})
     if len({s["label"] for s in statements}) < 2:
         raise DataError("value classification needs at least two different labels", path=path)

@@ -133,8 +133,10 @@ def _literal(text: str, path: str | Path, line: int, column: str) -> Any:
     try:
         return ast.literal_eval(text.strip())
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as err:
-        # literal_eval rejects calls, names and attributes, e.g. __import__('os').
-        raise DataError(f"not a plain Python literal ({type(err).__name__}: {err})",
+        # literal_eval rejects calls, names and attributes, e.g. __import__('os'). Its message
+        # names the node by its memory address ("<ast.Call object at 0x7f...>"): the kind will do.
+        reason = re.sub(r"<ast\.(\w+) object at 0x[0-9a-fA-F]+>", r"\1", str(err))
+        raise DataError(f"not a plain Python literal ({type(err).__name__}: {reason})",
                         path=path, line=line, column=column) from None
 
 
@@ -196,12 +198,19 @@ def _normalise(values: Any, culture: str, path: str | Path, line: int, col: str
 
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
         raise bad("probabilities must be numbers")
-    floats = tuple(float(v) for v in values)
+    try:
+        floats = tuple(float(v) for v in values)
+    except OverflowError:  # a JSON integer beyond the float range
+        raise bad("probabilities must be finite (found an integer too large for a float)"
+                  ) from None
     if any(math.isnan(v) or math.isinf(v) for v in floats):
         raise bad("probabilities must be finite (found NaN or infinity)")
     if any(v < 0 for v in floats):
         raise bad("probabilities must be >= 0")
-    total = math.fsum(floats)
+    try:
+        total = math.fsum(floats)
+    except OverflowError:  # finite values whose sum is not, e.g. [1e308, 1e308]
+        raise bad("probabilities are too large to sum; give shares or percentages") from None
     if total <= 0:
         raise bad("probabilities sum to 0")
     if abs(total - 1.0) <= _NORMALISED_TOL:

@@ -66,12 +66,14 @@ def load_swow(
     """
     header, rows = read_table(path, required=("cue",))
     counts: dict[str, Counter[str]] = {}
+    seen = 0  # data rows read, to tell a header-only file from one whose rows all drop out
     filters = {"country": _as_filter(country), "nativeLanguage": _as_filter(native_language)}
     active = {col: allowed for col, allowed in filters.items() if allowed is not None}
 
     if "R1" in header:
         check_columns(header, _RAW_COLUMNS + tuple(active), path)
         for line, row in rows:
+            seen += 1
             if any(row[col].strip().casefold() not in allowed for col, allowed in active.items()):
                 continue
             cue = _cue(row, path, line)
@@ -89,6 +91,7 @@ def load_swow(
         resolved = check_columns(header, _AGG_COLUMNS, path)
         response_col = resolved[_RESPONSE]
         for line, row in rows:
+            seen += 1
             cue = _cue(row, path, line)
             freq = _parse_freq(row["freq"], path, line)
             if _is_missing(row[response_col]):
@@ -101,6 +104,8 @@ def load_swow(
     }
     # A cue whose only rows had freq 0 is not an association; drop it rather than keep [].
     norms = {cue: pairs for cue, pairs in norms.items() if pairs}
+    if not seen:
+        raise DataError("no associations (the file has only a header)", path=path, line=1)
     if not norms:
         shown = ", ".join(f"{col}={sorted(allowed)}" for col, allowed in active.items())
         why = f" after filtering ({shown})" if shown else ""

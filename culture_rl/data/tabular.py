@@ -85,12 +85,14 @@ def read_table(
     if not text.strip():
         raise DataError("empty file (expected a header line)", path=path, line=1)
     delimiter = "\t" if "\t" in first_line else ","
-    # newline="" keeps quoted newlines intact, as the csv module requires.
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # newline="" keeps quoted newlines intact, as the csv module requires. strict: a quote
+    # that is never closed must be an error, not a last field that swallows the rest of the
+    # file (with the right field count, so every later row would vanish without a word).
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     try:
         header = [name.strip() for name in next(reader)]
     except csv.Error as err:
-        raise DataError(f"malformed header: {err}", path=path, line=1) from None
+        raise DataError(f"malformed header: {_csv_reason(err)}", path=path, line=1) from None
     if not any(header):
         raise DataError("empty header line", path=path, line=1)
     named = [h for h in header if h]
@@ -111,7 +113,8 @@ def _rows(
         except StopIteration:
             return
         except csv.Error as err:
-            raise DataError(f"malformed CSV record: {err}", path=path, line=line) from None
+            raise DataError(f"malformed CSV record: {_csv_reason(err)}", path=path,
+                            line=line) from None
         if fields and len(fields) != len(header):
             raise DataError(
                 f"row has {len(fields)} fields but the header has {len(header)}",
@@ -122,6 +125,13 @@ def _rows(
             yield line, dict(zip(header, fields))
         # reader.line_num counts physical lines consumed so far; the next record starts after.
         line = reader.line_num + 1  # type: ignore[attr-defined]
+
+
+def _csv_reason(err: csv.Error) -> str:
+    reason = str(err)
+    if reason == "unexpected end of data":  # what strict mode says about an unclosed quote
+        reason += " (a quote opened in this record is never closed)"
+    return reason
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
@@ -146,6 +156,11 @@ def _jsonl_objects(text: str, path: str | Path) -> Iterator[tuple[int, dict]]:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
             raise DataError(f"invalid JSON: {err.msg} (char {err.pos + 1})", path=path, line=number) from None
+        except RecursionError:  # e.g. [[[[...]]]] thousands deep: no data file nests like that
+            raise DataError("invalid JSON: nested too deeply", path=path, line=number) from None
+        except ValueError as err:  # an integer of over 4300 digits (int() refuses to parse it)
+            raise DataError(f"invalid JSON: {str(err).split(';')[0]}", path=path,
+                            line=number) from None
         if not isinstance(obj, dict):
             raise DataError(
                 f"expected a JSON object, got {type(obj).__name__}", path=path, line=number

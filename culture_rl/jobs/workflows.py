@@ -24,6 +24,10 @@ WORKFLOWS = {w.name: w for w in (
     Workflow("eval", "eval", "evaluate models x cultures x evaluations on the evaluation actors "
                              "and write eval.json, eval.csv and the report"),
     Workflow("sweep", "sweep", "Ray Tune sweep of SFT across cultures and hyper-parameters"),
+    Workflow("calm", "calm", "CALM training on value statements (Ray Train + DeepSpeed), "
+                             "held-out evaluation vs a LoRA baseline and ablations"),
+    Workflow("culture_spa", "spa", "CultureSPA: self-generated questions, culture-related "
+                                   "instances, joint / per-culture fine-tuning, evaluation"),
 )}
 
 

@@ -34,9 +34,11 @@ def world_dir(config: ExperimentConfig) -> Path:
     return config.run_dir / "world"
 
 
-def synthesise_world(config: ExperimentConfig) -> tuple[CultureWorld, dict[str, Path]]:
-    """Generate the world; write it once to ``<run dir>/world`` (atomically, by rename)."""
-    world = generate_world(config.world)
+def synthesise_world(config: ExperimentConfig, world: CultureWorld | None = None
+                     ) -> tuple[CultureWorld, dict[str, Path]]:
+    """Generate the world (unless given); write it once to ``<run dir>/world`` (atomically, by
+    rename)."""
+    world = generate_world(config.world) if world is None else world
     folder = world_dir(config)
     meta = folder / "world.json"
     if meta.is_file():
@@ -53,32 +55,30 @@ def synthesise_world(config: ExperimentConfig) -> tuple[CultureWorld, dict[str, 
 
 def load_align_data(config: ExperimentConfig, *, write_world: bool = True) -> AlignData:
     data = config.data
+    # The user's files and data.culture are checked before the synthetic world is written: the
+    # run folder may already hold a run, and a bad input must leave it as it was.
+    survey = (load_survey(data.survey_path, skip_mismatched=data.skip_mismatched_survey_rows)
+              if data.survey_path else None)
+    user_norms = (load_swow(data.swow_path, country=data.country,
+                            native_language=data.native_language) if data.swow_path else None)
     world = paths = None
-    if data.swow_path is None or data.survey_path is None:
+    if user_norms is None or survey is None:
+        world = generate_world(config.world)
+        if user_norms is None:
+            try:
+                target = world.culture(data.culture).name
+            except KeyError as err:
+                raise ConfigError(str(err.args[0]), field="data.culture") from None
         if write_world:
-            world, paths = synthesise_world(config)
-        else:
-            world = generate_world(config.world)
+            world, paths = synthesise_world(config, world)
+    if survey is None:
+        survey = load_survey(paths["survey_jsonl"]) if paths is not None else world.survey
 
-    survey: list[SurveyQuestion] = []
-    if data.survey_path:
-        survey = load_survey(data.survey_path, skip_mismatched=data.skip_mismatched_survey_rows)
-    elif paths is not None:
-        survey = load_survey(paths["survey_jsonl"])
-    elif world is not None:
-        survey = world.survey
-
-    if data.swow_path:
+    if user_norms is not None:
         target = data.culture or Path(data.swow_path).stem
-        norms = {target: load_swow(data.swow_path, country=data.country,
-                                   native_language=data.native_language)}
+        norms = {target: user_norms}
         corpus: list[str] = []
     else:
-        assert world is not None
-        try:
-            target = world.culture(data.culture).name
-        except KeyError as err:
-            raise ConfigError(str(err.args[0]), field="data.culture") from None
         norms = {}
         for culture in world.cultures:
             norms[culture.name] = (load_swow(paths[f"swow_{culture.name}"]) if paths

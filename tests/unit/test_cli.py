@@ -92,3 +92,60 @@ def test_bad_ppo_settings_fail_before_any_work(tmp_path, capsys, override, field
     assert code == 2, err
     assert err.count("\n") == 1 and field in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_subcommand_argument_error_starts_like_every_error_line(capsys):
+    # A subcommand's parser wrote "culture-rl sft: error: ...", which a grep for the
+    # documented "culture-rl: error:" missed.
+    with pytest.raises(SystemExit) as stop:
+        main(["sft"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("culture-rl: error: sft: the following arguments are required: "
+                          "--config"), err
+
+
+def _run_folder_with_notes(tmp_path) -> Path:
+    folder = tmp_path / "runs" / "quickstart"
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("an earlier run\n", "utf-8")
+    return folder
+
+
+@pytest.mark.parametrize("bad", ["survey", "swow", "culture"])
+def test_bad_input_leaves_an_existing_run_folder_as_it_was(tmp_path, capsys, bad):
+    # The synthetic world used to be written before the user's files and data.culture were
+    # checked, so a bad one left a new world/ in a run folder that already held a run.
+    folder = _run_folder_with_notes(tmp_path)
+    path = tmp_path / ("survey.jsonl" if bad == "survey" else "swow.csv")
+    path.write_text("[1, 2]\n" if bad == "survey" else "cue,response,freq\ndog,cat,many\n",
+                    "utf-8")
+    override = {"survey": f"data.survey_path={path}", "swow": f"data.swow_path={path}",
+                "culture": "data.culture=Atlantis"}[bad]
+    code, _, err = run_main(capsys, "sft", "--config", str(REPO / "configs" / "quickstart.yaml"),
+                            f"run.storage_path={tmp_path}/runs", override)
+    assert code == 2 and err.count("\n") == 1, err
+    assert (f"{path}, line " in err) if bad != "culture" else ("data.culture" in err)
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+
+
+def test_ppo_batch_plan_fails_before_the_world_is_written(tmp_path, capsys):
+    folder = _run_folder_with_notes(tmp_path)
+    code, _, err = run_main(capsys, "ppo", "--config",
+                            str(REPO / "configs" / "align_ppo_quickstart.yaml"),
+                            f"run.storage_path={tmp_path}/runs", "ppo.mini_batch_size=48")
+    assert code == 2 and "ppo.mini_batch_size" in err and "not a multiple" in err, err
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+
+
+def test_empty_data_path_is_the_synthetic_world_not_a_traceback(tmp_path, capsys):
+    # `data.swow_path=""` with a survey file fell through to an assert: exit 1, a traceback,
+    # and the run folder left behind. Empty now means unset, as the field's help says.
+    survey = tmp_path / "survey.jsonl"
+    survey.write_text('{"id": "q1", "question": "Q?", "options": ["a", "b"], '
+                      '"distributions": {"Borenia": [0.5, 0.5]}}\n', "utf-8")
+    code, _, err = run_main(capsys, "sft", "--config", str(REPO / "configs" / "quickstart.yaml"),
+                            f"run.storage_path={tmp_path}/runs", 'data.swow_path=""',
+                            f"data.survey_path={survey}")
+    assert code == 2 and "culture-rl pretrain" in err and "Traceback" not in err, err
+    assert not (tmp_path / "runs").exists()

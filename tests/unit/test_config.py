@@ -53,8 +53,8 @@ def test_wrong_type_from_command_line():
 
 
 @pytest.mark.parametrize("override,field", [
-    ("deepspeed.offload_params=true", "deepspeed"),
-    ("model.tiny.num_heads=3", "model.tiny"),
+    ("deepspeed.offload_params=true", "deepspeed.offload_params"),
+    ("model.tiny.num_heads=3", "model.tiny.num_heads"),
     ("sft.learning_rate=-1", "sft.learning_rate"),
     ("resources.num_workers=0", "resources.num_workers"),
 ])
@@ -103,3 +103,76 @@ def _walk(model):
 def test_every_field_has_a_description():
     missing = [name for name, field in _walk(ExperimentConfig) if not field.description]
     assert missing == []
+
+
+@pytest.mark.parametrize("text, overrides, field", [
+    ("sft:\n  epochs: .inf\n", [], "sft.epochs"),  # passed gt=0: a run that never ends
+    ("", ["sft.learning_rate=inf"], "sft.learning_rate"),
+    ("", ["ppo.kl_coef=nan"], "ppo.kl_coef"),
+    ("sweep:\n  learning_rate: [1.0e-4, .inf]\n", [], "sweep.learning_rate.1"),
+])
+def test_infinite_or_nan_floats_are_rejected(tmp_path, text, overrides, field):
+    path = write(tmp_path, "c.yaml", text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, overrides)
+    assert err.value.field == field and "finite" in str(err.value)
+
+
+def test_cross_field_error_names_the_field_and_the_file_that_set_it(tmp_path):
+    # A model validator's error used to carry only the section ("ppo") and, as its input, the
+    # whole section dict; the file named was the top one even for a command-line value.
+    path = write(tmp_path, "c.yaml", "ppo:\n  rollout_batch_size: 4\n  samples_per_prompt: 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["ppo.mini_batch_size=9"])
+    message = str(err.value)
+    assert message.startswith("command line: ppo.mini_batch_size: mini_batch_size 9 exceeds")
+    assert "(8 = rollout_batch_size 4 x samples_per_prompt 2)" in message and "{" not in message
+    heads = write(tmp_path, "h.yaml", "model:\n  tiny:\n    hidden_size: 10\n    num_heads: 4\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(heads)
+    assert str(err.value).startswith(f"{heads}: model.tiny.num_heads: hidden_size 10")
+
+
+def test_duplicate_key_is_an_error_with_its_line(tmp_path):
+    # PyYAML keeps the last of two equal keys: the first sft section was dropped silently.
+    path = write(tmp_path, "c.yaml",
+                 "sft:\n  epochs: 5\nlora:\n  r: 8\nsft:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: line 5: invalid YAML: duplicate key 'sft'"
+    merged = write(tmp_path, "m.yaml", "sft:\n  <<: {epochs: 5, learning_rate: 0.1}\n  epochs: 2\n")
+    config = load_config(merged)  # a merge key may still be overridden beside it
+    assert config.sft.epochs == 2 and config.sft.learning_rate == pytest.approx(0.1)
+
+
+def test_number_or_nesting_yaml_cannot_hold_is_a_config_error(tmp_path):
+    huge = write(tmp_path, "h.yaml", "sft:\n  max_steps: " + "9" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="4300 digits") as err:
+        load_config(huge)  # int() raised ValueError from inside PyYAML: a traceback
+    assert str(huge) in str(err.value)
+    deep = write(tmp_path, "d.yaml", "sft: " + "[" * 20000 + "]" * 20000 + "\n")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(deep)  # RecursionError
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["sft.max_steps=" + "9" * 5000])  # read as text, then rejected
+    assert err.value.field == "sft.max_steps"
+
+
+def test_culture_may_be_given_by_index(tmp_path):
+    # The help says "a culture name or index", but YAML reads 1 as an int, which a str field
+    # rejected as a wrong type.
+    path = write(tmp_path, "c.yaml", "data:\n  culture: 1\neval:\n  tension_pair: [0, 2]\n")
+    config = load_config(path, ["eval.cultures=[0, Borenia]", "sweep.cultures=[2]"])
+    assert config.data.culture == "1" and config.eval.tension_pair == ["0", "2"]
+    assert config.eval.cultures == ["0", "Borenia"] and config.sweep.cultures == ["2"]
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["data.culture=true"])  # a bool is still not a culture
+    assert err.value.field == "data.culture"
+
+
+def test_blank_data_path_means_unset(tmp_path):
+    # `swow_path: ""` was neither None nor a path: load_align_data fell through to an assert.
+    path = write(tmp_path, "c.yaml", "data:\n  swow_path: ''\n  warriner_path: '  '\n")
+    config = load_config(path, ['data.statements_path=""'])
+    assert config.data.swow_path is None and config.data.warriner_path is None
+    assert config.data.statements_path is None

@@ -79,3 +79,15 @@ def test_report_without_results_names_the_file(tmp_path, capsys):
     _, err = capsys.readouterr()
     assert code == 2 and err.count("\n") == 1 and "eval.json" in err, err
     assert not (tmp_path / "report.html").exists() and not (tmp_path / "report.md").exists()
+
+
+@pytest.mark.parametrize("bad_id", ['[1]', '{"n": 1}', "true", '""'])
+def test_statement_id_must_be_a_string(tmp_path, capsys, model_dir, bad_id):
+    # Any JSON value was turned into an id with str(): a list became the id "[1]".
+    statements = tmp_path / "values.jsonl"
+    statements.write_text('{"text": "elders know best", "label": "tradition"}\n'
+                          f'{{"text": "rules may be questioned", "label": "autonomy", '
+                          f'"id": {bad_id}}}\n', "utf-8")
+    code, _, err = run_eval(capsys, tmp_path, "--model", model_dir,
+                            f"data.statements_path={statements}")
+    _one_line_exit_2(code, err, tmp_path, str(statements), "line 2", "'id'")

@@ -146,3 +146,13 @@ def test_merge_lexicons(tmp_path: Path) -> None:
     assert warriner == {"dog": {"valence": 7.0, "arousal": 5.0, "dominance": 6.0}}
     assert brysbaert["idea"] == {"concreteness": 1.6}
     assert merge_lexicons() == {}
+
+
+def test_unclosed_quote_in_the_last_column(tmp_path: Path) -> None:
+    # Without strict CSV parsing the rest of the file became one rating text -- or, in a
+    # column that is not read (Conc.SD), was dropped silently.
+    path = write(tmp_path / "b.csv", 'Word,Bigram,Conc.M,Conc.SD\nsun,0,4.5,1.0\nsea,0,4.1,"0.9\n'
+                                     "sky,0,3.9,1.1\n")
+    with pytest.raises(DataError) as err:
+        load_brysbaert(path)
+    assert "never closed" in check_error(err, path, 3)

@@ -217,6 +217,7 @@ def test_goqa_function_call_is_rejected_not_executed(tmp_path: Path, column: str
         load_survey(path)
     message = check_error(err, path, 2)
     assert f"'{column.split('-')[0]}'" in message and "literal" in message
+    assert " at 0x" not in message  # the rejected node by its kind, not its memory address
     assert not marker.exists()
 
 
@@ -281,3 +282,26 @@ def test_goqa_csv_round_trip(tmp_path: Path) -> None:
     ]
     assert [q.source for q in load_survey(path)] == ["WVS", "WVS"]
     assert "defaultdict(<class 'list'>, {" in path.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("dist, why", [
+    ([1e308, 1e308, 1e308], "too large to sum"),  # finite each, an OverflowError in fsum
+    ([int("9" * 400), 1, 1], "too large for a float"),  # an OverflowError in float()
+])
+def test_jsonl_probabilities_beyond_float_range(tmp_path: Path, dist: list, why: str) -> None:
+    path = jsonl(tmp_path / "s.jsonl", row(), row(id="q2", distributions={"China": dist}))
+    with pytest.raises(DataError) as err:
+        load_survey(path)
+    assert why in check_error(err, path, 2)
+
+
+@pytest.mark.parametrize("line, why", [
+    ("[" * 20000 + "]" * 20000, "nested too deeply"),  # a RecursionError in json.loads
+    ('{"id": ' + "9" * 5000 + "}", "4300 digits"),  # a ValueError beyond int()'s digit limit
+])
+def test_jsonl_line_json_cannot_hold(tmp_path: Path, line: str, why: str) -> None:
+    path = jsonl(tmp_path / "s.jsonl", row(), line)
+    with pytest.raises(DataError) as err:
+        load_survey(path)
+    message = check_error(err, path, 2)
+    assert "invalid JSON" in message and why in message

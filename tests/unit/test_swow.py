@@ -207,3 +207,23 @@ def test_empty_cue(tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
         load_swow(path)
     assert "'cue'" in check_error(err, path, 3)
+
+
+def test_unclosed_quote_is_an_error_not_a_swallowed_file(tmp_path: Path) -> None:
+    # The quote opened in R3 of line 3 is never closed: the csv module's lenient mode read the
+    # rest of the file into that one field (the row still had 10 fields), so every later row
+    # vanished without a word.
+    path = write(tmp_path / "raw.csv", RAW_HEADER
+                 + "1,25,Fe,US,US,set1,dog,cat,bone,leash\n"
+                 + '2,31,Ma,US,US,set1,dog,cat,bone,"leash\n'
+                 + "3,40,X,US,US,set1,sun,hot,day,sky\n")
+    with pytest.raises(DataError) as err:
+        load_swow(path)
+    assert "never closed" in check_error(err, path, 3)
+
+
+def test_header_only_file_says_so(tmp_path: Path) -> None:
+    path = write(tmp_path / "agg.csv", "cue,response,freq\n\n")
+    with pytest.raises(DataError) as err:
+        load_swow(path)
+    assert "only a header" in check_error(err, path, 1)
