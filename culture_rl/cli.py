@@ -224,12 +224,9 @@ def run_command(args, config) -> int:
 
 def _first_missing(path: Path) -> Path | None:
     """The outermost folder of ``path`` that does not exist yet (what a run would create)."""
-    missing = None
-    for folder in [path, *path.parents]:
-        if folder.exists():
-            break
-        missing = folder
-    return missing
+    from culture_rl.storage import outermost_missing
+
+    return outermost_missing(path)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -22,7 +22,8 @@ FIELD = "run.storage_path"
 PROBE_BYTES = 64 * 1024
 
 
-def _outermost_missing(path: Path) -> Path | None:
+def outermost_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (what creating it makes)."""
     missing = None
     for folder in [path, *path.parents]:
         if folder.exists():
@@ -45,7 +46,7 @@ def check_storage(run_dir: str | Path) -> Path:
     probe = run_dir / f".write_probe.{os.getpid()}"
     created = None
     try:
-        created = _outermost_missing(run_dir)
+        created = outermost_missing(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:

@@ -12,6 +12,18 @@ from typing import Sequence
 import torch
 
 
+def _right_padded(rows: Sequence[Sequence[int]], pad_id: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as one right-padded id tensor and its attention mask."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        attention[i, :len(row)] = 1
+    return input_ids, attention
+
+
 def _batches(items: Sequence, size: int):
     for start in range(0, len(items), size):
         yield items[start:start + size]
@@ -71,12 +83,7 @@ def continuation_logprobs(model, tokenizer, prompt_continuations: Sequence[tuple
                 cont_ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
                 rows.append(prompt_ids + cont_ids)
                 spans.append((len(prompt_ids), len(prompt_ids) + len(cont_ids)))
-            width = max(len(r) for r in rows)
-            input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, row in enumerate(rows):
-                input_ids[i, :len(row)] = torch.tensor(row)
-                attention[i, :len(row)] = 1
+            input_ids, attention = _right_padded(rows, pad_id)
             logits = model(input_ids=input_ids.to(device),
                            attention_mask=attention.to(device)).logits.float()
             logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
@@ -117,12 +124,7 @@ def mean_token_nll(model, tokenizer, texts: Sequence[str], *, batch_size: int = 
     try:
         for batch in _batches(list(texts), batch_size):
             rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in batch]
-            width = max(len(r) for r in rows)
-            input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-            attention = torch.zeros((len(rows), width), dtype=torch.long)
-            for i, row in enumerate(rows):
-                input_ids[i, :len(row)] = torch.tensor(row)
-                attention[i, :len(row)] = 1
+            input_ids, attention = _right_padded(rows, tokenizer.pad_token_id)
             logits = model(input_ids=input_ids.to(device),
                            attention_mask=attention.to(device)).logits.float()
             logprobs = torch.log_softmax(logits[:, :-1], dim=-1)

@@ -32,7 +32,7 @@ from culture_rl.errors import ConfigError
 from culture_rl.eval.evaluate import (EVALUATIONS, EvalInputs, evaluate, lexical_comparisons,
                                       sample_statements)
 from culture_rl.redact import redact_text
-from culture_rl.workflows.align_data import AlignData
+from culture_rl.workflows.align_data import AlignData, resolve_cultures
 
 SCHEMA = 1
 STAGES = {"base": "pretrain", "sft": "sft", "ppo": "ppo"}  # default label -> stage folder
@@ -94,19 +94,7 @@ def _cultures(config: ExperimentConfig, data: AlignData) -> list[str]:
     known += sorted({c for q in data.survey for c in q.distributions} - set(known))
     if not config.eval.cultures:
         return known
-    chosen = []
-    for key in config.eval.cultures:
-        name = key
-        if data.world is not None:
-            try:
-                name = data.world.culture(key).name
-            except KeyError as err:
-                raise ConfigError(str(err.args[0]), field="eval.cultures") from None
-        if name not in known:
-            raise ConfigError(f"culture {key!r} is not in the data (have {', '.join(known)})",
-                              field="eval.cultures")
-        chosen.append(name)
-    return list(dict.fromkeys(chosen))
+    return resolve_cultures(config.eval.cultures, data, known, "eval.cultures")
 
 
 def _lexicon(config: ExperimentConfig, data: AlignData):

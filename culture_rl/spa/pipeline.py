@@ -34,7 +34,7 @@ from culture_rl.data import prompts
 from culture_rl.errors import ConfigError
 from culture_rl.spa.instances import related_instances, training_rows
 from culture_rl.spa.questions import collect, generation_prompt
-from culture_rl.workflows.align_data import AlignData
+from culture_rl.workflows.align_data import AlignData, resolve_cultures
 
 MANIFEST = "manifest.json"
 PROGRESS_CHUNK = 64  # prompts per actor between progress lines
@@ -77,18 +77,8 @@ def plan_spa(config: ExperimentConfig, data: AlignData) -> SpaPlan:
         raise ConfigError("CultureSPA needs seed survey questions (data.survey_path)",
                           field="data.survey_path")
     surveyed = list(dict.fromkeys(c for q in data.survey for c in q.distributions))
-    cultures = []
-    for key in spa.cultures or surveyed:
-        name = key
-        if data.world is not None:
-            try:
-                name = data.world.culture(key).name
-            except KeyError as err:
-                raise ConfigError(str(err.args[0]), field="spa.cultures") from None
-        if name not in surveyed:
-            raise ConfigError(f"culture {key!r} has no survey distributions (have "
-                              f"{', '.join(surveyed)})", field="spa.cultures")
-        cultures.append(name)
+    cultures = resolve_cultures(spa.cultures or surveyed, data, surveyed, "spa.cultures",
+                                missing="has no survey distributions")
     has_topics = any(q.topic for q in data.survey)
     topics = {t: [q for q in data.survey if q.topic == t] if has_topics else list(data.survey)
               for t in spa.topics}
@@ -100,7 +90,7 @@ def plan_spa(config: ExperimentConfig, data: AlignData) -> SpaPlan:
         model_path = str(config.run_dir / "pretrain" / "export" / "model")  # trained if missing
     else:
         model_path = resolve_policy_path(spa.model_path, field="spa.model_path")
-    return SpaPlan(model_path, list(dict.fromkeys(cultures)), topics)
+    return SpaPlan(model_path, cultures, topics)
 
 
 # ------------------------------------------------------------------------------ stage files

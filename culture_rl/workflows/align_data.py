@@ -86,3 +86,22 @@ def load_align_data(config: ExperimentConfig, *, write_world: bool = True) -> Al
         corpus = world.corpus
     split = examples.split_cues(list(norms[target]), seed=data.split_seed)
     return AlignData(target, norms, split, survey, corpus, world, paths)
+
+
+def resolve_cultures(keys, data: AlignData, known: list[str], field: str,
+                     missing: str = "is not in the data") -> list[str]:
+    """Culture names for ``keys`` (names, or indices of the synthetic world), each one of
+    ``known``, in order and once each; a ConfigError naming ``field`` otherwise."""
+    chosen = []
+    for key in keys:
+        name = key
+        if data.world is not None:
+            try:
+                name = data.world.culture(key).name
+            except KeyError as err:
+                raise ConfigError(str(err.args[0]), field=field) from None
+        if name not in known:
+            raise ConfigError(f"culture {key!r} {missing} (have {', '.join(known)})",
+                              field=field)
+        chosen.append(name)
+    return list(dict.fromkeys(chosen))

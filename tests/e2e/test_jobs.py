@@ -12,7 +12,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.browser import ensure_chromium
+from tests.support.browser import headless_chromium
 from tests.support.ray_head import BIN, RayHead, auth_token, client_env, free_port
 
 pytestmark = pytest.mark.e2e
@@ -222,22 +221,12 @@ def test_grafana_dashboard_charts_only_series_we_export(quickstart_run):
 def test_dashboard_jobs_page_shows_the_jobs_in_a_real_browser(head, tmp_path):
     """A person opens the dashboard, types the cluster's token into its dialog and sees the
     jobs (the earlier tests' and one submitted here)."""
-    chromedriver = ensure_chromium()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     job_id = f"culture-rl-browser-{int(time.time())}"
     job_client(head).submit_job(entrypoint="echo culture-rl", submission_id=job_id)
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1400,900",
-                 f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    driver = headless_chromium(tmp_path / "profile")
     try:
         driver.get(f"{head.dashboard_url}/#/jobs")
         body = lambda: driver.find_element(By.TAG_NAME, "body").text  # noqa: E731

@@ -3,12 +3,11 @@ gets by double-clicking report.html, with every figure embedded and loaded."""
 
 from __future__ import annotations
 
-import shutil
 
 import pytest
 
 from culture_rl.eval.report import write_report
-from tests.support.browser import ensure_chromium
+from tests.support.browser import headless_chromium
 from tests.support.report_fixture import FIGURES, build_run
 
 pytestmark = pytest.mark.e2e
@@ -19,21 +18,11 @@ HEADINGS = ["Summary", "Associations (P@k)", "Lexical norms", "World Values Surv
 
 
 def test_report_renders_with_every_section_and_figure(tmp_path):
-    chromedriver = ensure_chromium()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     page = write_report(build_run(tmp_path / "run"))["html"]
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1400,900",
-                 f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    driver = headless_chromium(tmp_path / "profile")
     try:
         driver.get(page.as_uri())
         WebDriverWait(driver, 30).until(

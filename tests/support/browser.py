@@ -26,3 +26,19 @@ def ensure_chromium() -> str:
     if done.returncode != 0 or not driver:
         pytest.skip(f"chromium could not be installed: {done.stderr.strip()[-300:]}")
     return driver
+
+
+def headless_chromium(profile_dir):
+    """A selenium driver for Debian's chromium, headless, with its profile in ``profile_dir``."""
+    chromedriver = ensure_chromium()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--window-size=1400,900",
+                 f"--user-data-dir={profile_dir}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(chromedriver), options=options)
