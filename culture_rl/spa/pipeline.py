@@ -20,10 +20,7 @@ fine-tuning resumes through the SFT stage's own checkpoints.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
-import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +29,12 @@ from typing import Callable, Sequence
 from culture_rl.config import ExperimentConfig
 from culture_rl.data import prompts
 from culture_rl.errors import ConfigError
+from culture_rl.spa.evaluate import evaluate_step, render_report
 from culture_rl.spa.instances import related_instances, training_rows
+from culture_rl.spa.stages import run_step, stage_key
 from culture_rl.spa.questions import collect, generation_prompt
 from culture_rl.workflows.align_data import AlignData, resolve_cultures
 
-MANIFEST = "manifest.json"
 PROGRESS_CHUNK = 64  # prompts per actor between progress lines
 
 
@@ -91,47 +89,6 @@ def plan_spa(config: ExperimentConfig, data: AlignData) -> SpaPlan:
     else:
         model_path = resolve_policy_path(spa.model_path, field="spa.model_path")
     return SpaPlan(model_path, cultures, topics)
-
-
-# ------------------------------------------------------------------------------ stage files
-
-
-def _key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), "utf-8")
-    partial.replace(path)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
-
-
-def run_step(folder: Path, key: str, build: Callable[[], tuple[list[dict], dict]]
-             ) -> tuple[list[dict], dict]:
-    """A stage's rows and statistics: read back when its manifest carries ``key``, else built
-    and written (data first, the manifest last, each by rename)."""
-    manifest_path = folder / MANIFEST
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text("utf-8"))
-        if manifest.get("key") == key:
-            print(f"[spa] {folder.name}: already done ({manifest['rows']} rows in "
-                  f"{folder / 'data.jsonl'}), skipped", flush=True)
-            return _read_jsonl(folder / "data.jsonl"), manifest["stats"]
-    folder.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    rows, stats = build()
-    _write_jsonl(folder / "data.jsonl", rows)
-    manifest = {"key": key, "rows": len(rows), "stats": stats,
-                "seconds": round(time.perf_counter() - started, 2)}
-    partial = manifest_path.with_name(MANIFEST + ".partial")
-    partial.write_text(json.dumps(manifest, indent=2, ensure_ascii=False), "utf-8")
-    partial.replace(manifest_path)
-    print(f"[spa] {folder.name}: {len(rows)} rows in {manifest['seconds']:.1f} s", flush=True)
-    return rows, stats
 
 
 def in_chunks(what: str, items: Sequence, call: Callable[[int, int], list], workers: int
@@ -234,7 +191,7 @@ def fine_tune(config: ExperimentConfig, plan: SpaPlan, instances: list[dict]) ->
     from culture_rl.spa.adapters import write_adapter_set
 
     spa = config.spa
-    key = _key(instances, _targets(config), spa.specific_culture_in_prompt,
+    key = stage_key(instances, _targets(config), spa.specific_culture_in_prompt,
                spa.train.model_dump(mode="json"), config.lora.model_dump(mode="json"),
                config.deepspeed.model_dump(mode="json"), plan.model_path)[:8]
     models = {}
@@ -265,134 +222,6 @@ def fine_tune(config: ExperimentConfig, plan: SpaPlan, instances: list[dict]) ->
     return models
 
 
-# ------------------------------------------------------------------------------ evaluation
-
-
-def _ccot_distributions(config, questions, culture, inference, routes):
-    language = config.data.language
-    heads = [prompts.ccot_prompt(q.question, q.options, culture, language) for q in questions]
-    thoughts = inference.generate(heads, config.spa.ccot_max_new_tokens, routes=routes)
-    full = [h + t.split("\n")[0] + prompts.ccot_answer_suffix(language)
-            for h, t in zip(heads, thoughts)]
-    return inference.option_distributions(
-        full, [prompts.survey_option_labels(len(q.options)) for q in questions], routes=routes)
-
-
-def survey_alignment(config: ExperimentConfig, inference, culture: str, prompting: str,
-                     survey, routing: str = "none") -> dict:
-    """Mean alignment of the model's answers with ``culture``'s survey distributions.
-    ``routing`` (adapter sets): 'adapter' serves every prompt with ``culture``'s adapter,
-    'base' with the adapters off, 'none' sends no routes (a plain model)."""
-    from culture_rl.eval.evaluate import survey_scores
-
-    questions = [q for q in survey if culture in q.distributions]
-    routes = {"none": None, "adapter": [culture] * len(questions),
-              "base": [None] * len(questions)}[routing]
-    if prompting == "ccot":
-        dists = _ccot_distributions(config, questions, culture, inference, routes)
-    else:
-        named = culture if prompting == "culture" else None
-        texts = [(prompts.culture_preamble(named, config.data.language) if named else "")
-                 + prompts.survey_prompt(q.question, q.options, config.data.language)
-                 for q in questions]
-        dists = inference.option_distributions(
-            texts, [prompts.survey_option_labels(len(q.options)) for q in questions],
-            routes=routes)
-    return survey_scores(dists, questions, culture)
-
-
-def guard_documents(config: ExperimentConfig, data: AlignData) -> list[str]:
-    """Held-out documents for the general-ability guard: a seeded sample of the base corpus
-    (the synthetic world), else the seed survey prompts."""
-    docs = list(data.corpus) or [prompts.survey_prompt(q.question, q.options) for q in
-                                 data.survey]
-    rng = random.Random(config.run.seed + 7)
-    return rng.sample(docs, min(config.spa.lm_guard_docs, len(docs)))
-
-
-def evaluate_models(config: ExperimentConfig, data: AlignData, plan: SpaPlan,
-                    models: dict[str, str], group) -> dict:
-    """WVS alignment per model x prompting x culture, and the LM-loss guard."""
-    settings = {"base": ["unprompted", "culture"], "joint": ["culture"],
-                "specific": ["culture"]}
-    if config.spa.ccot:
-        for name in settings:
-            settings[name].append("ccot")
-    docs = guard_documents(config, data)
-    rows, guard = [], {}
-    for name, path in {"base": plan.model_path, **models}.items():
-        inference = group.load(path)
-        routed = name == "specific"
-        started = time.perf_counter()
-        for prompting in settings[name]:
-            for culture in plan.cultures:
-                routing = ("none" if not routed else
-                           "adapter" if _has_adapter(path, culture) else "base")
-                scores = survey_alignment(config, inference, culture, prompting, data.survey,
-                                          routing)
-                rows.append({"model": name, "prompting": prompting, "culture": culture,
-                             **scores})
-        if routed:
-            losses = [statistics.fmean(inference.lm_losses(docs, routes=[c] * len(docs)))
-                      for c in plan.cultures if _has_adapter(path, c)]
-        else:
-            losses = [statistics.fmean(inference.lm_losses(docs))]
-        guard[name] = statistics.fmean(losses)
-        print(f"[spa] evaluated {name} in {time.perf_counter() - started:.1f} s; LM loss "
-              f"{guard[name]:.4f}", flush=True)
-    margin = config.spa.lm_guard_margin
-    base_loss = guard["base"]
-    lm_guard = {name: {"lm_loss": loss, "rise": (loss - base_loss) / base_loss,
-                       "held": (loss - base_loss) / base_loss <= margin}
-                for name, loss in guard.items()}
-    return {"rows": rows, "lm_guard": lm_guard, "lm_guard_margin": margin,
-            "lm_guard_docs": len(docs), "mean_js": mean_js(rows)}
-
-
-def _has_adapter(adapter_set: str, culture: str) -> bool:
-    from culture_rl.spa.adapters import read_adapter_set
-
-    return culture in read_adapter_set(adapter_set)["adapters"]
-
-
-def mean_js(rows: Sequence[dict]) -> dict[str, float]:
-    """'<model>/<prompting>' -> JS distance averaged over cultures."""
-    groups: dict[str, list[float]] = {}
-    for r in rows:
-        groups.setdefault(f"{r['model']}/{r['prompting']}", []).append(r["js"])
-    return {k: statistics.fmean(v) for k, v in groups.items()}
-
-
-def render_report(results: dict, stats: dict) -> str:
-    lines = ["# CultureSPA", "",
-             f"Questions: {stats['questions']['kept']} generated of "
-             f"{stats['questions']['attempts']} attempts (dropped: "
-             f"{stats['questions']['dropped'] or 'none'}); culture-related instances: "
-             f"{stats['related']['related']}.", "",
-             "| culture | questions | related |", "|---|---|---|"]
-    for culture, entry in stats["related"]["by_culture"].items():
-        lines.append(f"| {culture} | {entry['questions']} | {entry['related']} |")
-    lines += ["", "| topic | questions | related |", "|---|---|---|"]
-    for topic, entry in stats["related"]["by_topic"].items():
-        lines.append(f"| {topic} | {entry['questions']} | {entry['related']} |")
-    cultures = list(dict.fromkeys(r["culture"] for r in results["rows"]))
-    lines += ["", "WVS JS distance to each culture's answers (lower is closer):", "",
-              "| model | prompting | " + " | ".join(cultures) + " | mean |",
-              "|---" * (len(cultures) + 3) + "|"]
-    for key, mean in results["mean_js"].items():
-        model, prompting = key.split("/")
-        cells = [next(f"{r['js']:.3f}" for r in results["rows"] if r["model"] == model
-                      and r["prompting"] == prompting and r["culture"] == c) for c in cultures]
-        lines.append(f"| {model} | {prompting} | " + " | ".join(cells) + f" | {mean:.3f} |")
-    lines += ["", f"General-ability guard: LM loss on {results['lm_guard_docs']} base-corpus "
-              f"documents may rise at most {results['lm_guard_margin']:.0%}:", "",
-              "| model | LM loss | rise | held |", "|---|---|---|---|"]
-    for name, entry in results["lm_guard"].items():
-        lines.append(f"| {name} | {entry['lm_loss']:.4f} | {entry['rise']:+.1%} | "
-                     f"{'yes' if entry['held'] else 'NO'} |")
-    return "\n".join(lines) + "\n"
-
-
 # ------------------------------------------------------------------------------- the driver
 
 
@@ -414,7 +243,7 @@ def run_spa(config: ExperimentConfig, data: AlignData) -> dict:
                                                       "lm_guard_margin", "target",
                                                       "samples_per_instance",
                                                       "specific_culture_in_prompt"})
-    base_key = _key(spa, plan.model_path, _model_stamp(plan.model_path),
+    base_key = stage_key(spa, plan.model_path, _model_stamp(plan.model_path),
                     config.world.model_dump(), config.data.model_dump(), config.run.seed)
     group = EvaluationGroup(config)
     stats: dict = {}
@@ -430,15 +259,15 @@ def run_spa(config: ExperimentConfig, data: AlignData) -> dict:
         questions, stats["questions"] = run_step(
             out / "questions", base_key,
             lambda: generate_questions(config, plan, base_inference(), workers))
-        unaware, _ = run_step(out / "unaware", _key(base_key, "unaware"), lambda: (
+        unaware, _ = run_step(out / "unaware", stage_key(base_key, "unaware"), lambda: (
             [{"id": q["id"], "dist": d} for q, d in zip(questions, answer_distributions(
                 config, questions, None, base_inference(), workers))], {}))
-        aware_key = _key(base_key, "aware", plan.cultures)
+        aware_key = stage_key(base_key, "aware", plan.cultures)
         aware, _ = run_step(out / "aware", aware_key, lambda: (
             [{"id": q["id"], "culture": c, "dist": d} for c in plan.cultures
              for q, d in zip(questions, answer_distributions(config, questions, c,
                                                              base_inference(), workers))], {}))
-        related_key = _key(aware_key, "related", config.spa.js_threshold)
+        related_key = stage_key(aware_key, "related", config.spa.js_threshold)
         instances, stats["related"] = run_step(out / "related", related_key, lambda: (
             related_instances(questions, [u["dist"] for u in unaware],
                               {c: [a["dist"] for a in aware if a["culture"] == c]
@@ -446,7 +275,8 @@ def run_spa(config: ExperimentConfig, data: AlignData) -> dict:
         group.shutdown()  # training needs the CPUs
         inference = None
         models = fine_tune(config, plan, instances)
-        results = _evaluate_step(config, data, plan, models, group, related_key)
+        results = evaluate_step(config, data, plan, models, group, related_key,
+                                out / "evaluation")
     finally:
         group.shutdown()
     report = render_report(results, stats)
@@ -455,24 +285,3 @@ def run_spa(config: ExperimentConfig, data: AlignData) -> dict:
     print(f"[spa] report: {out / 'report.md'} (numbers: {out / 'evaluation' / 'results.json'})",
           flush=True)
     return {"results": results, "stats": stats, "models": models}
-
-
-def _evaluate_step(config, data, plan, models, group, upstream_key) -> dict:
-    from culture_rl.eval.harness import _model_stamp
-
-    folder = spa_dir(config) / "evaluation"
-    key = _key(upstream_key, {n: _model_stamp(p) for n, p in models.items()},
-               config.spa.ccot, config.spa.ccot_max_new_tokens, config.spa.lm_guard_docs,
-               config.spa.lm_guard_margin)
-    manifest = folder / MANIFEST
-    if manifest.is_file() and json.loads(manifest.read_text("utf-8")).get("key") == key:
-        print(f"[spa] evaluation: already done ({folder / 'results.json'}), skipped", flush=True)
-        return json.loads((folder / "results.json").read_text("utf-8"))
-    results = evaluate_models(config, data, plan, models, group)
-    folder.mkdir(parents=True, exist_ok=True)
-    partial = folder / "results.json.partial"
-    partial.write_text(json.dumps(results, indent=1), "utf-8")
-    partial.replace(folder / "results.json")
-    (folder / (MANIFEST + ".partial")).write_text(json.dumps({"key": key}), "utf-8")
-    (folder / (MANIFEST + ".partial")).replace(manifest)
-    return results
