@@ -89,6 +89,55 @@ class HeadsConfig(_Section):
                            "head.")
 
 
+class CalmTrainConfig(_Section):
+    """``calm.train``: the `culture-rl calm` stage (Ray Train + the DeepSpeed strategy)."""
+
+    epochs: int = Field(4, gt=0, description="Passes over the training statements.")
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: epochs "
+                           "decide).")
+    learning_rate: float = Field(2e-3, gt=0, description="Peak learning rate of the base "
+                                 "model's trainable weights (LoRA adapters, or all weights).")
+    calm_learning_rate: float = Field(3e-3, gt=0, description="Peak learning rate of the CALM "
+                                      "modules and heads (freshly initialised, so higher).")
+    lr_scheduler: Literal["constant", "cosine", "linear"] = Field(
+        "cosine", description="Learning-rate schedule after warm-up.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    per_culture: int = Field(4, gt=0, description="Samples of every culture in each micro batch "
+                             "(the contrastive and orthogonality losses are per micro batch): "
+                             "micro batch = per_culture x cultures.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro batches per optimizer "
+                                             "step.")
+    max_seq_length: int = Field(64, gt=8, description="Sequences are truncated to this many "
+                                "tokens.")
+    eval_fraction: float = Field(0.2, gt=0, lt=1, description="Seeded share of the statements "
+                                 "held out for evaluation (stratified by culture and label).")
+    lm_task: bool = Field(False, description="Also train the LM head on association SFT "
+                          "prompt/completion rows of every culture (culture named in the "
+                          "prompt); off: statements only (classification + cultural losses).")
+    lm_rows_per_culture: int = Field(48, gt=0, description="lm_task: association rows per "
+                                     "culture.")
+    save_steps: int = Field(0, ge=0, description="Checkpoint every N steps (0: every epoch).")
+    logging_steps: int = Field(2, gt=0, description="Log every loss term every N steps.")
+    eval_steps: int = Field(0, ge=0, description="Also evaluate the held-out statements every N "
+                            "steps (a learning curve in results.json; 0: at epoch ends only).")
+    fault_injection_step: int = Field(0, ge=0, description="Testing aid: fail the run right "
+                                      "after the checkpoint of this step, unless it resumed "
+                                      "from a checkpoint (0: off).")
+    compare: bool = Field(True, description="After training, train the baseline (the same data "
+                          "and LoRA, only a linear classifier on the pooled hidden states: "
+                          "every CALM module off) and one ablation per CALM module, and write "
+                          "results.json / report.md.")
+    ablations: list[Literal["disentangle", "contrastive", "prototypes", "cross_attention",
+                            "moe", "fusion"]] = Field(
+        ["disentangle", "contrastive", "prototypes", "cross_attention", "moe", "fusion"],
+        description="CALM modules switched off in turn for the ablation table.")
+    compare_epochs: int = Field(0, ge=0, description="Epochs of the ablation runs (0: "
+                                "calm.train.epochs; the baseline always gets CALM's budget). "
+                                "When it differs, CALM itself is also trained at this budget "
+                                "('calm_short') for a like-for-like ablation table.")
+
+
 class CalmConfig(_Section):
     """``calm:``: CALM (Culturally Self-Aware Language Models, arXiv 2601.03483) modules."""
 
@@ -143,6 +192,9 @@ class CalmConfig(_Section):
                                  description="Identity-state fusion and its gate.")
     heads: HeadsConfig = Field(default_factory=HeadsConfig, description="LM and classification "
                                "heads.")
+    train: CalmTrainConfig = Field(default_factory=CalmTrainConfig, description="The "
+                                   "`culture-rl calm` training stage, its evaluation and "
+                                   "comparison runs.")
 
     @model_validator(mode="after")
     def _possible(self) -> "CalmConfig":

@@ -6,7 +6,8 @@ complaint about RL/SFT frameworks: the numbers a user sets are the numbers DeepS
 ``describe_batch`` prints them at start-up.
 
 The SFT stage hands the config to the Hugging Face Trainer. Our own loops (the PPO policy and
-critic trainers) talk to :class:`DeepSpeedStrategy` instead, never to DeepSpeed directly: it owns
+critic trainers, the CALM stage in culture_rl/train/calm.py) talk to :class:`DeepSpeedStrategy`
+instead, never to DeepSpeed directly: it owns
 process-group set-up, ``initialize``, backward, step, save and load, OpenRLHF-style.
 """
 
@@ -112,6 +113,14 @@ class DeepSpeedStrategy:
         deepspeed.init_distributed(dist_backend=torch_backend(self.use_gpu),
                                    timeout=timedelta(seconds=timeout_s), verbose=False)
 
+    def attach_distributed(self, rank: int) -> None:
+        """Use the process group someone else started (Ray Train's TorchTrainer): DeepSpeed
+        wraps the existing torch.distributed group instead of creating one."""
+        import deepspeed
+
+        self.rank = rank
+        deepspeed.init_distributed(dist_backend=torch_backend(self.use_gpu), verbose=False)
+
     @property
     def is_rank_0(self) -> bool:
         return self.rank == 0
@@ -121,16 +130,33 @@ class DeepSpeedStrategy:
                                 self.world_size, self.use_gpu)
 
     # -------------------------------------------------------------- engines
-    def prepare(self, model, learning_rate: float, weight_decay: float = 0.0):
+    def prepare(self, model, learning_rate: float, weight_decay: float = 0.0,
+                param_groups: list[dict] | None = None, lr_scheduler=None):
         """Wrap a model for training: torch AdamW over the trainable parameters (DeepSpeed's
-        fused Adam needs a CUDA build), partitioned by ZeRO."""
+        fused Adam needs a CUDA build), partitioned by ZeRO. ``param_groups`` (torch optimizer
+        groups, e.g. their own learning rate for freshly initialised heads) replace the single
+        group; ``lr_scheduler`` is a callable ``optimizer -> scheduler`` that DeepSpeed steps
+        with the optimizer and saves in its checkpoints."""
         import deepspeed
         import torch
 
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=weight_decay)
-        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.config())
+        if param_groups is None:
+            param_groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+        optimizer = torch.optim.AdamW(param_groups, lr=learning_rate, weight_decay=weight_decay)
+        engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                          lr_scheduler=lr_scheduler, config=self.config())
         return engine
+
+    def gathered(self, params):
+        """A context in which ZeRO-3-partitioned ``params`` are whole on every rank (a
+        collective: every rank enters it); nothing to do below stage 3."""
+        import contextlib
+
+        if self.ds.zero_stage != 3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
 
     def prepare_frozen(self, model):
         """A model that only runs forward passes (the full-weight reference): partitioned by a
