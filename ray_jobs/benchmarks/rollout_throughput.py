@@ -1,0 +1,95 @@
+"""Rollout throughput: batched, KV-cached generation in a RolloutWorker actor against
+one-prompt-at-a-time generation, on the same prompts and sampling settings, tokens/s by batch
+size -- in one run, batch sizes interleaved within each repeat, so load from other users of the
+machine falls on all of them alike.
+
+    python -m ray_jobs.benchmarks.rollout_throughput --out docs/benchmarks/rollout_throughput.json
+
+The policy is the quickstart-shaped tiny Llama, untrained (its answers rarely stop early, so
+every batch size generates about the same number of tokens). Tokens are the generated ones up to
+and including the first end-of-sequence token. Median and spread (min-max) over ``--repeats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from ray_jobs.benchmarks.collect import finish
+
+QUICKSTART = str(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", default="1,4,16,64",
+                        help="comma-separated prompts per generate() call (1: one at a time)")
+    parser.add_argument("--prompts", type=int, default=64, help="prompts per measurement")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per batch size")
+    parser.add_argument("--out", help="write the figures as JSON here")
+    args = parser.parse_args(argv)
+
+    import ray
+
+    from culture_rl.config import load_config
+    from culture_rl.data import prompts as templates
+    from culture_rl.models.loading import build_tiny_model
+    from culture_rl.rl.rollout import RolloutWorker, SamplingParams
+    from culture_rl.workflows.align_data import load_align_data
+
+    folder = Path(tempfile.mkdtemp(prefix="culture_rl_rollout_bench_"))
+    config = load_config(QUICKSTART, [f"run.storage_path={folder}", "run.name=bench"])
+    data = load_align_data(config, write_world=False)
+    policy = str(build_tiny_model(config.model, data.corpus, folder / "policy", 0))
+    cues = (data.split["train"] * (args.prompts // max(len(data.split["train"]), 1) + 1))
+    prompts = [templates.association_prompt(c) for c in cues[:args.prompts]]
+    cpus = os.cpu_count() or 2
+    batches = [int(b) for b in args.batches.split(",")]
+    results: dict = {"machine": {"cpus": cpus, "load_average_1m": os.getloadavg()[0]},
+                     "settings": {"prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
+                                  "repeats": args.repeats, "policy": "untrained tiny Llama "
+                                  "(quickstart shape)", "actor_cpus": cpus},
+                     "batches": {}}
+    ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False)
+    try:
+        worker = RolloutWorker.options(num_cpus=cpus).remote(policy, "hf", "float32", False,
+                                                             cpus)
+
+        def run(batch: int) -> tuple[float, int]:
+            params = SamplingParams(temperature=1.0, max_new_tokens=args.max_new_tokens,
+                                    batch_size=batch)
+            start = time.perf_counter()
+            rollout = ray.get(worker.generate.remote(prompts, params, 0))
+            return time.perf_counter() - start, int(rollout.response_mask.sum())
+
+        for batch in batches:  # warm-up: imports, allocator, the first KV caches
+            run(batch)
+        timings: dict[int, list[tuple[float, int]]] = {b: [] for b in batches}
+        for _ in range(args.repeats):
+            for batch in batches:
+                timings[batch].append(run(batch))
+    finally:
+        ray.shutdown()
+    one = statistics.median(tokens / seconds for seconds, tokens in timings[batches[0]])
+    lines = ["| prompts per call | tokens/s median (min-max) | tokens per pass | vs one at a time |",
+             "|---|---|---|---|"]
+    for batch, runs in timings.items():
+        rates = [tokens / seconds for seconds, tokens in runs]
+        median = statistics.median(rates)
+        results["batches"][batch] = {"tokens_per_s": median, "min": min(rates), "max": max(rates),
+                                     "tokens": statistics.median(t for _, t in runs),
+                                     "ratio_vs_one_at_a_time": median / one}
+        lines.append(f"| {batch} | {median:.0f} ({min(rates):.0f}-{max(rates):.0f}) | "
+                     f"{statistics.median(t for _, t in runs):.0f} | {median / one:.2f}x |")
+    return finish(results, f"rollout: {len(prompts)} prompts, {args.max_new_tokens} new tokens, "
+                  f"sampled, one actor with {cpus} CPUs, {args.repeats} repeats",
+                  "\n".join(lines), args.out)
+
+
+if __name__ == "__main__":
+    main()
