@@ -41,7 +41,7 @@ from pathlib import Path
 
 from culture_rl.calm_config import CalmConfig, CalmTrainConfig
 from culture_rl.config import DeepSpeedConfig, LoraConfig, ResourcesConfig
-from culture_rl.train.sft import FINISHED, TrainingError, _root_cause
+from culture_rl.train.sft import FINISHED, StageFolders, TrainingError, _root_cause
 
 IGNORE = -100
 LOSS_TERMS = ("lm", "classification", "contrastive", "prototype", "orthogonality",
@@ -166,7 +166,7 @@ def variant_config(calm: CalmConfig, variant: str) -> CalmConfig:
 
 
 @dataclass
-class CalmJob:
+class CalmJob(StageFolders):
     """Everything a worker needs, built and validated on the driver."""
 
     stage: str
@@ -188,14 +188,6 @@ class CalmJob:
     @property
     def train(self) -> CalmTrainConfig:
         return self.calm.train
-
-    @property
-    def export_dir(self) -> Path:
-        return Path(self.stage_dir) / "export"
-
-    @property
-    def metrics_path(self) -> Path:
-        return Path(self.stage_dir) / "metrics.jsonl"
 
 
 # --------------------------------------------------------------------------------------------

@@ -37,8 +37,23 @@ class TrainingError(CultureRLError):
     """A training stage failed; the message carries the workers' root cause."""
 
 
+class StageFolders:
+    """Where a training stage keeps its export and its metrics, under ``stage_dir`` (shared by
+    the SFT and CALM jobs)."""
+
+    stage_dir: str
+
+    @property
+    def export_dir(self) -> Path:
+        return Path(self.stage_dir) / "export"
+
+    @property
+    def metrics_path(self) -> Path:
+        return Path(self.stage_dir) / "metrics.jsonl"
+
+
 @dataclass
-class TrainJob:
+class TrainJob(StageFolders):
     """Everything a worker needs, built on the driver (data is validated before Ray starts)."""
 
     stage: str
@@ -58,14 +73,6 @@ class TrainJob:
     eval_max_new_tokens: int = 40
     eval_batch_size: int = 16
     stop_file: str | None = None  # set: training ends early once this file exists (sweeps)
-
-    @property
-    def export_dir(self) -> Path:
-        return Path(self.stage_dir) / "export"
-
-    @property
-    def metrics_path(self) -> Path:
-        return Path(self.stage_dir) / "metrics.jsonl"
 
 
 @dataclass
