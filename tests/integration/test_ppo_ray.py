@@ -8,6 +8,7 @@ that PPO *learns* is shown by the quickstart (held-out rho of PPO above SFT).
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import ray
@@ -173,6 +174,15 @@ def test_killed_scorer_mid_step_is_replaced_and_the_step_completes(ray_session, 
         def rollout_then_kill_scorer(*args):
             out = rollout(*args)  # the step is under way: its rollouts exist
             ray.kill(victim, no_restart=True)
+            # ray.kill is asynchronous: wait until the scorer is gone, or the step's first
+            # chunk could still reach it alive and nothing would need replacing.
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    ray.get(victim.pid.remote(), timeout=5)
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                    break
+                time.sleep(0.05)
             return out
 
         controller.rollout = rollout_then_kill_scorer
