@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "prototypes, cross-attention, MoE, identity fusion) around the "
                                 "base model with LoRA on Ray Train + DeepSpeed; held-out value "
                                 "identification vs a LoRA baseline and ablations"),
+                       ("reflect", "CALM's self-prompted reflective learning on Ray actors: "
+                                   "answer, reflect and revise as a person from the culture, "
+                                   "score both, train on the revisions that improve (SFT + "
+                                   "DPO), sync, repeat"),
                        ("sweep", "Ray Tune sweep of SFT across cultures x hyper-parameters "
                                  "(ASHA); writes the best configuration per culture"),
                        ("eval", "evaluate models x cultures x evaluations (eval.models; "
@@ -185,6 +189,16 @@ def run_command(args, config) -> int:
         build_calm_job(config, data)  # validates statements and settings before any Ray work
         write_run_config(config)
         run_calm(config, data)
+        return 0
+    if args.command == "reflect":
+        from culture_rl.workflows.reflect import run_reflect, validate
+
+        # Reward and cultures are checked before the world is written or Ray is joined.
+        validate(config, load_align_data(config, write_world=False))
+        data = load_align_data(config)
+        write_run_config(config)
+        result = run_reflect(config, data)
+        print(f"reflect: model in {result.export_dir / 'model'}")
         return 0
     if args.command == "spa":
         from culture_rl.spa.pipeline import load_spa_data, plan_spa, run_spa

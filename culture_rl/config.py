@@ -26,6 +26,7 @@ COMMAND_LINE = "command line"
 # on it without importing this module (which imports them).
 from culture_rl.config_base import FieldProblem, _Section  # noqa: E402,F401  (re-exported)
 from culture_rl.calm_config import CalmConfig  # noqa: E402
+from culture_rl.reflect_config import ReflectConfig  # noqa: E402
 
 
 def _culture_key(value: Any) -> Any:
@@ -552,6 +553,8 @@ class ExperimentConfig(_Section):
                            "(`culture-rl spa`).")
     calm: CalmConfig = Field(default_factory=CalmConfig, description="CALM modules, their "
                              "ablation flags and loss weights (`culture-rl calm`).")
+    reflect: ReflectConfig = Field(default_factory=ReflectConfig, description="Self-prompted "
+                                   "reflective learning on Ray actors (`culture-rl reflect`).")
 
     @property
     def run_dir(self) -> Path:

@@ -26,6 +26,8 @@ WORKFLOWS = {w.name: w for w in (
     Workflow("sweep", "sweep", "Ray Tune sweep of SFT across cultures and hyper-parameters"),
     Workflow("calm", "calm", "CALM training on value statements (Ray Train + DeepSpeed), "
                              "held-out evaluation vs a LoRA baseline and ablations"),
+    Workflow("reflect", "reflect", "CALM's self-prompted reflective learning: answer, "
+                                   "reflect, revise, score, train on improving revisions"),
     Workflow("culture_spa", "spa", "CultureSPA: self-generated questions, culture-related "
                                    "instances, joint / per-culture fine-tuning, evaluation"),
 )}

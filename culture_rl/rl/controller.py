@@ -58,15 +58,18 @@ class PPOJob:
         return self.stage_dir / "export"
 
 
-def latest_checkpoint(folder: Path) -> Path | None:
+def latest_checkpoint(folder: Path, pattern: str = "step_*") -> Path | None:
     """The newest complete checkpoint: renamed from ``.partial`` only after its manifest was
     written, and still matching it (see :mod:`culture_rl.checkpoints`). A damaged one is
     skipped with one warning line, and the one before it is used."""
-    return latest_complete(folder, "step_*", required=(STATE,),
+    return latest_complete(folder, pattern, required=(STATE,),
                            warn=lambda line: print(f"[ppo] warning: {line}", flush=True))
 
 
 class PPOController:
+    STAGE = "ppo"  # the stage name in logs and finished.json
+    CHECKPOINTS = "step_*"  # checkpoint folder names under job.checkpoint_dir
+
     def __init__(self, config, job: PPOJob):
         self.config, self.job = config, job
         cfg = config.ppo
@@ -148,7 +151,7 @@ class PPOController:
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as err:
             # A trainer rank holds optimizer state and a share of the process group: it cannot
             # be swapped mid-run like a generator. End the run, pointing at what resumes it.
-            saved = latest_checkpoint(self.job.checkpoint_dir)
+            saved = latest_checkpoint(self.job.checkpoint_dir, self.CHECKPOINTS)
             resume = (f"rerun the same command to resume from {saved}" if saved else
                       "no checkpoint was saved yet; rerun the same command to start again")
             raise PPORunError(f"an actor died during {what} ({type(err).__name__}); "
@@ -200,7 +203,7 @@ class PPOController:
     def _replace_rollout_worker(self, rank: int) -> None:
         """A dead generator is restarted on its bundle and given the policy's current
         weights before its chunk is retried (same seed: the same samples)."""
-        print(f"[ppo] rollout worker {rank} died; starting a replacement", flush=True)
+        print(f"[{self.STAGE}] rollout worker {rank} died; starting a replacement", flush=True)
         worker = self.groups["rollout"].replace(rank)
         self.rollout_replacements += 1
         bucket_mb, timeout = self.config.rollout.sync_bucket_mb, \
@@ -332,7 +335,7 @@ class PPOController:
         partial.mkdir(parents=True)
         self._get([a.export.remote(str(partial / "model")) for a in self.groups["policy"].actors],
                   "exporting the policy")
-        (partial / FINISHED).write_text(json.dumps({"stage": "ppo", "steps": self.step},
+        (partial / FINISHED).write_text(json.dumps({"stage": self.STAGE, "steps": self.step},
                                                    indent=2), "utf-8")
         if self.job.export_dir.exists():
             shutil.rmtree(self.job.export_dir)

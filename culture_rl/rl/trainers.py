@@ -166,6 +166,40 @@ class _PolicyTrainer(_DeepSpeedTrainer):
 
         return self._train(exp, step, loss_fn)
 
+    def train_pairs(self, chosen: Experience, rejected: Experience, step: int, *, epochs: int,
+                    sft_coef: float, preference_coef: float, beta: float) -> dict[str, float]:
+        """The reflection loop's update over this rank's pairs (row i of ``chosen`` is the
+        revision preferred over row i of ``rejected``, same prompt): SFT on the revision plus
+        DPO against the reference log-probs the controller put in ``ref_log_probs``. One
+        optimizer step per micro batch of pairs (the spec's accumulation is 1), so the row
+        count must be a multiple of the micro batch size, the same on every rank."""
+        from culture_rl.rl.preference import reflection_loss
+
+        chosen, rejected = self._device(chosen), self._device(rejected)
+        self.engine.train()
+        size = self.spec.micro_batch_size
+        totals: dict[str, float] = {}
+        count = 0
+        for epoch in range(epochs):
+            generator = torch.Generator().manual_seed(self.spec.seed * 1_000_003 + step * 101
+                                                      + epoch)
+            order = torch.randperm(len(chosen), generator=generator)
+            for start in range(0, len(order), size):
+                rows = order[start:start + size]
+                good, bad = chosen.take(rows), rejected.take(rows)
+                out = reflection_loss(response_log_probs(self.engine, good)[0],
+                                      good.response_mask,
+                                      response_log_probs(self.engine, bad)[0], bad.response_mask,
+                                      good.ref_log_probs, bad.ref_log_probs, sft_coef=sft_coef,
+                                      preference_coef=preference_coef, beta=beta)
+                self.strategy.backward(self.engine, out["loss"])
+                self.strategy.step(self.engine)
+                for key, value in out.items():
+                    if key != "loss":
+                        totals[key] = totals.get(key, 0.0) + float(value)
+                count += 1
+        return self.strategy.all_reduce_mean({k: v / max(count, 1) for k, v in totals.items()})
+
     def sync_weights(self, receivers: list, bucket_mb: float, timeout_s: float = 600) -> dict:
         """Send the current (LoRA-merged) weights to the rollout workers. Under ZeRO-3 every
         rank joins the gathers; rank 0 sends."""

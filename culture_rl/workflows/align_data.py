@@ -34,6 +34,17 @@ def world_dir(config: ExperimentConfig) -> Path:
     return config.run_dir / "world"
 
 
+def same_world_settings(written: dict, world) -> bool:
+    """Whether a written world's settings are ``world``'s. A setting added to WorldConfig after
+    the world was written counts as its default (a new option must not orphan every existing
+    run folder); a written setting WorldConfig no longer has is a difference."""
+    current = world.model_dump()
+    defaults = type(world)().model_dump()
+    if set(written) - set(current):
+        return False
+    return all(written.get(key, defaults[key]) == value for key, value in current.items())
+
+
 def synthesise_world(config: ExperimentConfig, world: CultureWorld | None = None
                      ) -> tuple[CultureWorld, dict[str, Path]]:
     """Generate the world (unless given); write it once to ``<run dir>/world`` (atomically, by
@@ -43,7 +54,7 @@ def synthesise_world(config: ExperimentConfig, world: CultureWorld | None = None
     meta = folder / "world.json"
     if meta.is_file():
         written = json.loads(meta.read_text("utf-8"))
-        if written.get("config") != config.world.model_dump():
+        if not same_world_settings(written.get("config") or {}, config.world):
             raise ConfigError(f"{folder} holds a world made with other settings; use another "
                               "run.name or restore the world settings", field="world")
         return world, {k: folder / v for k, v in written["files"].items()}

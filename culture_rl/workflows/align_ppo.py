@@ -106,16 +106,19 @@ def build_ppo_job(config: ExperimentConfig, data: AlignData, policy_path: str) -
                   eval_prompts=eval_ranking_prompts(config, data) if config.ppo.eval_steps else [])
 
 
-def policy_start(config: ExperimentConfig, data: AlignData) -> str:
-    """The model PPO starts from; with 'sft', this run's SFT export (trained first if missing)."""
-    if config.ppo.policy_path != SFT:
-        return resolve_policy_path(config.ppo.policy_path)
+def policy_start(config: ExperimentConfig, data: AlignData, path: str | None = None,
+                 field: str = "ppo.policy_path") -> str:
+    """The model an online loop starts from (``path``, default ``ppo.policy_path``); with
+    'sft', this run's SFT export (trained first if missing)."""
+    path = config.ppo.policy_path if path is None else path
+    if path != SFT:
+        return resolve_policy_path(path, field)
     export = stage_dir(config, SFT) / "export"
     if not (export / "finished.json").is_file():
         from culture_rl.workflows.align_sft import TINY, pretrained_tiny_path, run_pretrain, run_sft
 
-        print(f"[ppo] ppo.policy_path is 'sft' and {export} holds no finished SFT model: "
-              "training it first", flush=True)
+        print(f"[{field.split('.')[0]}] {field} is 'sft' and {export} holds no finished SFT "
+              "model: training it first", flush=True)
         if config.model.path == TINY and not (pretrained_tiny_path(config) / "config.json"
                                               ).is_file():
             run_pretrain(config, data)
