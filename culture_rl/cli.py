@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(sub, required=name != "demo")
         if name == "eval":
             sub.add_argument("--model", help="evaluate only this model folder (or a stage of "
-                                             "the run: pretrain, sft, ppo)")
+                                             "the run: pretrain, sft, ppo, calm, reflect)")
             sub.add_argument("--label", default=None, help="name of --model in the results "
                                                            "(default: its folder name)")
             sub.add_argument("--no-report", action="store_true",

@@ -35,7 +35,9 @@ from culture_rl.redact import redact_text
 from culture_rl.workflows.align_data import AlignData, resolve_cultures
 
 SCHEMA = 1
-STAGES = {"base": "pretrain", "sft": "sft", "ppo": "ppo"}  # default label -> stage folder
+# Default label -> stage folder. A CALM export is evaluated with its identity state injected
+# into generation and scoring; the reflection loop's export is a plain causal LM.
+STAGES = {"base": "pretrain", "sft": "sft", "ppo": "ppo", "calm": "calm", "reflect": "reflect"}
 RECORD_FIELDS = ("model", "culture", "evaluation", "metric", "subset", "value", "n")
 _LABEL = re.compile(r"^[A-Za-z0-9_.\-]+$")
 # Settings that change where the work runs, not what a model scores: not part of the cache key.
