@@ -20,8 +20,10 @@ REFLECTION_TASKS = ("associations", "ranking")
 class ReflectConfig(_Section):
     policy_path: str = Field("sft", description="Model the loop starts from: 'sft' (this run's "
                              "SFT export, trained first when missing), 'pretrain' (this run's "
-                             "base model), a model folder, an export folder (its model/ is "
-                             "used) or a local Hugging Face name.")
+                             "base model), 'calm' (this run's CALM export: the CALM model, "
+                             "its identity state injected, trains its adapter and modules "
+                             "further), a model folder, an export folder (its model/ is used) "
+                             "or a local Hugging Face name.")
     task: Literal["associations", "ranking"] = Field(
         "associations", description="What the model answers and reflects on: 'associations' "
         "(list the words a person from the culture associates with a cue; reward P@k against "

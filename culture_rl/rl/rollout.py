@@ -73,13 +73,6 @@ class GenerationBackend(Protocol):
         """``progress(n)`` is told how many prompts are still waiting, as batches finish."""
 
 
-def is_calm_export(path: str) -> bool:
-    """A ``calm/export`` folder (base or adapter + CALM modules, see culture_rl.train.calm)."""
-    from pathlib import Path
-
-    return (Path(path) / "calm.json").is_file()
-
-
 class HFBackend:
     """``transformers`` generate: batched, KV cache, sampling log-probs from the processed
     scores (so they are the probabilities the tokens were actually drawn with)."""
@@ -88,10 +81,10 @@ class HFBackend:
         from culture_rl.models.loading import load_model, load_tokenizer
         from culture_rl.spa.adapters import is_adapter_set, load_adapter_set, read_adapter_set
 
-        if is_calm_export(model_path):  # CALM: the LM with its identity state injected
-            from culture_rl.train.calm import load_calm_export
+        from culture_rl.models.calm_policy import is_calm_export, load_calm_policy
 
-            self.model, self.tokenizer, _ = load_calm_export(model_path)
+        if is_calm_export(model_path):  # CALM: the LM with its identity state injected
+            self.model, self.tokenizer, _ = load_calm_policy(model_path)
         elif is_adapter_set(model_path):  # per-culture adapters, kept apart and routed
             base = read_adapter_set(model_path)["base_model"]
             self.tokenizer = load_tokenizer(base, trust_remote_code)

@@ -121,10 +121,13 @@ class _DeepSpeedTrainer(ABC):
 
 class _PolicyTrainer(_DeepSpeedTrainer):
     def _build_model(self):
+        from culture_rl.models.calm_policy import is_calm_export
         from culture_rl.models.loading import load_model, peft_lora_config
 
-        model = load_model(self.spec.model_path, self.spec.dtype, self.spec.trust_remote_code)
         self.reference = None
+        if is_calm_export(self.spec.model_path):
+            return self._build_calm_policy()
+        model = load_model(self.spec.model_path, self.spec.dtype, self.spec.trust_remote_code)
         if self.spec.lora is not None:
             from peft import get_peft_model
 
@@ -134,6 +137,22 @@ class _PolicyTrainer(_DeepSpeedTrainer):
                                    self.spec.trust_remote_code)
             self.reference = self.strategy.prepare_frozen(reference)
         return model
+
+    def _build_calm_policy(self):
+        """A CALM export: its adapter (or base) and CALM modules train further, a frozen copy
+        is the reference (switching the adapter off would drop what CALM trained)."""
+        from culture_rl.errors import ConfigError
+        from culture_rl.models.calm_policy import load_calm_policy, mark_trainable
+
+        if self.spec.deepspeed.zero_stage == 3:
+            raise ConfigError("a CALM policy trains with ZeRO 0-2 (its export is written from "
+                              "unpartitioned weights)", field="deepspeed.zero_stage")
+        policy, _, meta = load_calm_policy(self.spec.model_path)
+        mark_trainable(policy, meta)
+        self.calm_start = self.spec.model_path
+        reference, _, _ = load_calm_policy(self.spec.model_path)
+        self.reference = self.strategy.prepare_frozen(reference)
+        return policy
 
     @torch.no_grad()
     def log_probs(self, exp: Experience) -> dict[str, torch.Tensor]:
@@ -227,6 +246,12 @@ class _PolicyTrainer(_DeepSpeedTrainer):
         from culture_rl.distributed.weight_sync import iter_export_tensors
         from culture_rl.models.loading import load_model, load_tokenizer
 
+        if getattr(self, "calm_start", None) is not None:  # a CALM export again
+            from culture_rl.models.calm_policy import save_calm_policy
+
+            if self.strategy.is_rank_0:
+                save_calm_policy(self.engine.module, self.calm_start, folder)
+            return
         zero3 = self.spec.deepspeed.zero_stage == 3
         model = None
         if self.strategy.is_rank_0:

@@ -67,8 +67,9 @@ def resolve_policy_path(path: str, field: str = "ppo.policy_path") -> str:
     from culture_rl.models.loading import check_available
 
     folder = Path(path).expanduser()
-    if (folder / "calm.json").is_file():  # a CALM export is served as a whole (evaluation)
-        return str(folder.resolve())
+    for calm in (folder, folder / "model"):  # a CALM export is served as a whole
+        if (calm / "calm.json").is_file():
+            return str(calm.resolve())
     for candidate in (folder / "model", folder / "adapter"):
         if (candidate / "config.json").is_file() or (candidate / "adapter_config.json").is_file():
             return str(candidate.resolve())

@@ -24,6 +24,7 @@ from culture_rl.workflows.align_sft import TINY, pretrained_tiny_path, stage_dir
 
 TASK_REWARDS = {"associations": "association_overlap", "ranking": "ranking_spearman"}
 PRETRAIN = "pretrain"
+CALM = "calm"
 
 
 @dataclass
@@ -55,6 +56,17 @@ def validate(config: ExperimentConfig, data: AlignData) -> None:
         raise ConfigError(f"unknown reward {reward_of(config)!r}; registered: "
                           f"{', '.join(sorted(REWARD_FUNCTIONS))}", field="reflect.reward")
     cultures_of(config, data)
+    if config.reflect.policy_path == CALM:
+        _calm_start(config)
+
+
+def _calm_start(config: ExperimentConfig) -> str:
+    export = stage_dir(config, CALM) / "export"
+    if not (export / FINISHED).is_file():
+        raise ConfigError(f"reflect.policy_path is 'calm' but {export} holds no finished CALM "
+                          "model (run `culture-rl calm` with this run.name first)",
+                          field="reflect.policy_path")
+    return str(export.resolve())
 
 
 def task_prompts(config: ExperimentConfig, data: AlignData, cues: list[str], culture: str,
@@ -113,10 +125,13 @@ def seen_prompts(config: ExperimentConfig, job: PPOJob) -> list[dict]:
 
 def resolve_start(config: ExperimentConfig, data: AlignData) -> str:
     """``reflect.policy_path``: 'sft' and other paths as PPO resolves them; 'pretrain' is this
-    run's base model (pretrained first for the tiny preset)."""
+    run's base model (pretrained first for the tiny preset); 'calm' this run's CALM export
+    (the CALM model with its identity state, trained further as it is)."""
     from culture_rl.workflows.align_ppo import policy_start, resolve_policy_path
 
     path = config.reflect.policy_path
+    if path == CALM:
+        return _calm_start(config)
     if path != PRETRAIN:
         return policy_start(config, data, path, field="reflect.policy_path")
     if config.model.path != TINY:

@@ -77,3 +77,34 @@ def test_two_rounds_with_real_actors_resume_after_a_stop_and_log_finite_metrics(
 
     again = run_reflect(config, data)  # finished: a no-op
     assert again.already_finished and [r["step"] for r in again.rounds] == [0, 1, 2]
+
+
+def test_a_calm_policy_reflects_with_its_identity_state_and_exports_a_calm_model(
+        quickstart_run, tmp_path):
+    """The CALM export as the policy: the generators serve it with its identity state, the
+    trainer trains its adapter and modules, the sync reaches the generators, and the export is
+    a CALM model again."""
+    import torch
+    from safetensors.torch import load_file
+
+    from culture_rl.train.calm import load_calm_export
+
+    session, _ = quickstart_run
+    start = session.run_dir / "calm" / "export"
+    config = load_config(os.path.join(REPO, "configs", "reflect_quickstart.yaml"),
+                         [f"run.storage_path={tmp_path}", "run.name=reflect_calm",
+                          f"reflect.policy_path={start}", *SMALL, "reflect.rounds=1",
+                          "reflect.prompts_per_round=16", "reflect.revisions_per_answer=4"])
+    result = run_reflect(config, load_align_data(config))
+    (record,) = [r for r in result.rounds if r["step"] == 1]
+    assert record["pairs"] > 0, record
+    # Training scores the whole sequence's identity state, generation the prompt's, so the
+    # log-probs agree closely but not exactly (about 0.005 per token measured).
+    assert record["logprob_gap"] < 0.05
+    exported = result.export_dir / "model"
+    assert (exported / "calm.json").is_file() and not (exported / "check.safetensors").exists()
+    model, tokenizer, _ = load_calm_export(exported)  # reloads as a CALM model
+    before, after = load_file(str(start / "calm.safetensors")), \
+        load_file(str(exported / "calm.safetensors"))
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the modules trained

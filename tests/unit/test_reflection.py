@@ -126,7 +126,8 @@ def test_bad_reflect_settings_name_the_field(override, words):
 
 @pytest.mark.parametrize("override, field", [("reflect.cultures=[Atlantis]", "reflect.cultures"),
                                              ("reflect.reward=closeness", "reflect.reward"),
-                                             ("reflect.task=poetry", "reflect.task")])
+                                             ("reflect.task=poetry", "reflect.task"),
+                                             ("reflect.policy_path=calm", "no finished CALM")])
 def test_reflect_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, override,
                                                                   field):
     code = main(["reflect", "--config", QUICKSTART, f"run.storage_path={tmp_path}/runs",
