@@ -41,8 +41,10 @@ STAGES = {"base": "pretrain", "sft": "sft", "ppo": "ppo", "calm": "calm", "refle
 RECORD_FIELDS = ("model", "culture", "evaluation", "metric", "subset", "value", "n")
 _LABEL = re.compile(r"^[A-Za-z0-9_.\-]+$")
 # Settings that change where the work runs, not what a model scores: not part of the cache key.
-_PLACEMENT_FIELDS = {"models", "workers", "cpus_per_worker", "gpus_per_worker", "call_timeout_s",
-                     "batch_size"}
+# The batch size and the number of workers stay in it: they decide which prompts share a
+# left-padded batch, and padding can tip a greedy answer (float rounding), so a result is reused
+# only for the same batches.
+_PLACEMENT_FIELDS = {"models", "cpus_per_worker", "gpus_per_worker", "call_timeout_s"}
 
 
 @dataclass
