@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from culture_rl.cli import build_parser, main
-from culture_rl.config import ExperimentConfig, ModelConfig, TinyModelConfig, parse_override
+from culture_rl.config import ExperimentConfig, parse_override
 from culture_rl.errors import ResourceError
 from tests.support import bad_input_counter as counter
 
@@ -69,13 +69,9 @@ def no_ray():
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> str:
     """One tiny saved model for `culture-rl eval --model` (eval checks it before the data)."""
-    from culture_rl.models.loading import build_tiny_model
+    from tests.support.tiny_model import build_minimal_model
 
-    shape = TinyModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
-                            vocab_size=300)
-    texts = ["Cue: sun\nAnswer: hot, light", "Question: yes?\nAnswer: 1"] * 30
-    return str(build_tiny_model(ModelConfig(tiny=shape), texts,
-                                tmp_path_factory.mktemp("model"), 0))
+    return build_minimal_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from culture_rl.cli import main
-from culture_rl.config import ModelConfig, TinyModelConfig
-from culture_rl.models.loading import build_tiny_model
+from tests.support.tiny_model import build_minimal_model
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = str(REPO / "configs" / "eval_quickstart.yaml")
@@ -17,11 +16,7 @@ QUICKSTART = str(REPO / "configs" / "eval_quickstart.yaml")
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> str:
-    shape = TinyModelConfig(hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32,
-                            vocab_size=300)
-    texts = ["Cue: sun\nAnswer: hot, light", "Question: yes?\nAnswer: 1"] * 30
-    return str(build_tiny_model(ModelConfig(tiny=shape), texts,
-                                tmp_path_factory.mktemp("model"), 0))
+    return build_minimal_model(tmp_path_factory.mktemp("model"))
 
 
 def run_eval(capsys, tmp_path, *args):
