@@ -89,6 +89,45 @@ class HeadsConfig(_Section):
                            "head.")
 
 
+class CalmTaskConfig(_Section):
+    """``calm.task``: which value-identification task CALM, the baseline and the ablations are
+    trained and scored on."""
+
+    name: Literal["statements", "culture_dependent"] = Field(
+        "statements", description="'culture_dependent' (the quickstart's): the harder task "
+        "built from the "
+        "synthetic world (culture_rl/data/value_tasks.py): the same act expresses a different "
+        "value in each culture (following the cultures' value loadings), each act's meaning is "
+        "withheld from training in one culture, held-out statements use wording training never "
+        "shows, and some training labels are noisy; its own train/held-out split "
+        "(calm.train.eval_fraction unused; needs the synthetic world, not "
+        "data.statements_path). 'statements': data.statements_path or the world's "
+        "own value statements (one fixed phrase per value: every model reaches 100 %), split "
+        "by calm.train.eval_fraction.")
+    acts_per_value: int = Field(6, gt=0, description="culture_dependent: acts per value "
+                                "dimension (object words of the lexicon, each with its group's "
+                                "kind word); at least cultures x unseen_per_culture.")
+    unseen_per_culture: int = Field(2, ge=0, description="culture_dependent: acts per culture "
+                                    "and value whose meaning in that culture is only held out "
+                                    "(the 'unseen' subset); each act is unseen in at most one "
+                                    "culture.")
+    train_per_pair: int = Field(6, gt=0, description="culture_dependent: training statements "
+                                "per seen (act, culture) pair.")
+    heldout_per_pair: int = Field(1, ge=0, description="culture_dependent: held-out statements "
+                                  "per seen (act, culture) pair (the 'seen' subset: new "
+                                  "wording only).")
+    heldout_per_unseen_pair: int = Field(2, gt=0, description="culture_dependent: held-out "
+                                         "statements per unseen (act, culture) pair.")
+    label_noise: float = Field(0.1, ge=0, lt=1, description="culture_dependent: share of "
+                               "training labels replaced by another value (held-out labels "
+                               "are clean).")
+    distractor_rate: float = Field(0.5, ge=0, le=1, description="culture_dependent: share of "
+                                   "statements with a distractor clause naming a cue word.")
+    seed: int | None = Field(None, description="culture_dependent: seed of the act groups, the "
+                             "unseen pairs, the wording and the noise (empty: run.seed). "
+                             "Settings were tuned on other seeds than the reported one.")
+
+
 class CalmTrainConfig(_Section):
     """``calm.train``: the `culture-rl calm` stage (Ray Train + the DeepSpeed strategy)."""
 
@@ -192,6 +231,12 @@ class CalmConfig(_Section):
                                  description="Identity-state fusion and its gate.")
     heads: HeadsConfig = Field(default_factory=HeadsConfig, description="LM and classification "
                                "heads.")
+    task: CalmTaskConfig = Field(default_factory=CalmTaskConfig, description="The "
+                                 "value-identification task (data and split).")
+    demo: bool = Field(True, description="Run the CALM comparison (CALM, the LoRA baseline on "
+                       "the same budget, the ablations) as the last stage of `culture-rl demo`, "
+                       "into <run>/calm/, summary.json and the report; false: the faster demo "
+                       "without it.")
     train: CalmTrainConfig = Field(default_factory=CalmTrainConfig, description="The "
                                    "`culture-rl calm` training stage, its evaluation and "
                                    "comparison runs.")

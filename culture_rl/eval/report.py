@@ -305,6 +305,51 @@ def simple(heading: str, rec: Records, evaluation: str, metrics) -> Section:
     return Section(heading).add(table if table is not None else NOT_EVALUATED)
 
 
+CALM_LABELS = {"calm": "CALM", "baseline": "baseline (LoRA + linear head)",
+               "calm_short": "CALM, ablation budget"}
+
+
+def calm_comparison(path: Path) -> Section:
+    """The CALM comparison of ``<run>/calm/results.json`` (culture-rl calm, or the demo's CALM
+    stage): held-out value identification of CALM, the baseline and each ablation."""
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except json.JSONDecodeError as error:
+        raise DataError(f"not valid JSON: {error.msg}", path=path, line=error.lineno) from None
+    models = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(models, dict) or not all(
+            isinstance(r, dict) and "accuracy" in r and "macro_f1" in r for r in models.values()):
+        raise DataError("no 'models' with accuracy and macro_f1; not a result of culture-rl "
+                        "calm", path=path)
+    section = Section("CALM")
+    subsets = list(dict.fromkeys(k for r in models.values() for k in r.get("by_subset", {})))
+    task = data.get("task") or "statements"
+    budget = ("trained for the ablation budget, like 'CALM, ablation budget'"
+              if "calm_short" in models else "on CALM's budget")
+    text = (f"Held-out value identification ({fmt(data.get('n_heldout'))} statements, "
+            f"{task} task): CALM, the baseline (the same LoRA, data and budget, every CALM "
+            "module off: a linear head on the pooled hidden states) and each module switched "
+            f"off in turn (w/o ..., {budget}). Best value of each column in bold.")
+    if task == "culture_dependent":
+        text += (" 'seen': (act, culture) pairs trained on, in wording training never shows; "
+                 "'unseen': the act's meaning in that culture was never trained (it has another "
+                 "meaning in the other cultures).")
+    columns = [("accuracy", [_number(r["accuracy"]) for r in models.values()]),
+               ("macro_f1", [_number(r["macro_f1"]) for r in models.values()])]
+    for subset in subsets:
+        for metric in ("accuracy", "macro_f1"):
+            columns.append((metric, [_number(r.get("by_subset", {}).get(subset, {}).get(metric))
+                                     for r in models.values()]))
+    labels = [[CALM_LABELS.get(name, name.replace("no_", "w/o ").replace("_", "-")
+                               .replace("moe", "MoE")),
+               fmt(r.get("steps"))] for name, r in models.items()]
+    header = ["model", "steps", "accuracy", "macro-F1",
+              *(f"{s} {m}" for s in subsets for m in ("accuracy", "macro-F1"))]
+    return section.add(text, Table(header, _grid(labels, columns)),
+                       f"Results: {path}; learning curves and MoE routing per culture: "
+                       f"{path.with_name('report.md')}")
+
+
 def training_curves(run_dir: Path, files: list[Path]) -> tuple[Section, list[tuple]]:
     section = Section("Training curves")
     if not files:
@@ -372,6 +417,8 @@ def build_sections(run_dir: Path) -> tuple[str, list[Section]]:
                 simple("Value classification", rec, "value_classification",
                        ["accuracy", "macro_f1"]),
                 simple("Ranking reward", rec, "ranking", ["rho", "parse_failure_rate"]),
+                *([calm_comparison(run_dir / "calm" / "results.json")]
+                  if (run_dir / "calm" / "results.json").is_file() else []),
                 curves, provenance(run_dir, eval_path, data, runs)]
     return f"Evaluation report: {data.get('run') or run_dir.name}", sections
 

@@ -125,17 +125,21 @@ def learning_rate_factor(step: int, total: int, warmup: int, schedule: str) -> f
 
 
 def classification_scores(y_true: list[str], y_pred: list[str], cultures: list,
-                          labels: list[str]) -> dict:
-    """Accuracy and macro-F1 overall and per culture."""
+                          labels: list[str], subsets: list | None = None) -> dict:
+    """Accuracy and macro-F1 overall, per culture and (when the rows carry one) per subset."""
     from culture_rl.eval.metrics import accuracy, macro_f1
+
+    def part(idx: list[int]) -> dict:
+        t, p = [y_true[i] for i in idx], [y_pred[i] for i in idx]
+        return {"accuracy": accuracy(t, p), "macro_f1": macro_f1(t, p, labels), "n": len(idx)}
 
     result = {"accuracy": accuracy(y_true, y_pred), "macro_f1": macro_f1(y_true, y_pred, labels),
               "n": len(y_true), "by_culture": {}}
     for culture in sorted({c for c in cultures if c is not None}):
-        idx = [i for i, c in enumerate(cultures) if c == culture]
-        t, p = [y_true[i] for i in idx], [y_pred[i] for i in idx]
-        result["by_culture"][culture] = {"accuracy": accuracy(t, p),
-                                         "macro_f1": macro_f1(t, p, labels), "n": len(idx)}
+        result["by_culture"][culture] = part([i for i, c in enumerate(cultures) if c == culture])
+    if subsets and any(s is not None for s in subsets):
+        result["by_subset"] = {name: part([i for i, s in enumerate(subsets) if s == name])
+                               for name in sorted({s for s in subsets if s is not None})}
     return result
 
 
@@ -300,7 +304,8 @@ def _evaluate(strategy, engine, rows: _Rows, job: CalmJob, rank: int, world: int
     y_true = [r["label"] for r in job.eval_rows]
     y_pred = [p for p, _ in predictions]
     cultures = [r["culture"] for r in job.eval_rows]
-    scores = classification_scores(y_true, y_pred, cultures, job.label_names)
+    scores = classification_scores(y_true, y_pred, cultures, job.label_names,
+                                   [r.get("subset") for r in job.eval_rows])
     gates = [g for _, g in predictions]
     if gates and gates[0] is not None:
         import torch

@@ -1,8 +1,10 @@
 """`culture-rl calm`: CALM training, its held-out evaluation, the baseline and the ablations.
 
-Data: value statements (``text``, ``label`` = value dimension, ``culture``) from
-``data.statements_path`` or the synthetic world; a seeded, stratified ``calm.train.eval_fraction``
-is held out. With ``calm.train.lm_task`` the LM head also trains on association prompt/completion
+Data (``calm.task.name``): the culture-dependent task built from the synthetic world
+(:mod:`culture_rl.data.value_tasks`, with its own split and ``seen`` / ``unseen`` held-out
+subsets), or value statements (``text``, ``label`` = value dimension, ``culture``) from
+``data.statements_path`` or the synthetic world, of which a seeded, stratified
+``calm.train.eval_fraction`` is held out. With ``calm.train.lm_task`` the LM head also trains on association prompt/completion
 rows of every culture (the culture named in the prompt). The base model is the run's pretrained
 tiny model for ``model.path: tiny`` (pretrained first when missing, as PPO trains a missing SFT)
 or ``model.path``.
@@ -28,8 +30,12 @@ MODULES = ("disentangle", "contrastive", "prototypes", "cross_attention", "moe",
 
 
 def load_statements_for(config: ExperimentConfig, data: AlignData) -> list[dict]:
+    """The statements of ``calm.task``: the culture-dependent task's rows (with their own
+    ``split``) or the loaded / world statements."""
     from culture_rl.data.statements import load_statements
 
+    if config.calm.task.name == "culture_dependent":
+        return culture_dependent_rows(config, data)
     path = config.data.statements_path or (data.world_files or {}).get("statements")
     if path:
         statements = load_statements(path)
@@ -45,10 +51,33 @@ def load_statements_for(config: ExperimentConfig, data: AlignData) -> list[dict]
     return statements
 
 
+def culture_dependent_rows(config: ExperimentConfig, data: AlignData) -> list[dict]:
+    from culture_rl.data.value_tasks import culture_dependent_statements
+
+    task = config.calm.task
+    if config.data.statements_path or data.world is None:
+        raise ConfigError("the culture_dependent task is built from the synthetic world; "
+                          "use calm.task.name=statements for data.statements_path",
+                          field="calm.task.name")
+    try:
+        return culture_dependent_statements(
+            data.world, acts_per_value=task.acts_per_value,
+            unseen_per_culture=task.unseen_per_culture, train_per_pair=task.train_per_pair,
+            heldout_per_pair=task.heldout_per_pair,
+            heldout_per_unseen_pair=task.heldout_per_unseen_pair, label_noise=task.label_noise,
+            distractor_rate=task.distractor_rate,
+            seed=config.run.seed if task.seed is None else task.seed)
+    except ValueError as error:
+        field = "calm.task.acts_per_value" if "acts_per_value" in str(error) else "calm.task"
+        raise ConfigError(str(error), field=field) from None
+
+
 def build_calm_rows(statements: list[dict], fraction: float, seed: int
                     ) -> tuple[list[dict], list[dict], list[str], list[str]]:
     """(train rows, held-out rows, label names, culture names): label and culture ids by
-    sorted name."""
+    sorted name. Statements that all carry a ``split`` ("train" / "heldout") keep it (the
+    culture-dependent task); otherwise a seeded, stratified ``fraction`` is held out. A
+    ``subset`` on a statement is kept (held-out scores are also reported per subset)."""
     labels = sorted({s["label"] for s in statements})
     cultures = sorted({s["culture"] for s in statements})
     if len(labels) < 2:
@@ -61,11 +90,21 @@ def build_calm_rows(statements: list[dict], fraction: float, seed: int
     culture_id = {name: i for i, name in enumerate(cultures)}
 
     def row(s: dict) -> dict:
-        return {"id": s.get("id"), "text": s["text"], "label": s["label"],
-                "culture": s["culture"], "label_id": label_id[s["label"]],
-                "culture_id": culture_id[s["culture"]]}
+        out = {"id": s.get("id"), "text": s["text"], "label": s["label"],
+               "culture": s["culture"], "label_id": label_id[s["label"]],
+               "culture_id": culture_id[s["culture"]]}
+        if s.get("subset"):
+            out["subset"] = s["subset"]
+        return out
 
-    train, heldout = split_statements(statements, fraction, seed)
+    if statements and all(s.get("split") in ("train", "heldout") for s in statements):
+        train = [s for s in statements if s["split"] == "train"]
+        heldout = [s for s in statements if s["split"] == "heldout"]
+        if not train or not heldout:
+            raise ConfigError("the task has no training or no held-out statements",
+                              field="calm.task")
+    else:
+        train, heldout = split_statements(statements, fraction, seed)
     return [row(s) for s in train], [row(s) for s in heldout], labels, cultures
 
 
@@ -143,17 +182,29 @@ def compare_job(job: CalmJob) -> CalmJob:
 
 
 def render_report(results: dict) -> str:
+    subsets = list(dict.fromkeys(k for r in results["models"].values()
+                                 for k in r.get("by_subset", {})))
+    if results.get("task") == "culture_dependent":
+        split = ("the culture-dependent task's own split: 'seen' = (act, culture) pairs "
+                 "trained on, in new wording; 'unseen' = an act's meaning never trained in "
+                 "that culture")
+    else:
+        split = f"{results['eval_fraction']:.0%}, seed {results['seed']}"
     lines = ["# CALM: value identification on held-out statements", "",
-             f"{results['n_heldout']} held-out statements ({results['eval_fraction']:.0%}, "
-             f"seed {results['seed']}); labels: {', '.join(results['labels'])}.", "",
+             f"{results['n_heldout']} held-out statements ({split}); labels: "
+             f"{', '.join(results['labels'])}.", "",
              "| model | steps | accuracy | macro-F1 | " +
+             "".join(f"acc {s} | F1 {s} | " for s in subsets) +
              " | ".join(f"acc {c}" for c in results["cultures"]) + " |",
-             "|---|---|---|---|" + "---|" * len(results["cultures"])]
+             "|---|---|---|---|" + "---|---|" * len(subsets) + "---|" * len(results["cultures"])]
     for name, r in results["models"].items():
         per = " | ".join(f"{r['by_culture'].get(c, {}).get('accuracy', float('nan')):.3f}"
                          for c in results["cultures"])
+        sub = "".join(f"{r.get('by_subset', {}).get(s, {}).get('accuracy', float('nan')):.3f} | "
+                      f"{r.get('by_subset', {}).get(s, {}).get('macro_f1', float('nan')):.3f} | "
+                      for s in subsets)
         lines.append(f"| {name} | {r.get('steps', '')} | {r['accuracy']:.3f} | "
-                     f"{r['macro_f1']:.3f} | {per} |")
+                     f"{r['macro_f1']:.3f} | {sub}{per} |")
     curves = {name: r["curve"] for name, r in results["models"].items() if r.get("curve")}
     if curves:
         steps = sorted({point[0] for curve in curves.values() for point in curve})
@@ -215,6 +266,7 @@ def run_calm(config: ExperimentConfig, data: AlignData) -> dict:
         models.update(run_compare_stage(compare_job(job), config.resources))
     folder = Path(job.stage_dir)
     results = {"labels": job.label_names, "cultures": job.culture_names,
+               "task": config.calm.task.name,
                "n_heldout": len(job.eval_rows), "eval_fraction": config.calm.train.eval_fraction,
                "seed": config.run.seed, "models": models,
                "loss_terms": _loss_terms(job.metrics_path) if job.metrics_path.is_file() else {}}

@@ -1,10 +1,12 @@
 """The quickstart: synthesise the world, pretrain the biased base, ALIGN SFT, ALIGN PPO, evaluate,
-summarise, report.
+CALM (unless ``calm.demo`` is false), summarise, report.
 
-The three models go through the evaluation harness (``eval/eval.json``, ``eval/eval.csv``), then
-``summary.json`` / ``summary.md`` (the target culture's numbers per stage) and the report
-(``report.md``, ``report.html``) are written; every stage is resumable (and evaluations cached),
-so an interrupted demo picks up where it stopped.
+The three models go through the evaluation harness (``eval/eval.json``, ``eval/eval.csv``). The
+CALM stage (:func:`culture_rl.workflows.calm.run_calm` on the demo's base model: CALM, the LoRA
++ linear-head baseline on the same budget and one ablation per module, ``<run>/calm/``) follows.
+Then ``summary.json`` / ``summary.md`` (the target culture's numbers per stage, and the CALM
+table) and the report (``report.md``, ``report.html``) are written; every stage is resumable
+(and evaluations cached), so an interrupted demo picks up where it stopped.
 """
 
 from __future__ import annotations
@@ -65,6 +67,36 @@ def render_results(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def calm_summary(results: dict) -> dict:
+    """summary.json's ``calm`` part: held-out accuracy / macro-F1 (overall and per subset) of
+    CALM, the baseline and each ablation."""
+    models = {}
+    for name, r in results["models"].items():
+        row = {"steps": r.get("steps"), "accuracy": round(r["accuracy"], 4),
+               "macro_f1": round(r["macro_f1"], 4)}
+        for subset, part in r.get("by_subset", {}).items():
+            row[f"{subset}_accuracy"] = round(part["accuracy"], 4)
+            row[f"{subset}_macro_f1"] = round(part["macro_f1"], 4)
+        models[name] = row
+    return {"task": results.get("task"), "n_heldout": results["n_heldout"],
+            "labels": results["labels"], "models": models}
+
+
+def render_calm_markdown(calm: dict) -> list[str]:
+    subsets = sorted({k[:-len("_accuracy")] for row in calm["models"].values() for k in row
+                      if k.endswith("_accuracy")})
+    columns = ["accuracy", "macro_f1", *(f"{s}_{m}" for s in subsets
+                                         for m in ("accuracy", "macro_f1"))]
+    lines = ["", f"CALM value identification ({calm['task']} task, {calm['n_heldout']} "
+             "held-out statements; details: calm/report.md):", "",
+             "| model | steps | " + " | ".join(columns) + " |",
+             "|---" * (len(columns) + 2) + "|"]
+    for name, row in calm["models"].items():
+        lines.append(f"| {name} | {row.get('steps', '-')} | "
+                     + " | ".join(f"{row[c]:.3f}" if c in row else "-" for c in columns) + " |")
+    return lines
+
+
 def render_markdown(summary: dict) -> str:
     stages = summary["stages"]
     columns = ["p@1", "p@5", "p@10", "parse_failure_rate", "ranking_rho",
@@ -92,6 +124,8 @@ def render_markdown(summary: dict) -> str:
         for name, samples in summary["samples"].items():
             for sample in samples[:3]:
                 lines.append(f"- {name}, `{sample['cue']}`: {sample['answer'][:80]}")
+    if summary.get("calm"):
+        lines += render_calm_markdown(summary["calm"])
     return "\n".join(lines) + "\n"
 
 
@@ -109,11 +143,20 @@ def run_quickstart(config: ExperimentConfig) -> dict:
     models = {"base": str(base.model_dir), "sft": str(sft.model_dir), "ppo": str(ppo.model_dir)}
     results = run_evaluation(config, plan_evaluation(config, data, models),
                              command=_quickstart_command(config))
+    calm = None
+    if config.calm.demo:
+        from culture_rl.workflows.calm import run_calm
+
+        print("[quickstart] CALM: CALM against the LoRA baseline on the same budget, and each "
+              "module off in turn (calm.demo=false skips this stage)", flush=True)
+        calm = run_calm(config, data)
     summary = {"target_culture": data.target_culture,
                "stages": {name: stage_summary(results, name, data.target_culture)
                           for name in models},
                "samples": {name: results["details"][name].get("samples", [])
                            for name in models}}
+    if calm is not None:
+        summary["calm"] = calm_summary(calm)
     (config.run_dir / "summary.json").write_text(json.dumps(summary, indent=2,
                                                             ensure_ascii=False), "utf-8")
     (config.run_dir / "summary.md").write_text(render_markdown(summary), "utf-8")

@@ -88,7 +88,7 @@ def test_quickstart_writes_the_report(quickstart_run):
     assert summary["report"] == str(config.run_dir / "report.html")
     markdown = (config.run_dir / "report.md").read_text("utf-8")
     for heading in ("Summary", "Associations (P@k)", "Lexical norms", "World Values Survey",
-                    "High-tension items", "Value classification", "Ranking reward",
+                    "High-tension items", "Value classification", "Ranking reward", "CALM",
                     "Training curves", "Provenance"):
         assert f"## {heading}" in markdown
     results = json.loads((config.run_dir / "eval" / "eval.json").read_text("utf-8"))
@@ -97,3 +97,36 @@ def test_quickstart_writes_the_report(quickstart_run):
     assert evaluations == set(config.eval.evaluations)
     images = sorted(p.name for p in (config.run_dir / "report_files").iterdir())
     assert "wvs_js.png" in images and any(name.startswith("training_ppo") for name in images)
+
+
+def test_demo_runs_the_calm_comparison(quickstart_run):
+    """The demo's CALM stage: CALM, the baseline on the same budget and every ablation, with
+    finite held-out scores in summary.json, summary.md and the report."""
+    import math
+
+    config, summary = quickstart_run
+    assert config.calm.demo and config.calm.task.name == "culture_dependent"
+    written = json.loads((config.run_dir / "summary.json").read_text("utf-8"))
+    calm = written["calm"]
+    expected = {"calm", "baseline", *(f"no_{m}" for m in config.calm.train.ablations)}
+    if config.calm.train.compare_epochs not in (0, config.calm.train.epochs):
+        expected.add("calm_short")
+    assert set(calm["models"]) == expected
+    assert calm["task"] == "culture_dependent" and calm["n_heldout"] > 0
+    for name, row in calm["models"].items():
+        for key in ("accuracy", "macro_f1", "seen_accuracy", "unseen_accuracy"):
+            assert math.isfinite(row[key]) and 0.0 <= row[key] <= 1.0, (name, key, row)
+        assert row["steps"] > 0
+    assert calm["models"]["baseline"]["steps"] == calm["models"]["calm"]["steps"]
+    # The numbers are those of the CALM stage's own results.
+    results = json.loads((config.run_dir / "calm" / "results.json").read_text("utf-8"))
+    assert calm["models"]["calm"]["accuracy"] == pytest.approx(
+        results["models"]["calm"]["accuracy"], abs=1e-4)
+    table = (config.run_dir / "summary.md").read_text("utf-8")
+    assert "CALM value identification" in table and "| baseline |" in table
+    markdown = (config.run_dir / "report.md").read_text("utf-8")
+    assert "## CALM" in markdown
+    part = markdown.split("## CALM", 1)[1].split("\n## ", 1)[0]
+    assert "| baseline (LoRA + linear head) |" in part and "| w/o MoE |" in part
+    assert "| w/o cross-attention |" in part
+    assert f"{results['models']['baseline']['accuracy']:.3f}" in part

@@ -71,6 +71,9 @@ def test_results_compare_calm_baseline_and_each_ablation(calm_run):
     for name, scores in saved["models"].items():
         assert 0 <= scores["accuracy"] <= 1 and 0 <= scores["macro_f1"] <= 1, name
         assert set(scores["by_culture"]) == {"Avalor", "Borenia", "Calyxa"}
+        assert set(scores["by_subset"]) == {"seen", "unseen"}, name  # the quickstart's task
+        assert scores["by_subset"]["unseen"]["n"] == 48, name
+    assert saved["task"] == "culture_dependent" and saved["n_heldout"] == 96
     assert saved["models"]["baseline"]["steps"] == saved["models"]["calm"]["steps"]
     assert "| baseline |" in (config.run_dir / "calm" / "report.md").read_text()
     # Rerun: a no-op that says so.

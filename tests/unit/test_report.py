@@ -209,3 +209,48 @@ def test_eval_folder_metrics_are_not_training_runs(tmp_path):
     write_jsonl(run / "trials" / "t1" / "sft" / "metrics.jsonl", [{"step": 1, "loss": 1.0}])
     assert [p.relative_to(run).as_posix() for p in report.metrics_files(run)] == [
         "sft/metrics.jsonl", "ppo/metrics.jsonl", "trials/t1/sft/metrics.jsonl"]
+
+
+def calm_results() -> dict:
+    def scores(acc, f1, seen, unseen):
+        return {"accuracy": acc, "macro_f1": f1, "n": 96, "by_culture": {},
+                "by_subset": {"seen": {"accuracy": seen, "macro_f1": seen - 0.05, "n": 48},
+                              "unseen": {"accuracy": unseen, "macro_f1": unseen - 0.05,
+                                         "n": 48}}}
+    return {"labels": ["a", "b"], "cultures": ["Avalor"], "n_heldout": 96, "eval_fraction": 0.2,
+            "seed": 42, "task": "culture_dependent",
+            "models": {"calm": {**scores(0.61, 0.58, 0.7, 0.52), "steps": 48},
+                       "baseline": {**scores(0.44, 0.40, 0.5, 0.38), "steps": 48},
+                       "no_moe": {**scores(0.47, 0.45, 0.73, 0.21), "steps": 24}}}
+
+
+def test_calm_section_only_with_calm_results(tmp_path, written):
+    _, _, md, _ = written
+    assert "\n## CALM\n" not in md  # no calm/results.json in the fixture
+    run = build_run(tmp_path / "calm_run")
+    (run / "calm").mkdir()
+    (run / "calm" / "results.json").write_text(json.dumps(calm_results()), "utf-8")
+    md = write_report(run)["md"].read_text("utf-8")
+    text = section(md, "CALM")
+    assert table_cell(text, "CALM", "accuracy") == "**0.610**"
+    assert table_cell(text, "baseline (LoRA + linear head)", "macro-F1") == "0.400"
+    assert table_cell(text, "w/o MoE", "seen accuracy") == "**0.730**"
+    assert table_cell(text, "w/o MoE", "steps") == "24"
+    assert "on CALM's budget" in text  # no calm_short: every variant at CALM's budget
+    assert "'unseen'" in text
+    page = (run / "report.html").read_text("utf-8")
+    assert "<h2>CALM</h2>" in page and "<strong>0.610</strong>" in page
+    # Before the training curves, after the evaluation sections.
+    assert md.index("## Ranking reward") < md.index("## CALM") < md.index("## Training curves")
+
+
+def test_malformed_calm_results_name_the_file(tmp_path):
+    run = build_run(tmp_path / "run")
+    (run / "calm").mkdir()
+    (run / "calm" / "results.json").write_text('{"models": {"calm": {"accuracy": 1}}}', "utf-8")
+    with pytest.raises(DataError, match="results.json.*macro_f1"):
+        write_report(run)
+    (run / "calm" / "results.json").write_text("{", "utf-8")
+    with pytest.raises(DataError, match="results.json"):
+        write_report(run)
+    assert not (run / "report.md").exists()
