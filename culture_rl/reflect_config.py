@@ -50,6 +50,11 @@ class ReflectConfig(_Section):
                                  "{culture}; it should end where the revised answer starts. "
                                  "Empty: the built-in template of data.language (English or "
                                  "Chinese), which repeats the original prompt at its end.")
+    revise_with: Literal["reflection", "resampling"] = Field(
+        "reflection", description="How revisions are made: 'reflection' (the template: the "
+        "model rereads its answer from the culture's perspective) or 'resampling' (the "
+        "original prompt sampled again: best-of-N rejection sampling, the control that shows "
+        "what reflection itself adds).")
     min_improvement: float = Field(0.0, ge=0, description="A revision becomes training data "
                                    "only when its reward exceeds the initial answer's by more "
                                    "than this.")

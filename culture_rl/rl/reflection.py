@@ -34,6 +34,19 @@ def reflection_prompt(template: str, prompt: str, answer: str, culture: str) -> 
     return template.format(prompt=prompt, answer=answer.rstrip(), culture=culture)
 
 
+def revision_prompts(prompts: Sequence[str], answers: Sequence[str], cultures: Sequence[str],
+                     answers_per_prompt: int, template: str, revise_with: str) -> list[str]:
+    """The prompt each answer's revisions are sampled from (answer i belongs to prompt
+    i // answers_per_prompt): its reflection prompt, or with ``revise_with='resampling'`` the
+    original prompt again (the control: best-of-N resampling without reflection)."""
+    rows = []
+    for i, (answer, culture) in enumerate(zip(answers, cultures)):
+        prompt = prompts[i // answers_per_prompt]
+        rows.append(prompt if revise_with == "resampling"
+                    else reflection_prompt(template, prompt, answer, culture))
+    return rows
+
+
 @dataclass(frozen=True)
 class Pair:
     """One training pair: initial answer ``initial`` (index into the round's answers) and its

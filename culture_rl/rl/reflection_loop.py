@@ -29,8 +29,8 @@ from culture_rl.rl.controller import STATE, PPOController, PPOJob, latest_checkp
 from culture_rl.rl.experience import Experience
 from culture_rl.rl.ppo import masked_mean
 from culture_rl.rl.prompt_iterator import PromptIterator
-from culture_rl.rl.reflection import (best_revisions, improvement_pairs, reflection_prompt,
-                                      reflection_template, repeat_to_multiple, round_statistics)
+from culture_rl.rl.reflection import (best_revisions, improvement_pairs, reflection_template,
+                                      repeat_to_multiple, revision_prompts, round_statistics)
 
 
 def reflection_roles(config) -> list:
@@ -161,9 +161,9 @@ class ReflectionController(PPOController):
         per_answer = 1 if greedy else cfg.revisions_per_answer
         first, first_texts = self._sample([p["prompt"] for p in batch], metas, per_prompt, seed,
                                           f"initial answers ({what})", greedy)
-        prompts = [reflection_prompt(self.template, batch[i // per_prompt]["prompt"], text,
-                                     meta["culture"])
-                   for i, (text, meta) in enumerate(zip(first_texts, first.meta))]
+        prompts = revision_prompts([p["prompt"] for p in batch], first_texts,
+                                   [meta["culture"] for meta in first.meta], per_prompt,
+                                   self.template, cfg.revise_with)
         revised, revised_texts = self._sample(prompts, first.meta, per_answer, seed + 7,
                                               f"revisions ({what})", greedy)
         scores = self.pool.score(first_texts + revised_texts, first.meta + revised.meta)

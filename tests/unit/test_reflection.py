@@ -15,7 +15,7 @@ from culture_rl.errors import ConfigError
 from culture_rl.rl.preference import dpo_loss, reflection_loss, sequence_log_prob, sft_loss
 from culture_rl.rl.reflection import (DEFAULT_TEMPLATES, Pair, best_revisions,
                                       improvement_pairs, reflection_prompt, reflection_template,
-                                      repeat_to_multiple, round_statistics)
+                                      repeat_to_multiple, revision_prompts, round_statistics)
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = str(REPO / "configs" / "reflect_quickstart.yaml")
@@ -30,6 +30,15 @@ def test_default_template_repeats_the_prompt_and_names_the_culture():
     assert reflection_template("{prompt}{answer}!", "en") == "{prompt}{answer}!"
     for language, built_in in DEFAULT_TEMPLATES.items():
         assert all(key in built_in for key in ("{prompt}", "{answer}", "{culture}")), language
+
+
+def test_revision_prompts_reflect_on_each_answer_or_resample_the_prompt():
+    template = "{prompt}{answer} as {culture}? {prompt}"
+    rows = revision_prompts(["P1:", "P2:"], [" a", " b", " c", " d"], ["X", "X", "Y", "Y"], 2,
+                            template, "reflection")
+    assert rows == ["P1: a as X? P1:", "P1: b as X? P1:", "P2: c as Y? P2:", "P2: d as Y? P2:"]
+    assert revision_prompts(["P1:", "P2:"], [" a", " b", " c", " d"], ["X"] * 4, 2, template,
+                            "resampling") == ["P1:", "P1:", "P2:", "P2:"]
 
 
 def test_best_revisions_picks_each_answers_best_and_the_first_on_ties():
