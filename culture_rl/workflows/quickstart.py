@@ -1,9 +1,10 @@
-"""The quickstart: synthesise the world, pretrain the biased base, ALIGN SFT, ALIGN PPO, evaluate,
-CALM (unless ``calm.demo`` is false), summarise, report.
+"""The quickstart: synthesise the world, pretrain the biased base, ALIGN SFT, ALIGN PPO, CALM
+(unless ``calm.demo`` is false), evaluate, summarise, report.
 
-The three models go through the evaluation harness (``eval/eval.json``, ``eval/eval.csv``). The
-CALM stage (:func:`culture_rl.workflows.calm.run_calm` on the demo's base model: CALM, the LoRA
-+ linear-head baseline on the same budget and one ablation per module, ``<run>/calm/``) follows.
+The CALM stage (:func:`culture_rl.workflows.calm.run_calm` on the demo's base model: CALM, the
+LoRA + linear-head baseline on the same budget and one ablation per module, ``<run>/calm/``)
+follows PPO. Then the models (base, SFT, PPO and the CALM export, its identity state injected)
+go through the evaluation harness (``eval/eval.json``, ``eval/eval.csv``).
 Then ``summary.json`` / ``summary.md`` (the target culture's numbers per stage, and the CALM
 table) and the report (``report.md``, ``report.html``) are written; every stage is resumable
 (and evaluations cached), so an interrupted demo picks up where it stopped.
@@ -141,8 +142,6 @@ def run_quickstart(config: ExperimentConfig) -> dict:
     sft = run_sft(config, data)
     ppo = run_ppo(config, data)
     models = {"base": str(base.model_dir), "sft": str(sft.model_dir), "ppo": str(ppo.model_dir)}
-    results = run_evaluation(config, plan_evaluation(config, data, models),
-                             command=_quickstart_command(config))
     calm = None
     if config.calm.demo:
         from culture_rl.workflows.calm import run_calm
@@ -150,6 +149,10 @@ def run_quickstart(config: ExperimentConfig) -> dict:
         print("[quickstart] CALM: CALM against the LoRA baseline on the same budget, and each "
               "module off in turn (calm.demo=false skips this stage)", flush=True)
         calm = run_calm(config, data)
+        # The CALM model is evaluated like the others (P@k, WVS, ...), identity state injected.
+        models["calm"] = str(config.run_dir / "calm" / "export")
+    results = run_evaluation(config, plan_evaluation(config, data, models),
+                             command=_quickstart_command(config))
     summary = {"target_culture": data.target_culture,
                "stages": {name: stage_summary(results, name, data.target_culture)
                           for name in models},

@@ -92,7 +92,9 @@ def test_quickstart_writes_the_report(quickstart_run):
                     "Training curves", "Provenance"):
         assert f"## {heading}" in markdown
     results = json.loads((config.run_dir / "eval" / "eval.json").read_text("utf-8"))
-    assert list(results["models"]) == ["base", "sft", "ppo"]
+    assert list(results["models"]) == ["base", "sft", "ppo", "calm"]  # calm.demo is on
+    calm = summary["stages"]["calm"]  # the CALM model, evaluated like the others
+    assert 0 <= calm["p@5"] <= 1 and 0 <= calm["wvs_js"] <= 1
     evaluations = {r["evaluation"] for r in results["records"]}
     assert evaluations == set(config.eval.evaluations)
     images = sorted(p.name for p in (config.run_dir / "report_files").iterdir())
