@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from culture_rl.rl.advantages import compute_step_advantages, sequence_kl
 from culture_rl.rl.experience import Experience
 from culture_rl.rl.plan import batch_plan, check_ppo_plan, ppo_roles
 from culture_rl.rl.prompt_iterator import PromptIterator
+from culture_rl.rl.timing import PhaseTimer
 
 FINISHED = "finished.json"
 STATE = "controller.json"
@@ -79,6 +79,10 @@ class PPOController:
         self.kl = (ppo.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
                    if cfg.adaptive_kl else ppo.FixedKLController(cfg.kl_coef))
         self.iterator = PromptIterator(job.prompts, cfg.rollout_batch_size, config.run.seed)
+        self._no_actors_yet()
+
+    def _no_actors_yet(self) -> None:
+        """The loop's state before ``start``: no actors, nothing resumed, at step 0."""
         self.step = 0
         self.resumed_from: Path | None = None
         self.groups: dict = {}
@@ -88,8 +92,6 @@ class PPOController:
     # ---------------------------------------------------------------- set-up
     def start(self) -> None:
         from culture_rl.distributed.cluster import ActorGroup, describe_plan
-        from culture_rl.rl.rollout import RolloutWorker
-        from culture_rl.rl.scorers import RewardPool
         from culture_rl.rl.trainers import CriticTrainer, PolicyTrainer
 
         config, res = self.config, self.config.ppo_resources
@@ -111,18 +113,27 @@ class PPOController:
                 roles["critic_trainer"], CriticTrainer, lambda rank: ((critic_spec, rank), {}),
                 timeout, share=share,
                 placement_group=self.groups["policy"].placement_group if colocated else None)
-        threads = max(1, int(res.cpus_per_rollout))
-        self.groups["rollout"] = ActorGroup(
-            roles["rollout"], RolloutWorker,
-            lambda rank: ((self.job.policy_path, config.rollout.backend, config.model.dtype,
-                           config.model.trust_remote_code, threads), {}), timeout)
-        self.pool = RewardPool(config.ppo.reward, num_scorers=res.reward_scorers,
-                               cpus_per_scorer=res.cpus_per_scorer,
-                               timeout_s=res.call_timeout_s)
+        self._start_generators_and_scorers(roles["rollout"], config.ppo.reward)
         for name in ("policy", "critic"):
             if name in self.groups:
                 self._setup_process_group(self.groups[name])
         self._resume_if_possible()
+
+    def _start_generators_and_scorers(self, role, reward: str) -> None:
+        """The rollout group (serving the policy's starting weights) and the reward pool."""
+        from culture_rl.distributed.cluster import ActorGroup
+        from culture_rl.rl.rollout import RolloutWorker
+        from culture_rl.rl.scorers import RewardPool
+
+        config, res = self.config, self.config.ppo_resources
+        threads = max(1, int(res.cpus_per_rollout))
+        self.groups["rollout"] = ActorGroup(
+            role, RolloutWorker,
+            lambda rank: ((self.job.policy_path, config.rollout.backend, config.model.dtype,
+                           config.model.trust_remote_code, threads), {}),
+            res.placement_timeout_s)
+        self.pool = RewardPool(reward, num_scorers=res.reward_scorers,
+                               cpus_per_scorer=res.cpus_per_scorer, timeout_s=res.call_timeout_s)
 
     def _spec(self, learning_rate: float):
         from culture_rl.rl.trainers import TrainerSpec
@@ -219,12 +230,18 @@ class PPOController:
                                 max_new_tokens=ro.max_new_tokens,
                                 samples_per_prompt=cfg.samples_per_prompt,
                                 batch_size=ro.generate_batch_size)
+        return self._experience(batch, params, self.config.run.seed * 100_003 + step * 131,
+                                f"rollout of step {step}",
+                                lambda i: {**_meta_of(batch[i]), "group": i})
+
+    def _experience(self, prompts: list[dict], params, seed: int, what: str, meta_of
+                    ) -> tuple[Experience, list[str]]:
+        """``params.samples_per_prompt`` samples of each prompt on the rollout group, as one
+        Experience (sample j of prompt i at row i * n + j, its metadata ``meta_of(i)``) and
+        the answer texts."""
         parts, texts = [], []
-        for (a, b), rollout in self._generate(batch, params,
-                                              self.config.run.seed * 100_003 + step * 131,
-                                              f"rollout of step {step}"):
-            meta = [{**_meta_of(batch[i]), "group": i} for i in range(a, b)
-                    for _ in range(cfg.samples_per_prompt)]
+        for (a, b), rollout in self._generate(prompts, params, seed, what):
+            meta = [meta_of(i) for i in range(a, b) for _ in range(params.samples_per_prompt)]
             parts.append(Experience(rollout.prompt_ids, rollout.prompt_mask,
                                     rollout.response_ids, rollout.response_mask,
                                     old_log_probs=rollout.log_probs, meta=meta,
@@ -249,14 +266,8 @@ class PPOController:
         from culture_rl.rl.rewards import mean_by_culture
 
         cfg = self.config.ppo
-        timings: dict[str, float] = {}
-        started = clock = time.perf_counter()
-
-        def lap(name: str) -> None:
-            nonlocal clock
-            now = time.perf_counter()
-            timings[f"seconds_{name}"] = now - clock
-            clock = now
+        timer = PhaseTimer()
+        lap = timer.lap
 
         batch = self.iterator.next_batch()
         exp, texts = self.rollout(batch, step)
@@ -291,7 +302,7 @@ class PPOController:
         kl_per_sequence = sequence_kl(exp.old_log_probs, exp.ref_log_probs, mask,
                                       cfg.kl_estimator).sum(1)
         self.kl.update(float(kl_per_sequence.mean()), len(exp))
-        step_seconds = time.perf_counter() - started
+        step_seconds = timer.total()
         tokens = float(mask.sum())
         values = {
             "reward_mean": float(exp.scores.mean()), "reward_std": float(exp.scores.std()),
@@ -305,7 +316,7 @@ class PPOController:
                                                  mask)),
             **policy_metrics, **critic_metrics,
             "tokens_per_s": tokens / step_seconds, "samples": len(exp),
-            "step_seconds": step_seconds, **timings,
+            "step_seconds": step_seconds, **timer.seconds,
             "sync_seconds": sync_stats.get("seconds", 0.0),
             "sync_bytes": sync_stats.get("bytes", 0),
         }

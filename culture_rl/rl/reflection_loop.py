@@ -20,7 +20,6 @@ optimizer) and the prompt order's position; a rerun with the same run name resum
 from __future__ import annotations
 
 import json
-import time
 
 import torch
 
@@ -29,6 +28,7 @@ from culture_rl.rl.controller import STATE, PPOController, PPOJob, latest_checkp
 from culture_rl.rl.experience import Experience
 from culture_rl.rl.ppo import masked_mean
 from culture_rl.rl.prompt_iterator import PromptIterator
+from culture_rl.rl.timing import PhaseTimer
 from culture_rl.rl.reflection import (best_revisions, improvement_pairs, reflection_template,
                                       repeat_to_multiple, revision_prompts, round_statistics)
 
@@ -68,17 +68,11 @@ class ReflectionController(PPOController):
         self.template = reflection_template(self.cfg.template, config.data.language)
         self.iterator = PromptIterator(job.prompts, self.cfg.prompts_per_round, config.run.seed)
         self.use_critic = False
-        self.step = 0  # the last finished round
-        self.resumed_from = None
-        self.groups: dict = {}
-        self.pool = None
-        self.rollout_replacements = 0
+        self._no_actors_yet()  # self.step is the last finished round
 
     # ---------------------------------------------------------------- set-up
     def start(self) -> None:
         from culture_rl.distributed.cluster import ActorGroup, describe_plan
-        from culture_rl.rl.rollout import RolloutWorker
-        from culture_rl.rl.scorers import RewardPool
         from culture_rl.rl.trainers import PolicyTrainer
 
         config, res = self.config, self.config.ppo_resources
@@ -95,13 +89,7 @@ class ReflectionController(PPOController):
         spec = self._spec(self.cfg.learning_rate)
         self.groups["policy"] = ActorGroup(roles["policy_trainer"], PolicyTrainer,
                                            lambda rank: ((spec, rank), {}), timeout)
-        threads = max(1, int(res.cpus_per_rollout))
-        self.groups["rollout"] = ActorGroup(
-            roles["rollout"], RolloutWorker,
-            lambda rank: ((self.job.policy_path, config.rollout.backend, config.model.dtype,
-                           config.model.trust_remote_code, threads), {}), timeout)
-        self.pool = RewardPool(self.reward, num_scorers=res.reward_scorers,
-                               cpus_per_scorer=res.cpus_per_scorer, timeout_s=res.call_timeout_s)
+        self._start_generators_and_scorers(roles["rollout"], self.reward)
         self._setup_process_group(self.groups["policy"])
         self._resume_if_possible()
 
@@ -142,16 +130,8 @@ class ReflectionController(PPOController):
                                 max_new_tokens=ro.max_new_tokens,
                                 samples_per_prompt=1 if greedy else per_prompt,
                                 batch_size=ro.generate_batch_size, greedy=greedy)
-        parts, texts = [], []
-        for (a, b), rollout in self._generate([{"prompt": p} for p in prompts], params, seed,
-                                              what):
-            meta = [metas[i] for i in range(a, b) for _ in range(params.samples_per_prompt)]
-            parts.append(Experience(rollout.prompt_ids, rollout.prompt_mask,
-                                    rollout.response_ids, rollout.response_mask,
-                                    old_log_probs=rollout.log_probs, meta=meta,
-                                    pad_token_id=rollout.pad_token_id))
-            texts += rollout.texts
-        return Experience.concat(parts), texts
+        return self._experience([{"prompt": p} for p in prompts], params, seed, what,
+                                lambda i: metas[i])
 
     def _reflect(self, batch: list[dict], seed: int, greedy: bool, what: str) -> dict:
         """Initial answers, their revisions and both sets of rewards for ``batch``."""
@@ -227,14 +207,8 @@ class ReflectionController(PPOController):
         return values
 
     def run_step(self, round_index: int) -> dict:
-        timings: dict[str, float] = {}
-        started = clock = time.perf_counter()
-
-        def lap(name: str) -> None:
-            nonlocal clock
-            now = time.perf_counter()
-            timings[f"seconds_{name}"] = now - clock
-            clock = now
+        timer = PhaseTimer()
+        lap = timer.lap
 
         batch = self.iterator.next_batch()
         out = self._reflect(batch, self.config.run.seed * 100_003 + round_index * 131,
@@ -250,7 +224,7 @@ class ReflectionController(PPOController):
         values.update({"samples": len(out["first"]) + len(out["revised"]),
                        "initial_length": float(out["first"].response_mask.sum(1).float().mean()),
                        "revision_finished_share": sum(out["finished"]) / len(out["finished"]),
-                       "round_seconds": time.perf_counter() - started, **timings,
+                       "round_seconds": timer.total(), **timer.seconds,
                        "sync_seconds": sync.get("seconds", 0.0)})
         return values
 

@@ -1,0 +1,21 @@
+"""Seconds per phase of an online loop's step (rollout, reward, train, sync, ...)."""
+
+from __future__ import annotations
+
+import time
+
+
+class PhaseTimer:
+    """``lap(name)`` closes the phase that just ran; ``seconds`` holds ``seconds_<name>``."""
+
+    def __init__(self) -> None:
+        self.started = self._clock = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[f"seconds_{name}"] = now - self._clock
+        self._clock = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.started
