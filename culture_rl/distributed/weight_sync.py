@@ -168,23 +168,24 @@ def _gathered(params: list, gather_zero3: bool):
     return deepspeed.zero.GatheredParameters(sharded, modifier_rank=None)
 
 
-def _lora_delta(layer) -> torch.Tensor | None:
-    """Sum of the deltas of the layer's active, not already merged LoRA adapters."""
+def _merged_weight(layer, weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` with the layer's active, not already merged adapters applied, as peft's own
+    merge does it (a new tensor; the layer is untouched): plain LoRA adds its delta, a variant
+    (DoRA and the others) applies its ``merge_safe``."""
     if layer.disable_adapters:
-        return None
-    delta = None
+        return weight
     for adapter in layer.active_adapters:
         if adapter in layer.merged_adapters:
             continue  # already inside the base weight
         if adapter not in layer.lora_A and adapter not in layer.lora_embedding_A:
             continue  # this adapter does not touch this layer
-        if getattr(layer, "lora_variant", {}).get(adapter) is not None:
-            raise NotImplementedError(f"weight sync merges plain LoRA only; adapter {adapter!r} "
-                                      f"is a variant (e.g. DoRA)")
+        variant = getattr(layer, "lora_variant", {}).get(adapter)
         with torch.no_grad():
-            d = layer.get_delta_weight(adapter)
-        delta = d if delta is None else delta + d
-    return delta
+            if variant is not None:
+                weight = variant.merge_safe(layer, adapter, weight)
+            else:
+                weight = weight + layer.get_delta_weight(adapter).to(weight.dtype)
+    return weight
 
 
 def iter_export_tensors(model: torch.nn.Module,
@@ -192,7 +193,8 @@ def iter_export_tensors(model: torch.nn.Module,
     """(name, tensor) for every weight, named as the plain Hugging Face model names it.
 
     Accepts a plain HF model, a DeepSpeed engine around one, or a peft ``PeftModel``: LoRA
-    layers yield ``W + delta`` (a new tensor; the trainer's model is untouched) under the base
+    layers yield the merged weight (``W + delta``, or a variant's merge such as DoRA's; a new
+    tensor, the trainer's model is untouched) under the base
     layer's plain name, and adapter parameters are not yielded. Tied weights appear once, in
     ``named_parameters`` order. Yielded tensors are detached views of live weights (or, under
     ZeRO-3, of gathered buffers that are freed when the generator moves on): copy each one
@@ -221,9 +223,7 @@ def iter_export_tensors(model: torch.nn.Module,
                     seen.add(id(param))
                     tensor = param.detach()
                     if name == "weight":
-                        delta = _lora_delta(module)
-                        if delta is not None:
-                            tensor = tensor + delta.to(tensor.dtype)
+                        tensor = _merged_weight(module, tensor)
                     yield prefix + name, tensor  # '.base_layer' is not in the name
             return
         own = [(n, p) for n, p in module.named_parameters(recurse=False) if id(p) not in seen]

@@ -22,17 +22,21 @@ def tiny_llama(seed: int = 0):
     return LlamaForCausalLM(config)
 
 
-def lora_wrapped(model):
-    """A peft LoRA copy of ``model`` whose adapters are "trained" (lora_B non-zero)."""
+def lora_wrapped(model, use_dora: bool = False):
+    """A peft LoRA (or DoRA) copy of ``model`` whose adapters are "trained" (lora_B non-zero,
+    DoRA magnitudes moved)."""
     from peft import LoraConfig, get_peft_model
 
     peft_model = get_peft_model(copy.deepcopy(model),
-                                LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+                                LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                           use_dora=use_dora))
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator))
+            if "lora_magnitude_vector" in name:
+                param.mul_(1 + 0.1 * torch.randn(param.shape, generator=generator))
     return peft_model
 
 
@@ -124,6 +128,19 @@ def test_lora_is_merged_and_the_trainer_model_is_untouched():
     for name, param in peft_model.named_parameters():
         assert torch.equal(param, before[name]), name
     assert state_fingerprint(peft_model) == pytest.approx(state_fingerprint(merged), abs=1e-4)
+
+
+def test_dora_is_merged_as_peft_merges_it():
+    base = tiny_llama()
+    peft_model = lora_wrapped(base, use_dora=True)
+    exported = {name: t.clone() for name, t in iter_export_tensors(peft_model)}
+    expected = dict(copy.deepcopy(peft_model).merge_and_unload().named_parameters())
+    assert list(exported) == list(expected)
+    for name, tensor in exported.items():
+        torch.testing.assert_close(tensor, expected[name], atol=1e-5, rtol=1e-5)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    plain = {name: t.clone() for name, t in iter_export_tensors(lora_wrapped(base))}
+    assert not torch.allclose(exported[q], plain[q])  # the magnitudes count, not only B A
 
 
 def test_export_unwraps_a_deepspeed_style_engine():
