@@ -361,6 +361,11 @@ class RolloutConfig(_Section):
                                      "worker (KV-cached, left-padded).")
     sync_bucket_mb: float = Field(64, gt=0, description="Weight-sync bucket size in MB "
                                   "(one RPC per bucket).")
+    sync_share_pages: bool = Field(True, description="Rollout workers on the trainer's node "
+                                   "use the weight-sync shared-memory pages as their CPU "
+                                   "weights instead of copying them out: one copy per sync "
+                                   "and one copy in memory for all of them (the loops here "
+                                   "never generate during a sync). False: each copies.")
 
 
 class PPOResourcesConfig(_Section):

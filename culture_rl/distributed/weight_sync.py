@@ -83,6 +83,10 @@ class SharedBucket:
     dtype: str
     path: str
     nbytes: int
+    # The receiver may use the file's pages as its weights instead of copying them out (CPU
+    # parameters of the bucket's dtype): the next sync then rewrites them in place. Only
+    # sound while receivers do not generate during a sync, as in the synchronous loops here.
+    share_pages: bool = False
 
     def array(self) -> np.ndarray:
         mapped = _MAPPED.get(self.path)
@@ -94,8 +98,9 @@ class SharedBucket:
 
 class SharedStaging:
     """The sender's ``/dev/shm`` files, one per bucket index, reused from sync to sync (a sync
-    waits for every receiver before returning, so nothing still reads them when the next one
-    packs). ``close()`` removes them; it also runs at interpreter exit."""
+    waits for every receiver before returning, so nothing still copies out of them when the
+    next one packs; receivers that share the pages see the next sync's weights as it packs
+    them, which is the update). ``close()`` removes them; it also runs at interpreter exit."""
 
     def __init__(self, root: str = "/dev/shm"):
         import atexit
@@ -247,8 +252,8 @@ def _new_staging(nbytes: int) -> torch.Tensor:
 
 
 def make_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int, *,
-                 transient: bool = False, shared: SharedStaging | None = None
-                 ) -> Iterator[Bucket | SharedBucket]:
+                 transient: bool = False, shared: SharedStaging | None = None,
+                 share_pages: bool = False) -> Iterator[Bucket | SharedBucket]:
     """Pack consecutive tensors of one dtype into flat buckets of at most ``bucket_bytes``.
 
     A tensor bigger than ``bucket_bytes`` gets a bucket of its own (``bucket_bytes=0``: one
@@ -259,7 +264,7 @@ def make_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes
     4 KiB on first touch, which made packing 5-10x slower than the copy itself -- and a
     contiguous CPU tensor that fills a bucket alone is not copied at all: its bucket is a view.
     ``shared`` packs bucket k straight into the sender's k-th ``/dev/shm`` file instead and
-    yields :class:`SharedBucket` s.
+    yields :class:`SharedBucket` s (marked ``share_pages`` when asked).
     """
     staging = _new_staging(0)
     names: list[str] = []
@@ -268,7 +273,8 @@ def make_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes
 
     def bucket() -> Bucket | SharedBucket:
         if shared is not None:
-            return SharedBucket(list(names), list(shapes), _dtype_name(dtype), path, used)
+            return SharedBucket(list(names), list(shapes), _dtype_name(dtype), path, used,
+                                share_pages)
         flat = staging[:used].view(_transport_dtype(dtype)).numpy()
         return Bucket(list(names), list(shapes), _dtype_name(dtype), flat)
 
@@ -340,8 +346,11 @@ def unpack_bucket(bucket: Bucket | SharedBucket) -> list[tuple[str, torch.Tensor
 def apply_bucket(model: torch.nn.Module, bucket: Bucket | SharedBucket) -> int:
     """Copy a bucket's tensors into the model in place (casting dtype); returns how many.
 
-    Every name and shape is checked before anything is written, so a bad bucket changes
-    nothing: an unknown name raises KeyError, a wrong shape ValueError.
+    A :class:`SharedBucket` marked ``share_pages`` is not copied where it need not be: a CPU
+    weight of the bucket's dtype is pointed at the bucket's pages (``.data``), so this receiver
+    and every other one on the node read the sender's single copy, and the next sync updates
+    them where they lie. Every name and shape is checked before anything is written, so a bad
+    bucket changes nothing: an unknown name raises KeyError, a wrong shape ValueError.
     """
     table = _lookup(model)
     targets = []
@@ -353,9 +362,18 @@ def apply_bucket(model: torch.nn.Module, bucket: Bucket | SharedBucket) -> int:
             raise ValueError(f"weight sync: {name!r} has shape {tuple(table[name].shape)} in "
                              f"the receiving model but {tuple(shape)} in the bucket")
         targets.append(table[name])
+    share = getattr(bucket, "share_pages", False)
     with torch.no_grad():  # the sources are views of shared memory: one copy, into the model
         for target, (_, source) in zip(targets, unpack_bucket(bucket)):
-            target.copy_(source)
+            if share and target.device.type == "cpu" and target.dtype == source.dtype:
+                target.data = source  # read-only pages: generation only reads its weights
+                target._culture_rl_shared_pages = True
+            elif getattr(target, "_culture_rl_shared_pages", False):
+                # Its storage is the sender's read-only pages: writing there would fault.
+                target.data = source.to(target.dtype).clone()
+                target._culture_rl_shared_pages = False
+            else:
+                target.copy_(source)
     return len(targets)
 
 
@@ -421,7 +439,8 @@ def close_shared_staging() -> None:
 def sync_weights(model: torch.nn.Module, receivers: list, bucket_mb: float,
                  mode: Literal["bucketed", "per_tensor"] = "bucketed",
                  gather_zero3: bool = False, timeout_s: float = 600,
-                 transport: Literal["auto", "shared_memory", "object_store"] = "auto") -> dict:
+                 transport: Literal["auto", "shared_memory", "object_store"] = "auto",
+                 share_pages: bool = False) -> dict:
     """Send the model's weights to every receiver actor (``receive_bucket`` remote method).
 
     Buckets are pipelined: each is sent to all receivers without waiting, so packing the next
@@ -429,7 +448,10 @@ def sync_weights(model: torch.nn.Module, receivers: list, bucket_mb: float,
     every receiver on this node (``auto`` checks), buckets are packed into ``/dev/shm`` files
     that the receivers read in place; otherwise each bucket is put once into Ray's object store
     and shared by all receivers. ``mode="per_tensor"`` sends one bucket per tensor (the slow
-    baseline). Returns seconds, bytes (sent once, whatever the number of receivers), buckets,
+    baseline). ``share_pages`` (shared-memory transport only) lets the receivers use the
+    files' pages as their weights instead of copying them out (see :func:`apply_bucket`): one
+    copy per sync instead of 1 + receivers, and one copy of the weights in memory for all of
+    them; call it only while the receivers are not generating. Returns seconds, bytes (sent once, whatever the number of receivers), buckets,
     tensors, rpcs and the transport used. Under ZeRO-3 every rank calls this; ranks other than
     0 pass ``receivers=[]``.
     """
@@ -455,7 +477,8 @@ def sync_weights(model: torch.nn.Module, receivers: list, bucket_mb: float,
     bucket_bytes = int(bucket_mb * 2 ** 20) if mode == "bucketed" else 0
     acks: list[list] = []  # per bucket, one ObjectRef per receiver
     sent_bytes = sent_tensors = 0
-    for bucket in make_buckets(tensors, bucket_bytes, transient=True, shared=shared):
+    for bucket in make_buckets(tensors, bucket_bytes, transient=True, shared=shared,
+                               share_pages=share_pages):
         # Object store: one put per bucket, shared by all receivers (N receivers cost one copy
         # into shared memory, not N serialisations); the put copies, so the transient bucket
         # may be reused. Shared memory: the bucket is already in its file; the RPC is small.

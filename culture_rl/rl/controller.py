@@ -217,9 +217,9 @@ class PPOController:
         print(f"[{self.STAGE}] rollout worker {rank} died; starting a replacement", flush=True)
         worker = self.groups["rollout"].replace(rank)
         self.rollout_replacements += 1
-        bucket_mb, timeout = self.config.rollout.sync_bucket_mb, \
-            self.config.ppo_resources.call_timeout_s
-        self._get([a.sync_weights.remote([worker], bucket_mb, timeout)
+        ro, timeout = self.config.rollout, self.config.ppo_resources.call_timeout_s
+        self._get([a.sync_weights.remote([worker], ro.sync_bucket_mb, timeout,
+                                         ro.sync_share_pages)
                    for a in self.groups["policy"].actors], "weight sync to the new rollout worker")
 
     def rollout(self, batch: list[dict], step: int) -> tuple[Experience, list[str]]:
@@ -257,8 +257,10 @@ class PPOController:
     def sync(self) -> dict:
         policy = self.groups["policy"].actors
         receivers = self.groups["rollout"].actors
-        stats = self._get([a.sync_weights.remote(receivers, self.config.rollout.sync_bucket_mb,
-                                                 self.config.ppo_resources.call_timeout_s)
+        ro = self.config.rollout
+        stats = self._get([a.sync_weights.remote(receivers, ro.sync_bucket_mb,
+                                                 self.config.ppo_resources.call_timeout_s,
+                                                 ro.sync_share_pages)
                            for a in policy], "weight sync")
         return stats[0]
 

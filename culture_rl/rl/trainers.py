@@ -219,14 +219,15 @@ class _PolicyTrainer(_DeepSpeedTrainer):
                 count += 1
         return self.strategy.all_reduce_mean({k: v / max(count, 1) for k, v in totals.items()})
 
-    def sync_weights(self, receivers: list, bucket_mb: float, timeout_s: float = 600) -> dict:
+    def sync_weights(self, receivers: list, bucket_mb: float, timeout_s: float = 600,
+                     share_pages: bool = False) -> dict:
         """Send the current (LoRA-merged) weights to the rollout workers. Under ZeRO-3 every
         rank joins the gathers; rank 0 sends."""
         from culture_rl.distributed.weight_sync import sync_weights
 
         return sync_weights(self.engine.module, receivers if self.strategy.is_rank_0 else [],
                             bucket_mb, gather_zero3=self.spec.deepspeed.zero_stage == 3,
-                            timeout_s=timeout_s)
+                            timeout_s=timeout_s, share_pages=share_pages)
 
     def close(self) -> None:
         """Free what outlives a killed process: the weight-sync files in /dev/shm."""

@@ -8,6 +8,8 @@ in one run, repeats interleaved, so the ratios are fair on a shared, noisy machi
 trainer process. A same-node sync (the default transport here) packs each bucket into a
 ``/dev/shm`` file and the receivers copy out of it, overlapped with packing the next bucket;
 ``object_store`` rows force the cross-node path (one ``ray.put`` per bucket) for comparison.
+``shared_pages`` rows let the receivers use the ``/dev/shm`` pages as their weights
+(``rollout.sync_share_pages``, the loops' default): one copy per sync, whatever the receivers.
 Goal: bucketed sync to one generator within 2x the raw copy. Times are medians over ``--repeats`` with the spread
 (min-max) beside them; every method is warmed up once first (page faults, actor start).
 """
@@ -83,7 +85,10 @@ def bench_size(size: str, dtype, bucket_mb: float, repeats: int, Generator) -> d
     params = sum(t.numel() for _, t in iter_export_tensors(model))
     nbytes = sum(t.numel() * t.element_size() for _, t in iter_export_tensors(model))
     receivers = [Generator.remote(config, dtype) for _ in range(2)]
-    ray.get([r.ready.remote() for r in receivers])
+    # Their own receivers: one that shares the pages must not be written by a copying sync
+    # in between (it would get fresh memory each time, not the copy this row measures).
+    sharing = [Generator.remote(config, dtype) for _ in range(2)]
+    ray.get([r.ready.remote() for r in receivers + sharing])
     twin = [torch.empty_like(t) for _, t in iter_export_tensors(model)]
 
     def raw_copy() -> dict:
@@ -98,6 +103,10 @@ def bench_size(size: str, dtype, bucket_mb: float, repeats: int, Generator) -> d
         "raw_copy": raw_copy,
         "bucketed_1_receiver": lambda: sync_weights(model, receivers[:1], bucket_mb),
         "bucketed_2_receivers": lambda: sync_weights(model, receivers, bucket_mb),
+        "shared_pages_1_receiver": lambda: sync_weights(model, sharing[:1], bucket_mb,
+                                                        share_pages=True),
+        "shared_pages_2_receivers": lambda: sync_weights(model, sharing, bucket_mb,
+                                                         share_pages=True),
         "object_store_1_receiver": lambda: sync_weights(model, receivers[:1], bucket_mb,
                                                         **store),
         "object_store_2_receivers": lambda: sync_weights(model, receivers, bucket_mb, **store),
@@ -111,7 +120,7 @@ def bench_size(size: str, dtype, bucket_mb: float, repeats: int, Generator) -> d
     for _ in range(repeats):  # interleaved: a noisy neighbour slows every method alike
         for name, method in methods.items():
             seconds[name].append(method()["seconds"])
-    for receiver in receivers:
+    for receiver in receivers + sharing:
         ray.kill(receiver)
     del twin
 

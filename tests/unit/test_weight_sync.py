@@ -204,3 +204,48 @@ def test_shared_memory_buckets_round_trip_and_reuse_their_files(tmp_path):
     finally:
         staging.close()
     assert not any(tmp_path.iterdir())
+
+
+def test_shared_pages_become_the_receivers_weights_and_the_next_sync_updates_them(tmp_path):
+    from culture_rl.distributed.weight_sync import SharedStaging
+
+    trainer, receiver, copier = tiny_llama(0), tiny_llama(1), tiny_llama(1)
+    staging = SharedStaging(root=str(tmp_path))
+    try:
+        for bucket in make_buckets(iter_export_tensors(trainer), 4096, shared=staging,
+                                   share_pages=True):
+            apply_bucket(receiver, bucket)
+        for bucket in make_buckets(iter_export_tensors(trainer), 4096, shared=staging):
+            apply_bucket(copier, bucket)  # not marked: copied out as before
+        assert state_fingerprint(receiver) == state_fingerprint(trainer)
+        assert state_fingerprint(copier) == state_fingerprint(trainer)
+        q = "model.layers.0.self_attn.q_proj.weight"
+        shared = dict(receiver.named_parameters())[q]
+        assert not shared.is_set_to(dict(copier.named_parameters())[q])
+        with torch.no_grad():  # the trainer steps; the next sync rewrites the pages in place
+            for param in trainer.parameters():
+                param.add_(0.5)
+        pointer = shared.data_ptr()
+        buckets = list(make_buckets(iter_export_tensors(trainer), 4096, shared=staging,
+                                    share_pages=True))
+        assert state_fingerprint(receiver) == state_fingerprint(trainer)  # before any apply
+        for bucket in buckets:
+            apply_bucket(receiver, bucket)
+        assert dict(receiver.named_parameters())[q].data_ptr() == pointer  # no copy
+        assert state_fingerprint(copier) != state_fingerprint(trainer)  # the copier did copy
+        with torch.no_grad():  # the receiver still generates from its shared weights
+            out = receiver(input_ids=torch.tensor([[1, 2, 3]])).logits
+        assert torch.isfinite(out).all()
+        half = tiny_llama(1).to(torch.bfloat16)  # another dtype: copied, cast
+        for bucket in make_buckets(iter_export_tensors(trainer), 4096, shared=staging,
+                                   share_pages=True):
+            apply_bucket(half, bucket)
+        assert dict(half.named_parameters())[q].dtype == torch.bfloat16
+        # A copying sync into a receiver that shares pages gives it its own memory again
+        # (a copy into the read-only pages would fault).
+        for bucket in make_buckets(iter_export_tensors(copier), 4096, shared=staging):
+            apply_bucket(receiver, bucket)
+        assert state_fingerprint(receiver) == state_fingerprint(copier)
+        assert dict(receiver.named_parameters())[q].data_ptr() != pointer
+    finally:
+        staging.close()
