@@ -28,9 +28,9 @@ from culture_rl.rl.controller import STATE, PPOController, PPOJob, latest_checkp
 from culture_rl.rl.experience import Experience
 from culture_rl.rl.ppo import masked_mean
 from culture_rl.rl.prompt_iterator import PromptIterator
-from culture_rl.rl.timing import PhaseTimer
 from culture_rl.rl.reflection import (best_revisions, improvement_pairs, reflection_template,
                                       repeat_to_multiple, revision_prompts, round_statistics)
+from culture_rl.rl.timing import PhaseTimer
 
 
 def reflection_roles(config) -> list:
@@ -48,10 +48,6 @@ def check_reflection_plan(config) -> None:
 
     connect(config.resources.address)
     check_plan(reflection_roles(config), ray.cluster_resources(), config.resources.autoscaling)
-
-
-def _rows(exp: Experience, rows: list[int]) -> Experience:
-    return exp.take(rows) if rows else exp.select(slice(0, 0))
 
 
 class ReflectionController(PPOController):
@@ -164,8 +160,8 @@ class ReflectionController(PPOController):
             return {"pairs": 0}
         used = repeat_to_multiple(pairs, ranks * cfg.micro_batch_size)
         first, revised = out["first"], out["revised"]
-        rejected = _rows(first, [p.initial for p in used])
-        revisions = _rows(revised, [p.revision for p in used])
+        rejected = first.take([p.initial for p in used])
+        revisions = revised.take([p.revision for p in used])
         # The revision trained under the original prompt: the model learns to answer better
         # directly, and the pair is one prompt with two answers, as DPO needs.
         chosen = Experience(rejected.prompt_ids, rejected.prompt_mask, revisions.response_ids,
