@@ -509,12 +509,17 @@ class SpaConfig(_Section):
         "served as one adapter set).")
     specific_culture_in_prompt: bool = Field(True, description="Culture-specific adapters "
                                              "also see the culture preamble in their prompts.")
-    target: Literal["sampled", "argmax"] = Field("sampled", description="What an instance "
-                                                 "teaches: 'sampled' answers drawn from the "
-                                                 "culture-aware distribution (its spread), or "
-                                                 "the 'argmax' answer only.")
-    samples_per_instance: int = Field(8, ge=1, description="'sampled': training rows per "
-                                      "instance.")
+    target: Literal["sampled", "proportional", "argmax"] = Field(
+        "sampled", description="What an instance teaches: 'sampled' answers drawn from the "
+        "culture-aware distribution (its spread), 'proportional' the same number of answers "
+        "shared among the options in proportion to it (no sampling noise), or the 'argmax' "
+        "answer only.")
+    samples_per_instance: int = Field(8, ge=1, description="'sampled' / 'proportional': "
+                                      "training rows per instance.")
+    target_temperature: float = Field(1.0, gt=0, description="'sampled' / 'proportional': "
+                                      "temperature of the culture-aware distribution the "
+                                      "answers follow (<1 sharpens it toward its mode; 1: as "
+                                      "the model gave it).")
     ccot: bool = Field(True, description="Also evaluate with cultural chain-of-thought "
                        "prompting (think about the culture's values, then answer).")
     ccot_max_new_tokens: int = Field(24, gt=0, description="Tokens of CCoT thoughts generated "

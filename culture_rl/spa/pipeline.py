@@ -178,8 +178,12 @@ def _train(config: ExperimentConfig, name: str, folder: Path, rows: list[dict], 
 
 
 def _targets(config: ExperimentConfig) -> dict:
-    return {"target": config.spa.target, "samples": config.spa.samples_per_instance,
-            "seed": config.run.seed}
+    spa = config.spa
+    targets = {"target": spa.target, "samples": spa.samples_per_instance, "seed": config.run.seed}
+    # Only when set, so that the keys of runs made before these options stay the same.
+    if spa.target_temperature != 1:
+        targets["temperature"] = spa.target_temperature
+    return targets
 
 
 def fine_tune(config: ExperimentConfig, plan: SpaPlan, instances: list[dict]) -> dict[str, str]:
@@ -242,6 +246,7 @@ def run_spa(config: ExperimentConfig, data: AlignData) -> dict:
                                                       "ccot_max_new_tokens", "lm_guard_docs",
                                                       "lm_guard_margin", "target",
                                                       "samples_per_instance",
+                                                      "target_temperature",
                                                       "specific_culture_in_prompt"})
     base_key = stage_key(spa, plan.model_path, _model_stamp(plan.model_path),
                     config.world.model_dump(), config.data.model_dump(), config.run.seed)

@@ -11,8 +11,8 @@ import pytest
 
 from culture_rl.data import prompts
 from culture_rl.eval.metrics import js_distance
-from culture_rl.spa.instances import (answer_labels, culture_related, related_instances,
-                                      training_rows)
+from culture_rl.spa.instances import (answer_labels, culture_related, proportional_counts,
+                                      related_instances, target_distribution, training_rows)
 from culture_rl.spa.questions import collect, generation_prompt, parse_question
 
 GOOD = (" On trust: most people can be trusted (item 3).\nOptions:\n1. Strongly agree\n"
@@ -120,6 +120,46 @@ def test_sampled_targets_follow_the_aware_distribution():
     assert len(rows) == 16
     assert rows == training_rows(INSTANCES, "joint", target="sampled", samples=8,
                                  seed=1)["joint"]  # seeded
+
+
+def test_target_distribution_sharpens_toward_the_mode():
+    aware = [0.5, 0.3, 0.2]
+    assert target_distribution(aware) == aware  # temperature 1: as the model gave it
+    sharp = target_distribution(aware, temperature=0.5)
+    assert sharp == pytest.approx([25 / 38, 9 / 38, 4 / 38])  # aware^2, renormalised
+    assert target_distribution(aware, temperature=1e-3)[0] == pytest.approx(1.0)
+    flat = target_distribution(aware, temperature=4.0)
+    assert max(flat) - min(flat) < max(aware) - min(aware) and sum(flat) == pytest.approx(1)
+    assert sum(target_distribution([1.0, 0.0], 0.7)) == pytest.approx(1.0)  # a zero is fine
+    with pytest.raises(ValueError):
+        target_distribution(aware, temperature=0)
+
+
+@pytest.mark.parametrize("weights, total, expected", [
+    ([0.25, 0.75], 8, [2, 6]),
+    ([0.5, 0.3, 0.2], 8, [4, 2, 2]),  # 4, 2.4, 1.6: the largest remainder gets the last row
+    ([0.45, 0.45, 0.1], 1, [1, 0, 0]),
+    ([1.0, 0.0, 0.0], 5, [5, 0, 0]),
+    ([2.0, 2.0], 3, [2, 1]),  # unnormalised weights; ties go to the first option
+])
+def test_proportional_counts_add_up_and_follow_the_weights(weights, total, expected):
+    counts = proportional_counts(weights, total)
+    assert counts == expected and sum(counts) == total
+    mass = sum(weights)
+    assert all(abs(n - total * w / mass) < 1 for n, w in zip(counts, weights))
+
+
+def test_proportional_and_tempered_targets_in_training_rows():
+    labels = answer_labels(INSTANCES[0], "proportional", 8, random.Random(0))
+    assert sorted(labels) == [0, 0, 1, 1, 1, 1, 1, 1]  # [0.25, 0.75] of 8
+    sharp = answer_labels(INSTANCES[0], "proportional", 8, random.Random(0), temperature=0.5)
+    assert Counter(sharp) == {1: 7, 0: 1}  # [0.1, 0.9] of 8
+    drawn = answer_labels(INSTANCES[0], "sampled", 4000, random.Random(0), temperature=0.5)
+    assert Counter(drawn)[1] / 4000 == pytest.approx(0.9, abs=0.02)
+    rows = training_rows(INSTANCES, "joint", target="proportional", samples=8)["joint"]
+    assert [r["completion"] for r in rows[:8]].count(" 2") == 6 and len(rows) == 16
+    with pytest.raises(ValueError):
+        answer_labels(INSTANCES[0], "mode", 8, random.Random(0))
 
 
 # --------------------------------------------------------------------------- adapter sets
