@@ -44,13 +44,15 @@ def ranking_prompts(config: ExperimentConfig, data: AlignData, cues: list[str], 
     return [{**row, "culture": culture} for row in rows]
 
 
-def heldout_ranking_cues(config: ExperimentConfig, data: AlignData) -> list[str]:
-    """Cues of ``eval.split`` that PPO does not train on."""
+def heldout_ranking_cues(config: ExperimentConfig, data: AlignData,
+                         trained_split: str | None = None, limit: bool = True) -> list[str]:
+    """Cues of ``eval.split`` that an online loop does not train on (``trained_split``,
+    default ``ppo.prompt_split``), at most ``eval.max_cues`` with ``limit``."""
     split = config.eval.split
     cues = data.split["val"] + data.split["test"] if split == "heldout" else data.split[split]
-    trained = set(data.split[config.ppo.prompt_split])
+    trained = set(data.split[trained_split or config.ppo.prompt_split])
     held = [c for c in cues if c not in trained]
-    return held[:config.eval.max_cues] if config.eval.max_cues else held
+    return held[:config.eval.max_cues] if limit and config.eval.max_cues else held
 
 
 def eval_ranking_prompts(config: ExperimentConfig, data: AlignData,

@@ -92,11 +92,11 @@ def _cues(data: AlignData, culture: str, names: list[str]) -> list[str]:
 
 
 def build_job(config: ExperimentConfig, data: AlignData, policy_path: str) -> PPOJob:
+    from culture_rl.workflows.align_ppo import heldout_ranking_cues
+
     cfg = config.reflect
     train_cues = data.split[cfg.prompt_split]
-    held = [c for c in data.split["val"] + data.split["test"] if c not in set(train_cues)] \
-        if config.eval.split == "heldout" else \
-        [c for c in data.split[config.eval.split] if c not in set(train_cues)]
+    held = heldout_ranking_cues(config, data, cfg.prompt_split, limit=False)
     train, evaluation = [], []
     for index, culture in enumerate(cultures_of(config, data)):
         train += task_prompts(config, data, _cues(data, culture, train_cues), culture,
