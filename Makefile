@@ -30,7 +30,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest tests/unit -q
 
-BENCHMARKS = sft_throughput ppo_step weight_sync reward_pool rollout_throughput
+BENCHMARKS = sft_throughput ppo_step weight_sync reward_pool rollout_throughput ppo_scaling_model
 
 # Each benchmark writes docs/benchmarks/<name>.json; docs/benchmarks.json collects them all.
 bench: $(STAMP)

@@ -18,8 +18,10 @@ when complete, so a half-written export is never mistaken for a finished one).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
 import tempfile
 import uuid
@@ -73,6 +75,7 @@ class TrainJob(StageFolders):
     eval_max_new_tokens: int = 40
     eval_batch_size: int = 16
     stop_file: str | None = None  # set: training ends early once this file exists (sweeps)
+    dense_lm_head: bool = True  # on CPU: see use_dense_lm_head (False: TRL's chunked head)
 
 
 @dataclass
@@ -121,6 +124,72 @@ def sft_args(job: TrainJob, world_size: int, use_gpu: bool, scratch_dir: str,
         seed=job.seed, data_seed=job.seed, use_cpu=not use_gpu,
         dataloader_num_workers=0, remove_unused_columns=True,
     )
+
+
+# Largest logits tensor (bytes, float32) the dense CPU LM head below materialises per forward;
+# above it TRL's chunked head runs (it never builds the full logits).
+DENSE_LM_HEAD_MAX_BYTES = 256 * 2 ** 20
+
+
+def use_dense_lm_head(trainer) -> bool:
+    """On CPU, score the LM head densely instead of with TRL's chunked log-prob kernel.
+
+    TRL's ``SFTTrainer`` (1.16) patches the model so the loss never materialises the
+    ``(batch, seq, vocab)`` logits: the head is projected in tiles and re-projected in the
+    backward pass. That saves GPU memory on large vocabularies; on CPUs, without its Triton
+    kernel, the tiles run as a dozen element-wise torch ops each and the recomputation doubles
+    the head's matmul — a third of each training step of the tiny model went there (py-spy,
+    docs/benchmarks.md). This swaps in a forward that returns the same ``FusedCausalLMOutput``
+    fields TRL's loss and metrics read (per-token log-probs, entropy, top-1 hits, label mask)
+    from ordinary logits and ``log_softmax``, so the loss and logged metrics are the same
+    numbers; a batch whose logits would exceed ``DENSE_LM_HEAD_MAX_BYTES`` still goes through
+    TRL's kernel. Models with logit soft-capping, logit scaling or router losses keep TRL's
+    head. Returns whether the swap was made."""
+    import types
+
+    import torch
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    model = trainer.model
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    chunked_forward = model.__dict__.get("forward")  # TRL's patch is an instance attribute
+    text_config = model.config.get_text_config()
+    if chunked_forward is None or any(
+            getattr(text_config, name, None) is not None
+            for name in ("final_logit_softcapping", "logit_scale", "output_multiplier",
+                         "lm_head_multiplier", "logits_scaling", "output_router_logits")):
+        return False
+    vocab = model.get_output_embeddings().weight.shape[0]
+
+    def dense_forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None,
+                      num_items_in_batch=None, **kwargs):
+        rows = labels if shift_labels is None else shift_labels
+        if (not fused_lm_head or args or rows is None
+                or rows.numel() * vocab * 4 > DENSE_LM_HEAD_MAX_BYTES):
+            return chunked_forward(*args, fused_lm_head=fused_lm_head, labels=labels,
+                                   shift_labels=shift_labels,
+                                   num_items_in_batch=num_items_in_batch, **kwargs)
+        kwargs["use_cache"] = False
+        hidden = self.base_model(**kwargs).last_hidden_state
+        if shift_labels is None:
+            hidden, rows = hidden[:, :-1], labels[:, 1:]
+        mask = rows != -100
+        logits = self.get_output_embeddings()(hidden).float()
+        log_z = torch.logsumexp(logits, dim=-1)
+        targets = rows.clamp(min=0)
+        log_probs = (logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_z
+                     ).masked_fill(~mask, 0)
+        with torch.no_grad():  # metrics only, as TRL's SFT uses them
+            log_p = logits - log_z.unsqueeze(-1)
+            entropy = -(log_p.exp() * log_p).sum(-1).masked_fill(~mask, 0)
+            is_top1 = (logits.argmax(-1) == targets) & mask
+        loss = -log_probs.sum() / (mask.sum().clamp(min=1) if num_items_in_batch is None
+                                   else num_items_in_batch)
+        return FusedCausalLMOutput(loss=loss, log_probs=log_probs, entropy=entropy,
+                                   is_top1=is_top1, label_mask=mask)
+
+    model.forward = types.MethodType(dense_forward, model)
+    return True
 
 
 def _restore_builtin_print() -> None:
@@ -199,6 +268,8 @@ def train_worker(loop_config: dict) -> None:
                          peft_config=peft_lora_config(job.lora) if job.lora else None,
                          callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # raw dicts; ProgressLogger prints our lines
+    if not use_gpu and job.dense_lm_head:
+        use_dense_lm_head(trainer)
     trainer = prepare_trainer(trainer)
     if rank == 0:
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
@@ -290,13 +361,38 @@ def run_stage(job: TrainJob, resources: ResourcesConfig, callbacks: list | None 
             failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
             callbacks=list(callbacks or [])))
     try:
-        trainer.fit()
+        with _single_node_settings(resources):
+            trainer.fit()
     except Exception as err:  # Ray wraps worker errors; surface the root cause in one line
         raise TrainingError(f"{job.stage} failed: {_root_cause(err)} (rerun the same command "
                             f"to resume from the last checkpoint in {job.stage_dir})") from err
     if not (job.export_dir / FINISHED).is_file():
         raise TrainingError(f"{job.stage} ended without an export in {job.export_dir}")
     return _result_of(job, already_finished=False)
+
+
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
+
+@contextlib.contextmanager
+def _single_node_settings(resources: ResourcesConfig):
+    """Ray Train V2 starts a preemption-watcher actor with every run, which polls Ray for
+    nodes being drained (spot reclaims by an autoscaler). On a single-node cluster without
+    autoscaling there is nothing to drain, and the actor's process start (~2 s of CPU) lands
+    while the workers import torch and transformers: on 2 cores it delayed the first step. It is
+    switched off there for this run's controller (read when ``fit`` starts it) unless the user
+    set the variable; multi-node and autoscaling clusters keep it."""
+    import ray
+
+    local = (not resources.autoscaling and PREEMPTION_WATCHER_ENV not in os.environ
+             and len([n for n in ray.nodes() if n.get("Alive")]) == 1)
+    if local:
+        os.environ[PREEMPTION_WATCHER_ENV] = "0"
+    try:
+        yield
+    finally:
+        if local:
+            os.environ.pop(PREEMPTION_WATCHER_ENV, None)
 
 
 def _root_cause(err: BaseException) -> str:
