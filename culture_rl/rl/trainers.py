@@ -80,11 +80,15 @@ class _DeepSpeedTrainer(ABC):
         changes = {name: t.to(device) for name, t in exp._tensors().items()}
         return Experience(**changes, meta=exp.meta, pad_token_id=exp.pad_token_id)
 
+    def _order(self, count: int, epoch: int, step: int) -> torch.Tensor:
+        """This rank's sample order for one epoch of a step: seeded, so a resumed run repeats
+        it."""
+        generator = torch.Generator().manual_seed(self.spec.seed * 1_000_003 + step * 101 + epoch)
+        return torch.randperm(count, generator=generator)
+
     def _shuffled_minibatches(self, exp: Experience, epoch: int, step: int):
         """Per-rank mini batches of micro batches, in a seeded order (same on a resumed run)."""
-        generator = torch.Generator().manual_seed(self.spec.seed * 1_000_003 + step * 101 + epoch)
-        order = torch.randperm(len(exp), generator=generator)
-        shuffled = exp.take(order)
+        shuffled = exp.take(self._order(len(exp), epoch, step))
         per_update = self.spec.micro_batch_size * self.spec.gradient_accumulation_steps
         for start in range(0, len(shuffled), per_update):
             yield _micro_batches(shuffled.select(slice(start, start + per_update)),
@@ -95,18 +99,24 @@ class _DeepSpeedTrainer(ABC):
         the scalars to report; DeepSpeed steps the optimizer once per mini batch. The reported
         numbers are means over micro batches and ranks."""
         exp = self._device(exp)
+        return self._updates((micro for epoch in range(self.spec.ppo.ppo_epochs)
+                              for minibatch in self._shuffled_minibatches(exp, epoch, step)
+                              for micro in minibatch), loss_fn)
+
+    def _updates(self, units, loss_fn) -> dict[str, float]:
+        """Backward and optimizer step (at DeepSpeed's accumulation boundary) for each unit of
+        work: ``loss_fn(unit)`` gives the loss and the scalars to report, which come back as
+        means over units and ranks."""
         self.engine.train()
         totals: dict[str, float] = {}
         count = 0
-        for epoch in range(self.spec.ppo.ppo_epochs):
-            for minibatch in self._shuffled_minibatches(exp, epoch, step):
-                for micro in minibatch:
-                    loss, reported = loss_fn(micro)
-                    self.strategy.backward(self.engine, loss)
-                    self.strategy.step(self.engine)
-                    for key, value in reported.items():
-                        totals[key] = totals.get(key, 0.0) + float(value.detach())
-                    count += 1
+        for unit in units:
+            loss, reported = loss_fn(unit)
+            self.strategy.backward(self.engine, loss)
+            self.strategy.step(self.engine)
+            for key, value in reported.items():
+                totals[key] = totals.get(key, 0.0) + float(value.detach())
+            count += 1
         return self.strategy.all_reduce_mean({k: v / max(count, 1) for k, v in totals.items()})
 
     def save(self, folder: str, client_state: dict | None = None) -> None:
@@ -195,29 +205,23 @@ class _PolicyTrainer(_DeepSpeedTrainer):
         from culture_rl.rl.preference import reflection_loss
 
         chosen, rejected = self._device(chosen), self._device(rejected)
-        self.engine.train()
         size = self.spec.micro_batch_size
-        totals: dict[str, float] = {}
-        count = 0
-        for epoch in range(epochs):
-            generator = torch.Generator().manual_seed(self.spec.seed * 1_000_003 + step * 101
-                                                      + epoch)
-            order = torch.randperm(len(chosen), generator=generator)
-            for start in range(0, len(order), size):
-                rows = order[start:start + size]
-                good, bad = chosen.take(rows), rejected.take(rows)
-                out = reflection_loss(response_log_probs(self.engine, good)[0],
-                                      good.response_mask,
-                                      response_log_probs(self.engine, bad)[0], bad.response_mask,
-                                      good.ref_log_probs, bad.ref_log_probs, sft_coef=sft_coef,
-                                      preference_coef=preference_coef, beta=beta)
-                self.strategy.backward(self.engine, out["loss"])
-                self.strategy.step(self.engine)
-                for key, value in out.items():
-                    if key != "loss":
-                        totals[key] = totals.get(key, 0.0) + float(value)
-                count += 1
-        return self.strategy.all_reduce_mean({k: v / max(count, 1) for k, v in totals.items()})
+
+        def loss_fn(rows: torch.Tensor):
+            good, bad = chosen.take(rows), rejected.take(rows)
+            out = reflection_loss(response_log_probs(self.engine, good)[0], good.response_mask,
+                                  response_log_probs(self.engine, bad)[0], bad.response_mask,
+                                  good.ref_log_probs, bad.ref_log_probs, sft_coef=sft_coef,
+                                  preference_coef=preference_coef, beta=beta)
+            return out.pop("loss"), out
+
+        def micro_batches():
+            for epoch in range(epochs):
+                order = self._order(len(chosen), epoch, step)
+                for start in range(0, len(order), size):
+                    yield order[start:start + size]
+
+        return self._updates(micro_batches(), loss_fn)
 
     def sync_weights(self, receivers: list, bucket_mb: float, timeout_s: float = 600,
                      share_pages: bool = False) -> dict:

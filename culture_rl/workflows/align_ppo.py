@@ -66,11 +66,12 @@ def eval_ranking_prompts(config: ExperimentConfig, data: AlignData,
 def resolve_policy_path(path: str, field: str = "ppo.policy_path") -> str:
     """A model folder, an SFT ``export`` folder (its merged ``model/``, else ``adapter/``) or a
     local Hugging Face name."""
+    from culture_rl.models.calm_policy import is_calm_export
     from culture_rl.models.loading import check_available
 
     folder = Path(path).expanduser()
     for calm in (folder, folder / "model"):  # a CALM export is served as a whole
-        if (calm / "calm.json").is_file():
+        if is_calm_export(calm):
             return str(calm.resolve())
     for candidate in (folder / "model", folder / "adapter"):
         if (candidate / "config.json").is_file() or (candidate / "adapter_config.json").is_file():
