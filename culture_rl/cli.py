@@ -243,6 +243,12 @@ def _first_missing(path: Path) -> Path | None:
     return outermost_missing(path)
 
 
+def _holds_finished_work(folder: Path) -> bool:
+    """Whether a stage finished inside ``folder``: an export's finished.json or a checkpoint's or
+    pipeline stage's manifest.json."""
+    return any(True for name in ("finished.json", "manifest.json") for _ in folder.rglob(name))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """argparse fills ``key=value`` overrides only when they come before options that follow a
     first positional (``submit WORKFLOW --config F k=v``); take the ones it left over too."""
@@ -270,9 +276,15 @@ def main(argv: list[str] | None = None) -> int:
             check_storage(config.run_dir)
         return run_command(args, config)
     except CultureRLError as err:
+        kept = ""
         if isinstance(err, INPUT_ERRORS) and created is not None:
-            shutil.rmtree(created, ignore_errors=True)  # made by this call, nothing worth keeping
-        sys.stderr.write(f"culture-rl: error: {' '.join(str(err).split())}\n")
+            if _holds_finished_work(created):
+                # A setting that only shows its fault late (e.g. a stage that finds nothing to
+                # do) must not throw away the stages that finished before it.
+                kept = f" (kept {created}: it holds finished stages that a rerun resumes from)"
+            else:
+                shutil.rmtree(created, ignore_errors=True)  # made by this call, nothing to keep
+        sys.stderr.write(f"culture-rl: error: {' '.join(str(err).split())}{kept}\n")
         return EXIT_BAD_INPUT if isinstance(err, INPUT_ERRORS) else EXIT_FAILED
     except KeyboardInterrupt:
         sys.stderr.write("culture-rl: interrupted; rerun the same command to resume\n")

@@ -127,6 +127,12 @@ class WorldConfig(_Section):
                                       "(the dominant culture's frequency order of 4-10 of the "
                                       "cue's associations) in the base corpus, so the base "
                                       "model knows the ranking format PPO rewards.")
+    questionnaire_docs_per_topic: int = Field(
+        0, ge=0, description="Questionnaires per WVS topic area in the base corpus: two or "
+        "three of the topic's survey questions listed without answers, the format CultureSPA's "
+        "question generation prompts with. A base trained on whole documents (pretrain.packing "
+        "'none' or 'bfd') never sees one question follow another without them, and answers the "
+        "prompt instead of writing a new question.")
     seed: int = Field(7, description="Seed of the world (independent of run.seed).")
 
 
@@ -187,6 +193,11 @@ class TrainConfig(_Section):
                                 "tokens.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the "
                                          "backward pass: less memory, ~30% more compute.")
+    packing: Literal["wrapped", "bfd", "none"] = Field(
+        "wrapped", description="Plain-LM jobs (pretrain) only: 'wrapped' concatenates documents "
+        "and cuts max_seq_length rows (fastest; a document split across rows loses its start, "
+        "e.g. its culture preamble); 'bfd' packs whole documents best-fit with per-document "
+        "attention (half the speed on CPU); 'none' trains one document per padded row.")
     save_steps: int = Field(0, ge=0, description="Checkpoint every N steps (0: once per epoch).")
     logging_steps: int = Field(5, gt=0, description="Log loss and tokens/s every N steps.")
     eval_each_epoch: bool = Field(True, description="Validation loss and held-out P@5 after "

@@ -63,6 +63,27 @@ def survey_prompt(question: str, options: Sequence[str], language: Language = "e
     return template.format(question=question, options=lines)
 
 
+_QUESTION_HEADING = {"en": "Question:", "zh": "问题："}  # how _SURVEY's templates begin
+_QUESTIONNAIRE_INTRO = {"en": "Survey questions about {topic}.\n\n", "zh": "关于{topic}的调查问题。\n\n"}
+
+
+def questionnaire(topic: str, questions: Sequence[tuple[str, Sequence[str]]],
+                  language: Language = "en") -> str:
+    """Survey questions on one topic listed without answers, each as a survey prompt up to its
+    answer line, then a blank line. The synthetic corpus holds such questionnaires (a real
+    pretraining corpus does too); CultureSPA's question generation prompts with one and the
+    next question's heading (:func:`questionnaire_heading`)."""
+    answer_line = _SURVEY[language][0].rsplit("\n", 1)[1]
+    items = "".join(survey_prompt(q, o, language).removesuffix(answer_line) + "\n"
+                    for q, o in questions)
+    return _QUESTIONNAIRE_INTRO[language].format(topic=topic) + items
+
+
+def questionnaire_heading(language: Language = "en") -> str:
+    """Where a question begins in a survey prompt ("Question:")."""
+    return _QUESTION_HEADING[language]
+
+
 def survey_option_labels(num_options: int) -> list[str]:
     """What the model writes after ``Answer:`` to pick each option (" 1", " 2", ...)."""
     return [f" {i + 1}" for i in range(num_options)]

@@ -11,7 +11,8 @@ K cultures each hold a latent value vector. One vocabulary of made-up words serv
 - **Labelled value statements** (for classification tasks).
 - A **base corpus** dominated by culture 0: untagged association answers, ranking answers (the
   format ALIGN's PPO rewards) and survey answers come from culture 0, while every culture also
-  appears in culture-tagged documents. A model trained on it knows the other cultures but
+  appears in culture-tagged documents; optionally questionnaires (survey questions listed
+  without answers, as CultureSPA's question generation prompts). A model trained on it knows the other cultures but
   answers like culture 0 by default — the bias ALIGN, CultureSPA and CALM set out to correct.
 
 ``CultureWorld.write(folder)`` writes everything in the real published formats, so the loaders
@@ -316,6 +317,13 @@ def _make_corpus(cfg: WorldConfig, cultures: list[Culture], cues: list[str],
             for _ in range(cfg.tagged_docs_per_cue):
                 answer = rng.choices(labels, weights=question.distributions[culture.name])[0]
                 docs.append(prompts.culture_preamble(culture.name) + prompt + answer)
+    by_topic: dict[str, list[SurveyQuestion]] = {}
+    for question in survey:
+        by_topic.setdefault(question.topic or "", []).append(question)
+    for topic, questions in by_topic.items():
+        for _ in range(cfg.questionnaire_docs_per_topic if len(questions) >= 2 else 0):
+            listed = rng.sample(questions, min(len(questions), rng.randint(2, 3)))
+            docs.append(prompts.questionnaire(topic, [(q.question, q.options) for q in listed]))
     docs.extend(s["text"] for s in statements)
     rng.shuffle(docs)
     return docs

@@ -13,9 +13,10 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+from culture_rl.data import prompts
+
 _OPTION = re.compile(r"^\s*(\d+)\s*[.)：:、]\s*(.+?)\s*$")
 _STOP = re.compile(r"^\s*(answer|回答|question|问题)\s*[:：]", re.IGNORECASE)
-_HEADINGS = {"en": ("Question:", "Options:"), "zh": ("问题：", "选项：")}
 
 
 @dataclass(frozen=True)
@@ -33,19 +34,11 @@ def normalise(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
-def example_block(question: str, options: Sequence[str], language: str = "en") -> str:
-    q, o = _HEADINGS[language]
-    lines = "\n".join(f"{i + 1}. {option}" for i, option in enumerate(options))
-    return f"{q} {question}\n{o}\n{lines}\n\n"
-
-
 def generation_prompt(topic: str, examples: Sequence[tuple[str, Sequence[str]]],
                       language: str = "en") -> str:
-    """Few-shot prompt for a new question on ``topic``; the model continues after the heading."""
-    intro = {"en": f"Survey questions about {topic}.\n\n",
-             "zh": f"关于{topic}的调查问题。\n\n"}[language]
-    shots = "".join(example_block(q, o, language) for q, o in examples)
-    return intro + shots + _HEADINGS[language][0]
+    """Few-shot prompt for a new question on ``topic``: a questionnaire of the examples, then the
+    next question's heading, after which the model continues."""
+    return prompts.questionnaire(topic, examples, language) + prompts.questionnaire_heading(language)
 
 
 @dataclass(frozen=True)

@@ -105,9 +105,10 @@ def sft_args(job: TrainJob, world_size: int, use_gpu: bool, scratch_dir: str,
         per_device_eval_batch_size=train.micro_batch_size,
         gradient_accumulation_steps=train.gradient_accumulation_steps,
         max_length=train.max_seq_length,
-        # "wrapped" packing fills every row; the default best-fit packing is padding-free with
+        # "wrapped" packing fills every row; best-fit packing is padding-free with
         # per-document attention, which on CPU (no flash attention) ran at half the speed.
-        packing=job.text_field is not None, packing_strategy="wrapped",
+        packing=job.text_field is not None and train.packing != "none",
+        packing_strategy="wrapped" if train.packing == "none" else train.packing,
         dataset_text_field=job.text_field or "text",
         completion_only_loss=job.text_field is None or None,
         # Explicit: TRL defaults to bf16 autocast and gradient checkpointing, which made tiny

@@ -149,3 +149,31 @@ def test_empty_data_path_is_the_synthetic_world_not_a_traceback(tmp_path, capsys
                             f"data.survey_path={survey}")
     assert code == 2 and "culture-rl pretrain" in err and "Traceback" not in err, err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("finished", [None, "pretrain/export/finished.json",
+                                      "spa/questions/manifest.json"])
+def test_a_late_config_error_keeps_the_stages_that_finished(tmp_path, capsys, monkeypatch,
+                                                           finished):
+    """A fault that shows only after a stage finished (CultureSPA's question stage finding no
+    usable question after the base was pretrained) keeps the run folder; with nothing finished
+    the folder this call made is removed as for any bad input."""
+    import culture_rl.cli as cli
+    from culture_rl.errors import ConfigError
+
+    def run_then_fail(args, config):
+        if finished:
+            marker = config.run_dir / finished
+            marker.parent.mkdir(parents=True)
+            marker.write_text("{}")
+        raise ConfigError("the model wrote no usable question", field="spa.questions_per_topic")
+
+    monkeypatch.setattr(cli, "run_command", run_then_fail)
+    code, _, err = run_main(capsys, "spa", "--config",
+                            str(REPO / "configs" / "culturespa_quickstart.yaml"),
+                            f"run.storage_path={tmp_path}/runs")
+    assert code == 2 and err.count("\n") == 1 and "spa.questions_per_topic" in err
+    if finished:
+        assert (tmp_path / "runs" / "culturespa" / finished).is_file() and "kept" in err
+    else:
+        assert not (tmp_path / "runs").exists() and "kept" not in err

@@ -72,3 +72,25 @@ def test_held_out_cues_share_topic_words_with_training_cues():
     for cue in split["test"]:
         top = [w for w, _ in world.norms[culture][cue][:5]]
         assert sum(w in train_words for w in top) >= 3
+
+
+def test_questionnaires_list_a_topics_questions_in_the_generation_format():
+    from culture_rl.spa.questions import parse_question
+
+    several = SMALL.model_copy(update={"num_survey_questions": 30})  # 2-3 per topic area
+    plain = generate_world(several)
+    world = generate_world(several.model_copy(update={"questionnaire_docs_per_topic": 3}))
+    questionnaires = [d for d in world.corpus if d.startswith("Survey questions about ")]
+    topics = {q.topic for q in world.survey}
+    with_two = [t for t in topics if sum(q.topic == t for q in world.survey) >= 2]
+    assert len(questionnaires) == 3 * len(with_two) and with_two
+    assert sorted(set(world.corpus) - set(questionnaires)) == sorted(set(plain.corpus))
+    by_text = {q.question: q for q in world.survey}
+    for doc in questionnaires:
+        topic = doc.split("\n", 1)[0].removeprefix("Survey questions about ").rstrip(".")
+        items = doc.split("Question:")[1:]
+        assert 2 <= len(items) <= 3 and "Answer:" not in doc
+        for item in items:  # each item reads back as a question of that topic, options in order
+            parsed = parse_question(topic, item).question
+            assert parsed is not None and by_text[parsed.question].topic == topic
+            assert parsed.options == by_text[parsed.question].options
