@@ -1,9 +1,10 @@
 """SFT throughput: Ray Train + DeepSpeed (2 workers; ZeRO 0, 2, 3) against a single-process
-Hugging Face training loop on the same tiny model, data and global batch — in one run, so the
+Hugging Face training loop on the same model, data and global batch — in one run, so the
 ratios are fair on a shared, noisy machine — and achieved FLOP/s against this CPU's matmul peak
-measured in the same run.
+measured in the same run. Two model sizes (``--models``): the quickstart's 1M-parameter tiny
+Llama and a 14M one (see MODEL_SIZES).
 
-    python -m ray_jobs.benchmarks.sft_throughput --out docs/benchmarks.json
+    python -m ray_jobs.benchmarks.sft_throughput --out docs/benchmarks/sft_throughput.json
 
 Steady-state tokens/s is the median over logging windows after the first ``--warmup-steps``;
 start-up is the time from submitting the Ray Train run to its first optimizer step. Runs with
@@ -19,11 +20,31 @@ import os
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from culture_rl.config import DeepSpeedConfig, ModelConfig, ResourcesConfig, TrainConfig, \
-    WorldConfig
+from culture_rl.config import DeepSpeedConfig, ModelConfig, ResourcesConfig, \
+    TinyModelConfig, TrainConfig, WorldConfig
 from ray_jobs.benchmarks.collect import write_results
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    shape: TinyModelConfig
+    global_batch: int  # rows of 128 tokens per optimizer step
+    steps: int
+    warmup_steps: int
+
+
+# The quickstart's tiny model, whose 128-wide GEMMs are too small to keep a CPU's vector units
+# busy (per-op overhead is most of its 0.1 s step), and one 4x wider at a global batch of 64
+# rows, where the GEMMs dominate as in any real fine-tuning run and the per-step gradient
+# exchange is spread over 4x the tokens; both in one run, so the table says which effect is which.
+MODEL_SIZES = {
+    "tiny": ModelSize(TinyModelConfig(), global_batch=16, steps=60, warmup_steps=10),
+    "small": ModelSize(TinyModelConfig(hidden_size=512, num_heads=8, intermediate_size=1536),
+                       global_batch=64, steps=30, warmup_steps=5),
+}
 
 
 def matmul_peak_flops(threads: int, size: int = 1024, repeats: int = 10) -> float:
@@ -89,49 +110,39 @@ def single_process(job, threads: int) -> None:
     trainer.train()
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=60, help="optimizer steps per run")
-    parser.add_argument("--warmup-steps", type=int, default=10,
-                        help="steps excluded from the steady-state median")
-    parser.add_argument("--global-batch", type=int, default=16)
-    parser.add_argument("--stages", default="0,2,3", help="ZeRO stages to run")
-    parser.add_argument("--chunked-head-stages", default="2",
-                        help="ZeRO stages also run with TRL's chunked LM head ('' for none)")
-    parser.add_argument("--out", help="write the figures as JSON here")
-    args = parser.parse_args(argv)
+def measure_model(size: str, folder: Path, corpus: list[str], args, cpus: int, workers: int
+                  ) -> dict:
+    """Tokens/s of the single process and of every Ray Train run for one model size."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    from culture_rl.data.synthetic import generate_world
-    from culture_rl.distributed.cluster import connect
     from culture_rl.models.loading import build_tiny_model
     from culture_rl.train.sft import run_stage
 
-    cpus = os.cpu_count() or 2
-    workers = 2
-    folder = Path(tempfile.mkdtemp(prefix="culture_rl_bench_"))
-    world = generate_world(WorldConfig())
-    model_path = str(build_tiny_model(ModelConfig(), world.corpus, folder / "tiny", 0))
-    from transformers import AutoConfig, AutoModelForCausalLM
+    folder = folder / size
+    preset = MODEL_SIZES[size]
+    def given(value, default):
+        return default if value is None else value
 
+    global_batch = given(args.global_batch, preset.global_batch)
+    steps, warmup = given(args.steps, preset.steps), given(args.warmup_steps, preset.warmup_steps)
+    model_path = str(build_tiny_model(ModelConfig(tiny=preset.shape), corpus,
+                                      folder / "model", 0))
     model_config = AutoConfig.from_pretrained(model_path)
     params = AutoModelForCausalLM.from_config(model_config).num_parameters()
     # PaLM's model FLOPs add the attention scores and values: 12 x layers x width x sequence
     # per trained token (6N alone leaves them out; at 128 tokens they are ~13 % more here).
     seq_len = TrainConfig().max_seq_length
-    attention_per_token = 12 * model_config.num_hidden_layers * model_config.hidden_size * seq_len
-    peak_before = matmul_peak_flops(cpus)
-    results: dict = {"machine": {"cpus": cpus, "load_average_start": os.getloadavg()[0]},
-                     "model_parameters": params, "steps": args.steps,
-                     "global_batch": args.global_batch, "sequence_length": seq_len,
-                     "runs": {}}
+    result = {"model_parameters": params, "shape": preset.shape.model_dump(),
+              "global_batch": global_batch, "steps": steps, "warmup_steps": warmup,
+              "attention_flops_per_token": 12 * model_config.num_hidden_layers
+              * model_config.hidden_size * seq_len, "runs": {}}
 
-    print(f"single process ({cpus} threads) ...", flush=True)
-    job = make_job(folder, "single", model_path, world.corpus, args.global_batch, 0, args.steps)
+    print(f"[{size}] single process ({cpus} threads) ...", flush=True)
+    job = make_job(folder, "single", model_path, corpus, global_batch, 0, steps)
     single_process(job, cpus)
-    tps, _, n = steady_tokens_per_s(job.metrics_path, args.warmup_steps)
-    results["runs"]["single_process"] = {"tokens_per_s": round(tps, 1), "windows": n}
+    tps, _, n = steady_tokens_per_s(job.metrics_path, warmup)
+    result["runs"]["single_process"] = {"tokens_per_s": round(tps, 1), "windows": n}
 
-    connect(None)
     chunked = {int(s) for s in args.chunked_head_stages.split(",") if s.strip()}
     plan = []
     for stage in [int(s) for s in args.stages.split(",")]:
@@ -140,15 +151,74 @@ def main(argv: list[str] | None = None) -> dict:
             plan.append((stage, False))
     for stage, dense in plan:
         name = f"ray_zero{stage}" + ("" if dense else "_chunked_head")
-        print(f"Ray Train + DeepSpeed ZeRO-{stage}, {workers} workers"
+        print(f"[{size}] Ray Train + DeepSpeed ZeRO-{stage}, {workers} workers"
               f"{'' if dense else ', TRL chunked LM head'} ...", flush=True)
-        job = make_job(folder, name, model_path, world.corpus, args.global_batch // workers,
-                       stage, args.steps, dense_lm_head=dense)
+        job = make_job(folder, name, model_path, corpus, global_batch // workers,
+                       stage, steps, dense_lm_head=dense)
         submitted = time.time()
         run_stage(job, ResourcesConfig(num_workers=workers, cpus_per_worker=cpus // workers))
-        tps, first_step, n = steady_tokens_per_s(job.metrics_path, args.warmup_steps)
-        results["runs"][name] = {"tokens_per_s": round(tps, 1), "windows": n,
-                                 "startup_s": round(first_step - submitted, 1)}
+        tps, first_step, n = steady_tokens_per_s(job.metrics_path, warmup)
+        result["runs"][name] = {"tokens_per_s": round(tps, 1), "windows": n,
+                                "startup_s": round(first_step - submitted, 1)}
+    return result
+
+
+def tabulate(size: str, result: dict, peak: float) -> str:
+    """Ratios and FLOP/s of one model size's runs (filled into ``result`` too)."""
+    params = result["model_parameters"]
+    base = result["runs"]["single_process"]["tokens_per_s"]
+    lines = [f"{size}: {params:,} parameters, global batch {result['global_batch']}, "
+             f"{result['steps']} steps", "",
+             "| run | tokens/s | vs single process | achieved GFLOP/s (6N) | % of matmul peak | "
+             "% of peak with attention | start-up s |", "|---|---|---|---|---|---|---|"]
+    for name, run in result["runs"].items():
+        flops = 6 * params * run["tokens_per_s"]
+        run["ratio_vs_single"] = round(run["tokens_per_s"] / base, 3)
+        run["achieved_gflops"] = round(flops / 1e9, 2)
+        run["fraction_of_peak"] = round(flops / peak, 3)
+        run["fraction_of_peak_with_attention"] = round(
+            (flops + result["attention_flops_per_token"] * run["tokens_per_s"]) / peak, 3)
+        lines.append(f"| {name} | {run['tokens_per_s']:.0f} | {run['ratio_vs_single']:.2f}x | "
+                     f"{run['achieved_gflops']:.2f} | {100 * run['fraction_of_peak']:.0f}% | "
+                     f"{100 * run['fraction_of_peak_with_attention']:.0f}% | "
+                     f"{run.get('startup_s', '-')} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, help="optimizer steps per run (default: the "
+                        "size's, 60 tiny / 30 small)")
+    parser.add_argument("--warmup-steps", type=int, help="steps excluded from the steady-state "
+                        "median (default: the size's, 10 / 5)")
+    parser.add_argument("--global-batch", type=int, help="rows per optimizer step (default: "
+                        "the size's, 16 / 64)")
+    parser.add_argument("--stages", default="0,2,3", help="ZeRO stages to run")
+    parser.add_argument("--chunked-head-stages", default="2",
+                        help="ZeRO stages also run with TRL's chunked LM head ('' for none)")
+    parser.add_argument("--models", default="tiny,small",
+                        help=f"model sizes to run, of {', '.join(MODEL_SIZES)}")
+    parser.add_argument("--out", help="write the figures as JSON here")
+    args = parser.parse_args(argv)
+    sizes = [s.strip() for s in args.models.split(",") if s.strip()]
+    unknown = [s for s in sizes if s not in MODEL_SIZES]
+    if unknown or not sizes:
+        parser.error(f"--models: unknown size {', '.join(unknown) or '(none)'}; "
+                     f"choose from {', '.join(MODEL_SIZES)}")
+
+    from culture_rl.data.synthetic import generate_world
+    from culture_rl.distributed.cluster import connect
+
+    cpus = os.cpu_count() or 2
+    workers = 2
+    folder = Path(tempfile.mkdtemp(prefix="culture_rl_bench_"))
+    world = generate_world(WorldConfig())
+    peak_before = matmul_peak_flops(cpus)
+    results: dict = {"machine": {"cpus": cpus, "load_average_start": os.getloadavg()[0]},
+                     "sequence_length": TrainConfig().max_seq_length, "models": {}}
+    connect(None)
+    for size in sizes:
+        results["models"][size] = measure_model(size, folder, world.corpus, args, cpus, workers)
 
     # The machine's GEMM peak, measured before and after the runs (the best of the two: a busy
     # neighbour only ever lowers it).
@@ -158,23 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
                               matmul_peak_gflops_before_after=[round(peak_before / 1e9, 2),
                                                                round(peak_after / 1e9, 2)],
                               load_average_end=os.getloadavg()[0])
-    base = results["runs"]["single_process"]["tokens_per_s"]
-    lines = ["| run | tokens/s | vs single process | achieved GFLOP/s (6N) | % of matmul peak | "
-             "% of peak with attention | start-up s |", "|---|---|---|---|---|---|---|"]
-    for name, run in results["runs"].items():
-        flops = 6 * params * run["tokens_per_s"]
-        run["ratio_vs_single"] = round(run["tokens_per_s"] / base, 3)
-        run["achieved_gflops"] = round(flops / 1e9, 2)
-        run["fraction_of_peak"] = round(flops / peak, 3)
-        run["fraction_of_peak_with_attention"] = round(
-            (flops + attention_per_token * run["tokens_per_s"]) / peak, 3)
-        lines.append(f"| {name} | {run['tokens_per_s']:.0f} | {run['ratio_vs_single']:.2f}x | "
-                     f"{run['achieved_gflops']:.2f} | {100 * run['fraction_of_peak']:.0f}% | "
-                     f"{100 * run['fraction_of_peak_with_attention']:.0f}% | "
-                     f"{run.get('startup_s', '-')} |")
-    table = "\n".join(lines)
-    print(f"\n{params:,} parameters, global batch {args.global_batch}, {args.steps} steps; "
-          f"matmul peak {peak / 1e9:.1f} GFLOP/s on {cpus} threads\n\n{table}")
+    table = "\n\n".join(tabulate(size, results["models"][size], peak) for size in sizes)
+    print(f"\nmatmul peak {peak / 1e9:.1f} GFLOP/s on {cpus} threads\n\n{table}")
     results["table"] = table
     write_results(args.out, results)
     return results
