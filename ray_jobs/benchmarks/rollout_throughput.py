@@ -55,10 +55,18 @@ def main(argv: list[str] | None = None) -> dict:
                                   "repeats": args.repeats, "policy": "untrained tiny Llama "
                                   "(quickstart shape)", "actor_cpus": cpus},
                      "batches": {}}
-    ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False)
+    import torch
+
+    # On a GPU machine the actor takes one GPU (Ray hides GPUs from actors that ask for none)
+    # and generates in bf16; the same batch sizes, the same table.
+    gpus = 1 if torch.cuda.is_available() else 0
+    dtype = "bfloat16" if gpus else "float32"
+    results["machine"].update(gpus=gpus, dtype=dtype,
+                              device_name=torch.cuda.get_device_name(0) if gpus else "cpu")
+    ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False, configure_logging=False)
     try:
-        worker = RolloutWorker.options(num_cpus=cpus).remote(policy, "hf", "float32", False,
-                                                             cpus)
+        worker = RolloutWorker.options(num_cpus=cpus, num_gpus=gpus).remote(
+            policy, "hf", dtype, False, cpus)
 
         def run(batch: int) -> tuple[float, int]:
             params = SamplingParams(temperature=1.0, max_new_tokens=args.max_new_tokens,

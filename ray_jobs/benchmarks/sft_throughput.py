@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import tempfile
 import time
@@ -44,22 +45,69 @@ MODEL_SIZES = {
     "tiny": ModelSize(TinyModelConfig(), global_batch=16, steps=60, warmup_steps=10),
     "small": ModelSize(TinyModelConfig(hidden_size=512, num_heads=8, intermediate_size=1536),
                        global_batch=64, steps=30, warmup_steps=5),
+    # For GPUs (~0.6B parameters): a size whose step keeps a GPU busy.
+    "medium": ModelSize(TinyModelConfig(hidden_size=2048, num_layers=12, num_heads=16,
+                                        intermediate_size=5632), global_batch=64, steps=30,
+                        warmup_steps=5),
 }
 
 
-def matmul_peak_flops(threads: int, size: int = 1024, repeats: int = 10) -> float:
-    """Best fp32 GEMM FLOP/s on ``threads`` threads (the practical limit of this CPU)."""
+@dataclass(frozen=True)
+class Device:
+    """What the benchmark runs on: every visible GPU when there is one (bf16, NCCL; the FLOP
+    fraction is then the MFU), else this machine's CPU cores (fp32, gloo)."""
+    kind: str  # "cpu" | "gpu"
+    name: str
+    count: int  # GPUs, or CPU cores
+    cpus: int
+
+    @property
+    def gpu(self) -> bool:
+        return self.kind == "gpu"
+
+    @property
+    def workers(self) -> int:
+        """Ray Train workers: 2 (one per GPU, or 1 CPU each); 1 on a single-GPU machine."""
+        return min(2, self.count) if self.gpu else 2
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.gpu else "fp32"
+
+
+def detect_device() -> Device:
     import torch
 
+    cpus = os.cpu_count() or 2
+    if torch.cuda.is_available():
+        return Device("gpu", torch.cuda.get_device_name(0), torch.cuda.device_count(), cpus)
+    return Device("cpu", platform.processor() or platform.machine(), cpus, cpus)
+
+
+def matmul_peak_flops(device: Device, repeats: int = 10) -> float:
+    """Best GEMM FLOP/s of one device: fp32 1024^3 on all CPU threads (the practical limit of
+    this CPU), or bf16 8192^3 on one GPU (its tensor-core limit in practice)."""
+    import torch
+
+    size = 8192 if device.gpu else 1024
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    if not device.gpu:
+        torch.set_num_threads(device.cpus)
+    options = {"device": "cuda", "dtype": torch.bfloat16} if device.gpu else {}
+    a, b = torch.randn(size, size, **options), torch.randn(size, size, **options)
+
+    def sync():
+        if device.gpu:
+            torch.cuda.synchronize()
+
     for _ in range(3):
         a @ b
+    sync()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
+        sync()
         best = min(best, time.perf_counter() - start)
     torch.set_num_threads(previous)
     return 2 * size ** 3 / best
@@ -75,19 +123,20 @@ def steady_tokens_per_s(metrics_path: Path, warmup_steps: int) -> tuple[float, f
 
 
 def make_job(folder: Path, stage: str, model_path: str, corpus: list[str], micro_batch: int,
-             zero_stage: int, steps: int, dense_lm_head: bool = True):
+             zero_stage: int, steps: int, dense_lm_head: bool = True, precision: str = "fp32"):
     from culture_rl.train.sft import TrainJob
 
     train = TrainConfig(max_steps=steps, learning_rate=1e-3, lr_scheduler="constant",
                         warmup_ratio=0.0, micro_batch_size=micro_batch, logging_steps=5,
                         save_steps=100_000, eval_each_epoch=False)
     return TrainJob(stage=stage, stage_dir=str(folder / stage), model_path=model_path,
-                    train=train, deepspeed=DeepSpeedConfig(zero_stage=zero_stage), lora=None,
+                    train=train, lora=None,
+                    deepspeed=DeepSpeedConfig(zero_stage=zero_stage, precision=precision),
                     train_rows=[{"text": doc} for doc in corpus], text_field="text",
                     dense_lm_head=dense_lm_head)
 
 
-def single_process(job, threads: int) -> None:
+def single_process(job, device: Device) -> None:
     import torch
     from datasets import Dataset
     from transformers import PrinterCallback
@@ -97,21 +146,20 @@ def single_process(job, threads: int) -> None:
     from culture_rl.train.callbacks import ProgressLogger
     from culture_rl.train.sft import sft_args, use_dense_lm_head
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(device.cpus)
     Path(job.stage_dir).mkdir(parents=True)
-    args = sft_args(job, 1, False, str(Path(job.stage_dir) / "scratch"), use_deepspeed=False)
+    args = sft_args(job, 1, device.gpu, str(Path(job.stage_dir) / "scratch"), use_deepspeed=False)
     trainer = SFTTrainer(model=load_model(job.model_path), args=args,
                          train_dataset=Dataset.from_list(job.train_rows),
                          processing_class=load_tokenizer(job.model_path),
                          callbacks=[ProgressLogger(job.stage, job.metrics_path)])
     trainer.remove_callback(PrinterCallback)
-    if job.dense_lm_head:  # the same LM head as the Ray Train workers on CPU
+    if job.dense_lm_head and not device.gpu:  # the same LM head as the Ray Train workers on CPU
         use_dense_lm_head(trainer)
     trainer.train()
 
 
-def measure_model(size: str, folder: Path, corpus: list[str], args, cpus: int, workers: int
-                  ) -> dict:
+def measure_model(size: str, folder: Path, corpus: list[str], args, device: Device) -> dict:
     """Tokens/s of the single process and of every Ray Train run for one model size."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -120,6 +168,8 @@ def measure_model(size: str, folder: Path, corpus: list[str], args, cpus: int, w
 
     folder = folder / size
     preset = MODEL_SIZES[size]
+    workers = device.workers
+
     def given(value, default):
         return default if value is None else value
 
@@ -137,13 +187,18 @@ def measure_model(size: str, folder: Path, corpus: list[str], args, cpus: int, w
               "attention_flops_per_token": 12 * model_config.num_hidden_layers
               * model_config.hidden_size * seq_len, "runs": {}}
 
-    print(f"[{size}] single process ({cpus} threads) ...", flush=True)
-    job = make_job(folder, "single", model_path, corpus, global_batch, 0, steps)
-    single_process(job, cpus)
+    where = "1 GPU" if device.gpu else f"{device.cpus} threads"
+    print(f"[{size}] single process ({where}) ...", flush=True)
+    job = make_job(folder, "single", model_path, corpus, global_batch, 0, steps,
+                   precision=device.precision)
+    single_process(job, device)
     tps, _, n = steady_tokens_per_s(job.metrics_path, warmup)
-    result["runs"]["single_process"] = {"tokens_per_s": round(tps, 1), "windows": n}
+    result["runs"]["single_process"] = {"tokens_per_s": round(tps, 1), "windows": n,
+                                        "devices": 1}
 
-    chunked = {int(s) for s in args.chunked_head_stages.split(",") if s.strip()}
+    # TRL's chunked head is what GPUs run anyway; the dense swap is CPU-only.
+    chunked = set() if device.gpu else {int(s) for s in args.chunked_head_stages.split(",")
+                                        if s.strip()}
     plan = []
     for stage in [int(s) for s in args.stages.split(",")]:
         plan.append((stage, True))
@@ -154,34 +209,50 @@ def measure_model(size: str, folder: Path, corpus: list[str], args, cpus: int, w
         print(f"[{size}] Ray Train + DeepSpeed ZeRO-{stage}, {workers} workers"
               f"{'' if dense else ', TRL chunked LM head'} ...", flush=True)
         job = make_job(folder, name, model_path, corpus, global_batch // workers,
-                       stage, steps, dense_lm_head=dense)
+                       stage, steps, dense_lm_head=dense, precision=device.precision)
         submitted = time.time()
-        run_stage(job, ResourcesConfig(num_workers=workers, cpus_per_worker=cpus // workers))
+        run_stage(job, ResourcesConfig(num_workers=workers, use_gpu=device.gpu,
+                                       cpus_per_worker=device.cpus // workers))
         tps, first_step, n = steady_tokens_per_s(job.metrics_path, warmup)
         result["runs"][name] = {"tokens_per_s": round(tps, 1), "windows": n,
-                                "startup_s": round(first_step - submitted, 1)}
+                                "startup_s": round(first_step - submitted, 1),
+                                # a GPU run uses one GPU per worker; on a CPU every run has
+                                # the whole machine
+                                "devices": workers if device.gpu else 1}
     return result
 
 
-def tabulate(size: str, result: dict, peak: float) -> str:
-    """Ratios and FLOP/s of one model size's runs (filled into ``result`` too)."""
+def tabulate(size: str, result: dict, peak: float, device: Device) -> str:
+    """Ratios and FLOP/s of one model size's runs (filled into ``result`` too). Per device: a
+    GPU run's tokens/s over its GPUs against one GPU's peak (the MFU), a CPU run's against the
+    whole machine's."""
     params = result["model_parameters"]
     base = result["runs"]["single_process"]["tokens_per_s"]
+    fraction = "MFU" if device.gpu else "% of matmul peak"
     lines = [f"{size}: {params:,} parameters, global batch {result['global_batch']}, "
              f"{result['steps']} steps", "",
-             "| run | tokens/s | vs single process | achieved GFLOP/s (6N) | % of matmul peak | "
-             "% of peak with attention | start-up s |", "|---|---|---|---|---|---|---|"]
+             f"| run | tokens/s | per device vs single process | achieved GFLOP/s (6N) | "
+             f"{fraction} | {fraction} with attention | start-up s (of it, one step) |",
+             "|---|---|---|---|---|---|---|"]
     for name, run in result["runs"].items():
+        per_device = run["tokens_per_s"] / run["devices"]
         flops = 6 * params * run["tokens_per_s"]
-        run["ratio_vs_single"] = round(run["tokens_per_s"] / base, 3)
+        run["ratio_vs_single"] = round(per_device / base, 3)
         run["achieved_gflops"] = round(flops / 1e9, 2)
-        run["fraction_of_peak"] = round(flops / peak, 3)
+        run["fraction_of_peak"] = round(flops / (peak * run["devices"]), 3)
         run["fraction_of_peak_with_attention"] = round(
-            (flops + result["attention_flops_per_token"] * run["tokens_per_s"]) / peak, 3)
+            (flops + result["attention_flops_per_token"] * run["tokens_per_s"])
+            / (peak * run["devices"]), 3)
+        startup = "-"
+        if "startup_s" in run:
+            # Start-up ends with the first logged step, so it holds one step of training too:
+            # at steady speed that step takes a global batch of full rows / tokens per second.
+            run["step_s"] = round(result["global_batch"] * TrainConfig().max_seq_length
+                                  / run["tokens_per_s"], 2)
+            startup = f"{run['startup_s']} ({run['step_s']})"
         lines.append(f"| {name} | {run['tokens_per_s']:.0f} | {run['ratio_vs_single']:.2f}x | "
                      f"{run['achieved_gflops']:.2f} | {100 * run['fraction_of_peak']:.0f}% | "
-                     f"{100 * run['fraction_of_peak_with_attention']:.0f}% | "
-                     f"{run.get('startup_s', '-')} |")
+                     f"{100 * run['fraction_of_peak_with_attention']:.0f}% | {startup} |")
     return "\n".join(lines)
 
 
@@ -196,11 +267,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--stages", default="0,2,3", help="ZeRO stages to run")
     parser.add_argument("--chunked-head-stages", default="2",
                         help="ZeRO stages also run with TRL's chunked LM head ('' for none)")
-    parser.add_argument("--models", default="tiny,small",
-                        help=f"model sizes to run, of {', '.join(MODEL_SIZES)}")
+    parser.add_argument("--models", help=f"model sizes to run, of {', '.join(MODEL_SIZES)} "
+                        "(default: tiny,small on a CPU, small,medium on GPUs)")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args(argv)
-    sizes = [s.strip() for s in args.models.split(",") if s.strip()]
+    device = detect_device()
+    models = args.models or ("small,medium" if device.gpu else "tiny,small")
+    sizes = [s.strip() for s in models.split(",") if s.strip()]
     unknown = [s for s in sizes if s not in MODEL_SIZES]
     if unknown or not sizes:
         parser.error(f"--models: unknown size {', '.join(unknown) or '(none)'}; "
@@ -209,27 +282,30 @@ def main(argv: list[str] | None = None) -> dict:
     from culture_rl.data.synthetic import generate_world
     from culture_rl.distributed.cluster import connect
 
-    cpus = os.cpu_count() or 2
-    workers = 2
     folder = Path(tempfile.mkdtemp(prefix="culture_rl_bench_"))
     world = generate_world(WorldConfig())
-    peak_before = matmul_peak_flops(cpus)
-    results: dict = {"machine": {"cpus": cpus, "load_average_start": os.getloadavg()[0]},
+    peak_before = matmul_peak_flops(device)
+    results: dict = {"machine": {"device": device.kind, "device_name": device.name,
+                                 "device_count": device.count, "cpus": device.cpus,
+                                 "precision": device.precision, "workers": device.workers,
+                                 "load_average_start": os.getloadavg()[0]},
                      "sequence_length": TrainConfig().max_seq_length, "models": {}}
     connect(None)
     for size in sizes:
-        results["models"][size] = measure_model(size, folder, world.corpus, args, cpus, workers)
+        results["models"][size] = measure_model(size, folder, world.corpus, args, device)
 
     # The machine's GEMM peak, measured before and after the runs (the best of the two: a busy
     # neighbour only ever lowers it).
-    peak_after = matmul_peak_flops(cpus)
+    peak_after = matmul_peak_flops(device)
     peak = max(peak_before, peak_after)
     results["machine"].update(matmul_peak_gflops=round(peak / 1e9, 2),
                               matmul_peak_gflops_before_after=[round(peak_before / 1e9, 2),
                                                                round(peak_after / 1e9, 2)],
                               load_average_end=os.getloadavg()[0])
-    table = "\n\n".join(tabulate(size, results["models"][size], peak) for size in sizes)
-    print(f"\nmatmul peak {peak / 1e9:.1f} GFLOP/s on {cpus} threads\n\n{table}")
+    table = "\n\n".join(tabulate(size, results["models"][size], peak, device)
+                          for size in sizes)
+    unit = "one GPU, bf16" if device.gpu else f"{device.cpus} threads, fp32"
+    print(f"\n{device.name}: matmul peak {peak / 1e9:.1f} GFLOP/s ({unit})\n\n{table}")
     results["table"] = table
     write_results(args.out, results)
     return results
