@@ -48,7 +48,7 @@ PREFILL_MFU = 0.50
 # Achieved share of HBM bandwidth while decoding: vLLM (paged KV, CUDA graphs) ~0.7; Hugging
 # Face generate in eager mode is launch-bound at these batch sizes, ~0.2 of bandwidth.
 DECODE_ETA = {"vllm": 0.70, "hf": 0.20}
-SPEARMAN_S_PER_ANSWER = 0.65e-3  # measured on this CPU (reward_pool.py)
+SPEARMAN_S_PER_ANSWER = 0.21e-3  # measured on this CPU, idle (reward_pool.py)
 
 
 @dataclass(frozen=True)
