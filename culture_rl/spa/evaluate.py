@@ -67,6 +67,9 @@ def evaluate_models(config: ExperimentConfig, data: AlignData, plan,
     """WVS alignment per model x prompting x culture, and the LM-loss guard."""
     settings = {"base": ["unprompted", "culture"], "joint": ["culture"],
                 "specific": ["culture"]}
+    if not config.spa.specific_culture_in_prompt:
+        # Adapters trained without the culture named: is the adapter alone the culture?
+        settings["specific"].insert(0, "unprompted")
     if config.spa.ccot:
         for name in settings:
             settings[name].append("ccot")
@@ -151,6 +154,7 @@ def evaluate_step(config, data, plan, models, group, upstream_key, folder) -> di
 
     key = stage_key(upstream_key, {n: _model_stamp(p) for n, p in models.items()},
                config.spa.ccot, config.spa.ccot_max_new_tokens, config.spa.lm_guard_docs,
+               config.spa.specific_culture_in_prompt,
                config.spa.lm_guard_margin)
     manifest = folder / MANIFEST
     if manifest.is_file() and json.loads(manifest.read_text("utf-8")).get("key") == key:

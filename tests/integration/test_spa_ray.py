@@ -29,6 +29,8 @@ def spa_run(quickstart_run, tmp_path_factory):
         "spa.topics=[social values and norms,economic values,migration]",
         "spa.cultures=[Avalor,Borenia]", "spa.questions_per_topic=6",
         "spa.include_seed_questions=true", "spa.js_threshold=0.02",
+        # adapters that are the culture on their own, so the adapter alone is evaluated too
+        "spa.specific_culture_in_prompt=false",
         "spa.samples_per_instance=2", "spa.train.max_steps=4", "spa.train.logging_steps=2",
         "spa.ccot_max_new_tokens=6", "spa.lm_guard_docs=16", "eval.cpus_per_worker=1"])
     data = load_spa_data(config)
@@ -47,7 +49,8 @@ def test_every_stage_writes_its_output_and_the_evaluation_is_finite(spa_run):
     rows = result["results"]["rows"]
     assert {(r["model"], r["prompting"]) for r in rows} == {
         ("base", "unprompted"), ("base", "culture"), ("base", "ccot"), ("joint", "culture"),
-        ("joint", "ccot"), ("specific", "culture"), ("specific", "ccot")}
+        ("joint", "ccot"), ("specific", "unprompted"), ("specific", "culture"),
+        ("specific", "ccot")}
     assert all(0.0 <= r["js"] <= 1.0 and r["n_questions"] == 40 for r in rows)
     guard = result["results"]["lm_guard"]
     assert set(guard) == {"base", "joint", "specific"} and guard["base"]["rise"] == 0.0
