@@ -113,13 +113,17 @@ def matmul_peak_flops(device: Device, repeats: int = 10) -> float:
     return 2 * size ** 3 / best
 
 
-def steady_tokens_per_s(metrics_path: Path, warmup_steps: int) -> tuple[float, float, int]:
+def steady_windows(metrics_path: Path, warmup_steps: int) -> tuple[dict, float]:
+    """Median, spread and count of the logged tokens/s windows after ``warmup_steps``, and when
+    the first step was logged."""
     rows = [json.loads(line) for line in metrics_path.read_text("utf-8").splitlines() if line]
     windows = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r and r["step"] > warmup_steps]
     if not windows:
         raise SystemExit(f"no steady-state windows in {metrics_path}; raise --steps")
     first_step_time = min(r["time"] for r in rows if "loss" in r)
-    return statistics.median(windows), first_step_time, len(windows)
+    return {"tokens_per_s": round(statistics.median(windows), 1),
+            "tokens_per_s_min": round(min(windows), 1),
+            "tokens_per_s_max": round(max(windows), 1), "windows": len(windows)}, first_step_time
 
 
 def make_job(folder: Path, stage: str, model_path: str, corpus: list[str], micro_batch: int,
@@ -192,9 +196,8 @@ def measure_model(size: str, folder: Path, corpus: list[str], args, device: Devi
     job = make_job(folder, "single", model_path, corpus, global_batch, 0, steps,
                    precision=device.precision)
     single_process(job, device)
-    tps, _, n = steady_tokens_per_s(job.metrics_path, warmup)
-    result["runs"]["single_process"] = {"tokens_per_s": round(tps, 1), "windows": n,
-                                        "devices": 1}
+    steady, _ = steady_windows(job.metrics_path, warmup)
+    result["runs"]["single_process"] = {**steady, "devices": 1}
 
     # TRL's chunked head is what GPUs run anyway; the dense swap is CPU-only.
     chunked = set() if device.gpu else {int(s) for s in args.chunked_head_stages.split(",")
@@ -213,9 +216,8 @@ def measure_model(size: str, folder: Path, corpus: list[str], args, device: Devi
         submitted = time.time()
         run_stage(job, ResourcesConfig(num_workers=workers, use_gpu=device.gpu,
                                        cpus_per_worker=device.cpus // workers))
-        tps, first_step, n = steady_tokens_per_s(job.metrics_path, warmup)
-        result["runs"][name] = {"tokens_per_s": round(tps, 1), "windows": n,
-                                "startup_s": round(first_step - submitted, 1),
+        steady, first_step = steady_windows(job.metrics_path, warmup)
+        result["runs"][name] = {**steady, "startup_s": round(first_step - submitted, 1),
                                 # a GPU run uses one GPU per worker; on a CPU every run has
                                 # the whole machine
                                 "devices": workers if device.gpu else 1}
@@ -231,7 +233,8 @@ def tabulate(size: str, result: dict, peak: float, device: Device) -> str:
     fraction = "MFU" if device.gpu else "% of matmul peak"
     lines = [f"{size}: {params:,} parameters, global batch {result['global_batch']}, "
              f"{result['steps']} steps", "",
-             f"| run | tokens/s | per device vs single process | achieved GFLOP/s (6N) | "
+             f"| run | tokens/s median (min-max) | per device vs single process | "
+             f"achieved GFLOP/s (6N) | "
              f"{fraction} | {fraction} with attention | start-up s (of it, one step) |",
              "|---|---|---|---|---|---|---|"]
     for name, run in result["runs"].items():
@@ -250,7 +253,10 @@ def tabulate(size: str, result: dict, peak: float, device: Device) -> str:
             run["step_s"] = round(result["global_batch"] * TrainConfig().max_seq_length
                                   / run["tokens_per_s"], 2)
             startup = f"{run['startup_s']} ({run['step_s']})"
-        lines.append(f"| {name} | {run['tokens_per_s']:.0f} | {run['ratio_vs_single']:.2f}x | "
+        spread = (f" ({run['tokens_per_s_min']:.0f}-{run['tokens_per_s_max']:.0f})"
+                  if "tokens_per_s_min" in run else "")
+        lines.append(f"| {name} | {run['tokens_per_s']:.0f}{spread} | "
+                     f"{run['ratio_vs_single']:.2f}x | "
                      f"{run['achieved_gflops']:.2f} | {100 * run['fraction_of_peak']:.0f}% | "
                      f"{100 * run['fraction_of_peak_with_attention']:.0f}% | {startup} |")
     return "\n".join(lines)
