@@ -246,7 +246,8 @@ def _first_missing(path: Path) -> Path | None:
 def _holds_finished_work(folder: Path) -> bool:
     """Whether a stage finished inside ``folder``: an export's finished.json or a checkpoint's or
     pipeline stage's manifest.json."""
-    return any(True for name in ("finished.json", "manifest.json") for _ in folder.rglob(name))
+    return any(next(folder.rglob(name), None) is not None
+               for name in ("finished.json", "manifest.json"))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
