@@ -108,7 +108,7 @@ def sft_args(job: TrainJob, world_size: int, use_gpu: bool, scratch_dir: str,
         # "wrapped" packing fills every row; best-fit packing is padding-free with
         # per-document attention, which on CPU (no flash attention) ran at half the speed.
         packing=job.text_field is not None and train.packing != "none",
-        packing_strategy="wrapped" if train.packing == "none" else train.packing,
+        packing_strategy="bfd" if train.packing == "none" else train.packing,  # unread if off
         dataset_text_field=job.text_field or "text",
         completion_only_loss=job.text_field is None or None,
         # Explicit: TRL defaults to bf16 autocast and gradient checkpointing, which made tiny

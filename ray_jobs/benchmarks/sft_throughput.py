@@ -29,6 +29,10 @@ from culture_rl.config import DeepSpeedConfig, ModelConfig, ResourcesConfig, \
 from ray_jobs.benchmarks.collect import write_results
 
 
+# Tokens per training row: make_job's TrainConfig keeps the default, and packing fills rows.
+SEQUENCE_LENGTH = TrainConfig().max_seq_length
+
+
 @dataclass(frozen=True)
 class ModelSize:
     shape: TinyModelConfig
@@ -185,11 +189,10 @@ def measure_model(size: str, folder: Path, corpus: list[str], args, device: Devi
     params = AutoModelForCausalLM.from_config(model_config).num_parameters()
     # PaLM's model FLOPs add the attention scores and values: 12 x layers x width x sequence
     # per trained token (6N alone leaves them out; at 128 tokens they are ~13 % more here).
-    seq_len = TrainConfig().max_seq_length
     result = {"model_parameters": params, "shape": preset.shape.model_dump(),
               "global_batch": global_batch, "steps": steps, "warmup_steps": warmup,
               "attention_flops_per_token": 12 * model_config.num_hidden_layers
-              * model_config.hidden_size * seq_len, "runs": {}}
+              * model_config.hidden_size * SEQUENCE_LENGTH, "runs": {}}
 
     where = "1 GPU" if device.gpu else f"{device.cpus} threads"
     print(f"[{size}] single process ({where}) ...", flush=True)
@@ -250,7 +253,7 @@ def tabulate(size: str, result: dict, peak: float, device: Device) -> str:
         if "startup_s" in run:
             # Start-up ends with the first logged step, so it holds one step of training too:
             # at steady speed that step takes a global batch of full rows / tokens per second.
-            run["step_s"] = round(result["global_batch"] * TrainConfig().max_seq_length
+            run["step_s"] = round(result["global_batch"] * SEQUENCE_LENGTH
                                   / run["tokens_per_s"], 2)
             startup = f"{run['startup_s']} ({run['step_s']})"
         spread = (f" ({run['tokens_per_s_min']:.0f}-{run['tokens_per_s_max']:.0f})"
@@ -295,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
                                  "device_count": device.count, "cpus": device.cpus,
                                  "precision": device.precision, "workers": device.workers,
                                  "load_average_start": os.getloadavg()[0]},
-                     "sequence_length": TrainConfig().max_seq_length, "models": {}}
+                     "sequence_length": SEQUENCE_LENGTH, "models": {}}
     connect(None)
     for size in sizes:
         results["models"][size] = measure_model(size, folder, world.corpus, args, device)
