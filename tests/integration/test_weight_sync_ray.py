@@ -1,6 +1,7 @@
 """Weight sync on the session's real Ray: LoRA-trained weights reach every generator actor,
-bucketed sync needs far fewer RPCs than per-tensor, receiver failures surface; and, in a
-subprocess, ZeRO-3 shards are gathered into the full weights."""
+bucketed sync needs far fewer RPCs than per-tensor, receiver failures surface, the collective
+transport broadcasts over a real gloo group; and, in a subprocess, ZeRO-3 shards are gathered
+into the full weights."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import pytest
 import ray
 import torch
 
+from culture_rl.distributed import weight_sync
 from culture_rl.distributed.weight_sync import WeightReceiver, WeightSyncError, \
-    state_fingerprint, sync_weights
+    close_sync_groups, state_fingerprint, sync_weights
 
 pytestmark = pytest.mark.integration
 
@@ -65,6 +67,9 @@ class TinyGenerator(WeightReceiver):
 
     def fingerprint(self) -> dict[str, float]:
         return state_fingerprint(self.model)
+
+    def sync_groups(self) -> list[str]:
+        return list(self.__dict__.get("_culture_rl_sync_groups", {}))
 
 
 ZERO3_SCRIPT = textwrap.dedent("""
@@ -189,3 +194,65 @@ def test_same_node_generators_read_shared_memory_and_both_transports_agree(gener
     assert store["transport"] == "object_store" and store["tensors"] == auto["tensors"]
     assert all(f == state_fingerprint(other)
                for f in ray.get([g.fingerprint.remote() for g in generators]))
+
+
+def fingerprints(generators) -> list[dict[str, float]]:
+    return ray.get([g.fingerprint.remote() for g in generators])
+
+
+def test_collective_broadcast_lands_the_merged_weights_and_reuses_its_group(generators):
+    trainer = lora_trained(seed=7)
+    key = tuple(g._actor_id.hex() for g in generators)
+    try:
+        first = sync_weights(trainer, generators, bucket_mb=0.02, transport="collective")
+        assert first["transport"] == "collective" and first["buckets"] > 1
+        assert first["rpcs"] == 2 * first["buckets"] and first["bytes"] > 0
+        merged = state_fingerprint(trainer)
+        assert first["tensors"] == len(merged)
+        assert all(f == merged for f in fingerprints(generators))
+        group = weight_sync._GROUPS[key]
+        # The trainer keeps training: the next sync must carry the new LoRA delta.
+        with torch.no_grad():
+            for name, param in trainer.named_parameters():
+                if "lora_B" in name:
+                    param.add_(0.5)
+        changed = state_fingerprint(trainer)
+        assert changed != merged
+        second = sync_weights(trainer, generators, bucket_mb=0.02, transport="collective")
+        assert weight_sync._GROUPS[key] is group  # built once, reused
+        assert second["buckets"] == first["buckets"]
+        assert all(f == changed for f in fingerprints(generators))
+        assert all(len(ids) == 1 for ids in ray.get([g.sync_groups.remote() for g in generators]))
+    finally:
+        close_sync_groups()
+    assert not weight_sync._GROUPS
+    assert ray.get([g.sync_groups.remote() for g in generators]) == [[], []]
+
+
+def test_a_stalled_collective_sync_is_a_weight_sync_error_and_the_next_one_rebuilds(
+        generators):
+    ray.get(generators[1].set_delay.remote(2.5))  # applies bucket 0, then stalls
+    try:
+        with pytest.raises(WeightSyncError, match=r"timed out after 1.5 s"):
+            sync_weights(tiny_llama(0), generators, bucket_mb=0.01, transport="collective",
+                         timeout_s=1.5)
+        assert not weight_sync._GROUPS  # the broken group is gone on the trainer's side
+    finally:
+        ray.get(generators[1].set_delay.remote(0.0))
+    try:
+        trainer = lora_trained(seed=8)
+        stats = sync_weights(trainer, generators, bucket_mb=0.01, transport="collective",
+                             timeout_s=30)
+        assert stats["transport"] == "collective"
+        assert all(f == state_fingerprint(trainer) for f in fingerprints(generators))
+        # The receivers dropped the broken group: only the new one is left.
+        assert all(len(ids) == 1 for ids in ray.get([g.sync_groups.remote() for g in generators]))
+    finally:
+        close_sync_groups()
+
+
+def test_nccl_for_cpu_weights_fails_before_any_group_is_built(generators):
+    with pytest.raises(WeightSyncError, match="on a GPU"):
+        sync_weights(tiny_llama(0), generators, bucket_mb=1, transport="collective",
+                     collective_backend="nccl")
+    assert not weight_sync._GROUPS

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from culture_rl.distributed.weight_sync import Bucket, apply_bucket, iter_export_tensors, \
-    make_buckets, state_fingerprint
+from culture_rl.distributed.weight_sync import BroadcastBucket, Bucket, _BroadcastStaging, \
+    apply_bucket, default_collective_backend, iter_export_tensors, make_buckets, \
+    pack_broadcast_buckets, shared_gpus, state_fingerprint, sync_weights, unpack_bucket
 
 
 def tiny_llama(seed: int = 0):
@@ -249,3 +250,78 @@ def test_shared_pages_become_the_receivers_weights_and_the_next_sync_updates_the
         assert dict(receiver.named_parameters())[q].data_ptr() != pointer
     finally:
         staging.close()
+
+
+# ------------------------------------------------------------------ collective transport helpers
+
+
+def received(bucket: BroadcastBucket, flat: torch.Tensor) -> BroadcastBucket:
+    """What a receiver makes of a broadcast bucket: its metadata plus its own copy of the
+    bytes, viewed in the bucket's dtype."""
+    assert flat.dtype == torch.uint8 and flat.numel() == bucket.nbytes
+    return BroadcastBucket(bucket.names, bucket.shapes, bucket.dtype, bucket.nbytes,
+                           flat.clone().view(getattr(torch, bucket.dtype)))
+
+
+def test_broadcast_buckets_group_like_make_buckets_and_round_trip_in_their_own_dtype():
+    tensors = [("a", torch.randn(10)), ("b", torch.randn(3, 4)), ("c", torch.randn(5)),
+               ("d", torch.arange(6, dtype=torch.int64)), ("e", torch.randn(2, 2).t()),
+               ("big", torch.randn(100)), ("h", torch.randn(4, 3).to(torch.bfloat16))]
+    staging = _BroadcastStaging(torch.device("cpu"), wait=lambda work, index: None)
+    got = [received(bucket, flat) for bucket, flat in pack_broadcast_buckets(tensors, 100,
+                                                                               staging)]
+    want = [b.names for b in make_buckets(tensors, bucket_bytes=100)]
+    assert [b.names for b in got] == want == [["a", "b"], ["c"], ["d"], ["e"], ["big"], ["h"]]
+    assert [b.dtype for b in got] == ["float32", "float32", "int64", "float32", "float32",
+                                      "bfloat16"]
+    assert [b.nbytes for b in got] == [88, 20, 48, 16, 400, 24]
+    unpacked = dict(pair for b in got for pair in unpack_bucket(b))
+    for name, tensor in tensors:
+        assert unpacked[name].dtype == tensor.dtype and torch.equal(unpacked[name], tensor)
+    model = torch.nn.Linear(3, 4, bias=False)  # float32: a bf16 bucket is cast on apply
+    bf16 = next(b for b in got if b.names == ["h"])
+    assert apply_bucket(model, BroadcastBucket(["weight"], bf16.shapes, bf16.dtype,
+                                               bf16.nbytes, bf16.received)) == 1
+    assert torch.equal(model.weight, tensors[-1][1].float())
+
+
+def test_broadcast_staging_alternates_two_buffers_and_waits_before_reusing_one():
+    waited: list[str] = []
+    staging = _BroadcastStaging(torch.device("cpu"),
+                                wait=lambda work, index: waited.append(work))
+    tensors = [(str(i), torch.full((4,), float(i))) for i in range(5)]  # 16 B each, 1 a bucket
+    addresses = []
+    for index, (bucket, flat) in enumerate(pack_broadcast_buckets(tensors, 16, staging)):
+        addresses.append(flat.data_ptr())
+        # bucket k's buffer was last broadcast by bucket k-2: waited for before packing it
+        assert waited == [f"work{k}" for k in range(index - 1)]
+        staging.sent(f"work{index}", index)
+    assert addresses[0::2] == [addresses[0]] * 3 and addresses[1::2] == [addresses[1]] * 2
+    assert addresses[0] != addresses[1]
+    staging.drain()
+    assert sorted(waited) == [f"work{k}" for k in range(5)]
+
+
+def test_unpacking_a_broadcast_bucket_before_it_is_received_is_an_error():
+    with pytest.raises(ValueError, match="nothing received"):
+        unpack_bucket(BroadcastBucket(["w"], [(2,)], "float32", 8))
+
+
+def test_shared_gpus_finds_ranks_on_one_gpu_of_one_node():
+    peers = [{"node": "n1", "gpu": "GPU-a"}, {"node": "n1", "gpu": "GPU-b"},
+             {"node": "n2", "gpu": "GPU-a"}, {"node": "n1", "gpu": "GPU-a"},
+             {"node": "n1", "gpu": None}, {"node": "n1", "gpu": None}]
+    assert shared_gpus(peers) == [(0, 3)]  # same UUID on another node is another GPU
+    assert shared_gpus(peers[:3]) == []
+
+
+def test_collective_backend_follows_the_weights_device():
+    assert default_collective_backend(tiny_llama()) == "gloo"
+    assert default_collective_backend(torch.nn.Module()) == "gloo"  # no weights at all
+
+
+def test_unknown_transport_and_backend_are_rejected():
+    with pytest.raises(ValueError, match="collective"):
+        sync_weights(tiny_llama(), [], 1, transport="nccl")
+    with pytest.raises(ValueError, match="collective_backend"):
+        sync_weights(tiny_llama(), [], 1, transport="collective", collective_backend="mpi")
