@@ -377,6 +377,11 @@ class RolloutConfig(_Section):
                                    "weights instead of copying them out: one copy per sync "
                                    "and one copy in memory for all of them (the loops here "
                                    "never generate during a sync). False: each copies.")
+    sync_transport: Literal["auto", "shared_memory", "object_store", "collective"] = Field(
+        "auto", description="How weight-sync buckets reach the rollout workers. 'auto': "
+        "/dev/shm files when every worker is on the trainer's node, else Ray's object store. "
+        "'collective': a broadcast over a process group of the trainer and the workers, NCCL "
+        "when the policy is on a GPU (each worker then needs a GPU of its own), gloo on CPUs.")
 
 
 class PPOResourcesConfig(_Section):

@@ -219,7 +219,7 @@ class PPOController:
         self.rollout_replacements += 1
         ro, timeout = self.config.rollout, self.config.ppo_resources.call_timeout_s
         self._get([a.sync_weights.remote([worker], ro.sync_bucket_mb, timeout,
-                                         ro.sync_share_pages)
+                                         ro.sync_share_pages, ro.sync_transport)
                    for a in self.groups["policy"].actors], "weight sync to the new rollout worker")
 
     def rollout(self, batch: list[dict], step: int) -> tuple[Experience, list[str]]:
@@ -260,7 +260,7 @@ class PPOController:
         ro = self.config.rollout
         stats = self._get([a.sync_weights.remote(receivers, ro.sync_bucket_mb,
                                                  self.config.ppo_resources.call_timeout_s,
-                                                 ro.sync_share_pages)
+                                                 ro.sync_share_pages, ro.sync_transport)
                            for a in policy], "weight sync")
         return stats[0]
 

@@ -224,20 +224,23 @@ class _PolicyTrainer(_DeepSpeedTrainer):
         return self._updates(micro_batches(), loss_fn)
 
     def sync_weights(self, receivers: list, bucket_mb: float, timeout_s: float = 600,
-                     share_pages: bool = False) -> dict:
-        """Send the current (LoRA-merged) weights to the rollout workers. Under ZeRO-3 every
-        rank joins the gathers; rank 0 sends."""
+                     share_pages: bool = False, transport: str = "auto") -> dict:
+        """Send the current (LoRA-merged) weights to the rollout workers (``transport``: see
+        ``rollout.sync_transport``). Under ZeRO-3 every rank joins the gathers; rank 0 sends
+        (and alone builds the collective group)."""
         from culture_rl.distributed.weight_sync import sync_weights
 
         return sync_weights(self.engine.module, receivers if self.strategy.is_rank_0 else [],
                             bucket_mb, gather_zero3=self.spec.deepspeed.zero_stage == 3,
-                            timeout_s=timeout_s, share_pages=share_pages)
+                            timeout_s=timeout_s, share_pages=share_pages, transport=transport)
 
     def close(self) -> None:
-        """Free what outlives a killed process: the weight-sync files in /dev/shm."""
-        from culture_rl.distributed.weight_sync import close_shared_staging
+        """Free what outlives a killed process: the weight-sync files in /dev/shm, and the
+        collective weight-sync groups (their receivers leave them too)."""
+        from culture_rl.distributed.weight_sync import close_shared_staging, close_sync_groups
 
         close_shared_staging()
+        close_sync_groups()
 
     def fingerprint(self) -> dict[str, float]:
         """Per-tensor sums of the weights the generators should hold (LoRA merged)."""

@@ -104,11 +104,14 @@ def test_killed_rollout_worker_is_replaced_synced_and_the_step_completes(ray_ses
                                                                           tiny_policy):
     """A generator process killed (SIGKILL) after step 1 trained the policy: step 2's rollout
     finds it dead, a replacement starts on its bundle, receives the trained weights and
-    generates the lost chunk; the step completes with generators and trainer in agreement."""
+    generates the lost chunk; the step completes with generators and trainer in agreement.
+    Synced by the collective transport (gloo here): its cached group held the dead worker, so
+    this also shows a new group replacing it (the other tests use the default transport)."""
     import os
     import signal
 
-    config = ppo_config(tmp_path, tiny_policy, "rollout_loss")
+    config = ppo_config(tmp_path, tiny_policy, "rollout_loss",
+                        extra=["rollout.sync_transport=collective"])
     controller = controller_for(config, tiny_policy)
     try:
         controller.start()
@@ -121,8 +124,10 @@ def test_killed_rollout_worker_is_replaced_synced_and_the_step_completes(ray_ses
         assert ray.get(replacement.pid.remote()) != victim_pid
         trained = ray.get(controller.groups["policy"].actors[0].fingerprint.remote())
         synced = ray.get(replacement.fingerprint.remote())
+        transport = controller.sync()["transport"]
     finally:
         controller.shutdown()
+    assert transport == "collective"
     assert controller.rollout_replacements == 1
     assert values["samples"] == 8 and values["reward_mean"] == values["reward_mean"]
     assert values["logprob_gap"] < 1e-3  # the replacement generated with the trained weights
