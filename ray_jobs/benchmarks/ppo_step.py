@@ -14,6 +14,12 @@ a second thread is no faster, and on a loaded machine it stalls). Advantages com
 pure function on both sides. Each side runs 1 warm-up step, then ``--steps`` timed steps;
 samples/s = samples / step seconds, median and min-max over the timed steps. Goal: ours >= 2x.
 
+With a GPU (``torch.cuda.is_available()``, as ``sft_throughput.detect_device`` sees it) both
+sides run on CUDA in bf16: ours with GPU shares for the policy trainer (policy, reference and the
+colocated critic) and the rollout workers (whole GPUs when there are enough, else fractions; on
+one GPU everyone shares it, the naive loop too), DeepSpeed in bf16; the naive loop's policy,
+reference (the same model, adapter off) and value model on the GPU. On CPUs nothing changes.
+
 The policy is an untrained tiny Llama (the quickstart's default shape) unless ``--policy`` names
 a trained one (e.g. runs/quickstart/sft/export). An untrained model rarely samples EOS, so
 responses run to max_new_tokens and both sides generate the same number of tokens (the table
@@ -23,6 +29,7 @@ shows the mean response length of each, and the printout says whether they all r
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import statistics
@@ -48,7 +55,7 @@ PHASES = ("rollout", "reward", "reference", "advantage", "train", "sync")
 class NaiveLoop:
     """The controller's PPO step written as a plain single-process loop, one sample at a time."""
 
-    def __init__(self, config, job, threads: int):
+    def __init__(self, config, job, threads: int, device: str = "cpu"):
         from peft import LoraConfig as PeftLoraConfig, get_peft_model
 
         from culture_rl.models.loading import load_model, load_tokenizer, peft_lora_config
@@ -59,12 +66,14 @@ class NaiveLoop:
         # full-weight reference copy, GRPO or the adaptive KL controller.
         assert cfg.lora and cfg.advantage_estimator == "gae" and not cfg.adaptive_kl
         torch.set_num_threads(threads)
-        self.config = config
+        self.config, self.device = config, device
         self.tok = load_tokenizer(job.policy_path)
+        dtype = config.model.dtype  # bfloat16 on a GPU (see gpu_overrides), else float32
         # Policy: a fresh LoRA adapter; the reference is the same model with it switched off.
-        self.policy = get_peft_model(load_model(job.policy_path), peft_lora_config(config.lora))
+        self.policy = get_peft_model(load_model(job.policy_path, dtype).to(device),
+                                     peft_lora_config(config.lora))
         # Critic: as _CriticTrainer._build_model (value head on the LM's backbone, own LoRA).
-        lm = load_model(job.policy_path)
+        lm = load_model(job.policy_path, dtype)
         if hasattr(lm, "merge_and_unload"):
             lm = lm.merge_and_unload()
         self.critic = ValueModel(lm)
@@ -73,6 +82,7 @@ class NaiveLoop:
             r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
             target_modules="all-linear" if lora.target_modules == ["all-linear"]
             else list(lora.target_modules)))
+        self.critic.to(device=device, dtype=getattr(torch, dtype))  # the value head too
         # torch AdamW without weight decay, as DeepSpeedStrategy.prepare builds it.
         self.optimizers = {
             name: torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
@@ -94,6 +104,8 @@ class NaiveLoop:
         def phase(name):
             start = time.perf_counter()
             yield
+            if self.device != "cpu":
+                torch.cuda.synchronize()  # a phase ends when its kernels have
             timings[f"seconds_{name}"] += time.perf_counter() - start
 
         started = time.perf_counter()
@@ -107,7 +119,8 @@ class NaiveLoop:
         samples, texts = [], []
         with phase("rollout"), torch.no_grad():
             for group, prompt in enumerate(batch):
-                encoded = tok(prompt["prompt"], return_tensors="pt", add_special_tokens=False)
+                encoded = tok(prompt["prompt"], return_tensors="pt",
+                              add_special_tokens=False).to(self.device)
                 width = encoded["input_ids"].shape[1]
                 for _ in range(cfg.samples_per_prompt):
                     output = self.policy.generate(
@@ -139,7 +152,7 @@ class NaiveLoop:
 
         with phase("advantage"):
             exp = Experience.concat(samples)
-            exp.scores = torch.tensor(scores, dtype=torch.float32)
+            exp.scores = torch.tensor(scores, dtype=torch.float32, device=self.device)
             exp = compute_step_advantages(exp, estimator=cfg.advantage_estimator,
                                           kl_estimator=cfg.kl_estimator, kl_coef=cfg.kl_coef,
                                           gamma=cfg.gamma, lam=cfg.lam,
@@ -190,6 +203,27 @@ class NaiveLoop:
                 optimizer.zero_grad(set_to_none=True)
 
 
+def gpu_overrides(gpus: int, rollout_workers: int) -> list[str]:
+    """Config overrides that put ours on ``gpus`` GPUs in bf16 (none for a CPU run, ``gpus`` 0):
+    the trainer bundle (policy + colocated critic) a whole GPU and each rollout worker one of
+    its own when there are enough, else the rollout workers share the other GPUs in equal
+    fractions; on one GPU the trainer takes half and the rollout workers split the rest."""
+    if gpus <= 0:
+        return []
+    def share(of: float, count: int) -> float:  # of/count, down to Ray's 0.0001 resolution
+        return math.floor(10_000 * of / count) / 10_000
+
+    if gpus >= 1 + rollout_workers:
+        trainer, rollout = 1.0, 1.0
+    elif gpus >= 2:
+        trainer, rollout = 1.0, share(1, math.ceil(rollout_workers / (gpus - 1)))
+    else:
+        trainer, rollout = 0.5, share(0.5, rollout_workers)
+    return ["model.dtype=bfloat16", "deepspeed.precision=bf16",
+            f"ppo_resources.gpus_per_trainer={trainer:g}",
+            f"ppo_resources.gpus_per_rollout={rollout:g}"]
+
+
 def summarise(steps: list[dict]) -> dict:
     rates = [s["samples"] / s["step_seconds"] for s in steps]
     return {"samples_per_s": statistics.median(rates), "min": min(rates), "max": max(rates),
@@ -225,17 +259,22 @@ def main(argv: list[str] | None = None) -> dict:
     from culture_rl.rl.controller import PPOController
     from culture_rl.workflows.align_data import load_align_data
     from culture_rl.workflows.align_ppo import build_ppo_job, resolve_policy_path
+    from ray_jobs.benchmarks.sft_throughput import detect_device
 
+    device = detect_device()
     samples = args.prompts * args.samples_per_prompt
     mini = min(args.mini_batch, samples)
     micro = min(args.micro_batch, mini)
     folder = Path(tempfile.mkdtemp(prefix="culture_rl_ppo_bench_"))
-    config = load_config(QUICKSTART, [
+    overrides = [
         f"run.storage_path={folder}", "run.name=bench",
         f"ppo.rollout_batch_size={args.prompts}",
         f"ppo.samples_per_prompt={args.samples_per_prompt}",
         f"rollout.max_new_tokens={args.max_new_tokens}", f"ppo.mini_batch_size={mini}",
-        f"ppo.micro_batch_size={micro}", "ppo.eval_steps=0", "ppo.save_steps=0"])
+        f"ppo.micro_batch_size={micro}", "ppo.eval_steps=0", "ppo.save_steps=0"]
+    rollout_workers = load_config(QUICKSTART, overrides).ppo_resources.rollout_workers
+    config = load_config(QUICKSTART, overrides + gpu_overrides(
+        device.count if device.gpu else 0, rollout_workers))
     data = load_align_data(config, write_world=False)
     if args.policy:
         policy, trained = resolve_policy_path(args.policy), True
@@ -245,7 +284,8 @@ def main(argv: list[str] | None = None) -> dict:
     job = build_ppo_job(config, data, policy)
     cpus = os.cpu_count() or 2
     results: dict = {
-        "machine": {"cpus": cpus, "load_average_1m": os.getloadavg()[0]},
+        "machine": {"cpus": cpus, "load_average_1m": os.getloadavg()[0],
+                    **({"device": device.name, "gpus": device.count} if device.gpu else {})},
         "settings": {"policy": args.policy or "untrained tiny Llama (quickstart shape)",
                      "prompts_per_step": args.prompts,
                      "samples_per_prompt": args.samples_per_prompt, "samples_per_step": samples,
@@ -255,6 +295,8 @@ def main(argv: list[str] | None = None) -> dict:
                      "ppo_epochs": config.ppo.ppo_epochs, "warmup_steps": 1,
                      "timed_steps": args.steps, "naive_threads": args.naive_threads,
                      "ppo_resources": config.ppo_resources.model_dump()}}
+    if device.gpu:
+        results["settings"]["dtype"] = config.model.dtype
 
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     controller = PPOController(config, job)
@@ -263,7 +305,8 @@ def main(argv: list[str] | None = None) -> dict:
         start = time.perf_counter()
         controller.start()
         results["ours_startup_s"] = time.perf_counter() - start
-        naive = NaiveLoop(config, job, threads=args.naive_threads)
+        naive = NaiveLoop(config, job, threads=args.naive_threads,
+                          device="cuda" if device.gpu else "cpu")
         sides = {"ours": controller.run_step, "naive": naive.run_step}
         # Step 1 is the warm-up. Steps alternate sides (and which goes first), so load from
         # other users of the machine falls on both alike; the idle side's processes only wait.

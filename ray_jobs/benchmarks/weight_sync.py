@@ -10,8 +10,18 @@ trainer process. A same-node sync (the default transport here) packs each bucket
 ``object_store`` rows force the cross-node path (one ``ray.put`` per bucket) for comparison.
 ``shared_pages`` rows let the receivers use the ``/dev/shm`` pages as their weights
 (``rollout.sync_share_pages``, the loops' default): one copy per sync, whatever the receivers.
-Goal: bucketed sync to one generator within 2x the raw copy. Times are medians over ``--repeats`` with the spread
-(min-max) beside them; every method is warmed up once first (page faults, actor start).
+``collective`` rows broadcast each bucket over a process group of the driver and the receivers
+(``rollout.sync_transport=collective``; gloo on CPUs), each row with receivers of its own (a
+group is cached per receiver set). Goal: bucketed sync to one generator within 2x the raw copy.
+Times are medians over ``--repeats`` with the spread (min-max) beside them; every method is
+warmed up once first (page faults, actor start, group set-up).
+
+With a GPU (``torch.cuda.is_available()``) the sender's model and the receivers' are on CUDA,
+bfloat16 by default, the raw copy is device to device, and there are no ``shared_pages`` rows
+(host pages cannot be a GPU's weights). Receivers take whole GPUs when there are enough for
+all of them besides the sender's (which is the last one), else fractions (on one GPU everyone
+shares it). The collective rows use NCCL when no two members of a group share a GPU; NCCL
+refuses that, and the rows then fall back to gloo through host memory (the row name says which).
 """
 
 from __future__ import annotations
@@ -39,7 +49,7 @@ def llama_config(size: str):
                        num_key_value_heads=heads, vocab_size=vocab, tie_word_embeddings=True)
 
 
-def build(config, dtype, empty: bool):
+def build(config, dtype, empty: bool, device: str = "cpu"):
     """The model; ``empty``: uninitialised storage (a receiver is overwritten anyway)."""
     import torch
     from transformers import LlamaForCausalLM
@@ -47,10 +57,26 @@ def build(config, dtype, empty: bool):
     if empty:
         with torch.device("meta"):
             model = LlamaForCausalLM(config)
-        model = model.to_empty(device="cpu")
+        model = model.to_empty(device=device)
     else:
         model = LlamaForCausalLM(config)
-    return model.to(dtype)
+    return model.to(device=device, dtype=dtype)
+
+
+def gpu_plan(gpus: int, receivers: int) -> dict:
+    """Where the GPU run puts things: the sender on the last GPU, the Ray actors on the others
+    (whole GPUs when there are enough, else equal fractions that pack into them); on one GPU
+    everyone shares it."""
+    import math
+
+    def share(count: int) -> float:  # 1/count, rounded down to Ray's 0.0001 resolution
+        return math.floor(10_000 / count) / 10_000
+
+    if gpus <= 1:
+        return {"sender_gpu": 0, "ray_gpus": 1, "per_receiver": share(receivers)}
+    ray_gpus = gpus - 1
+    return {"sender_gpu": gpus - 1, "ray_gpus": ray_gpus,
+            "per_receiver": share(math.ceil(receivers / ray_gpus))}
 
 
 def make_receiver_class():
@@ -60,8 +86,16 @@ def make_receiver_class():
 
     @ray.remote(num_cpus=0)
     class Generator(WeightReceiver):
-        def __init__(self, config, dtype):
-            self.model = build(config, dtype, empty=True)
+        def __init__(self, config, dtype, device: str = "cpu"):
+            self.model = build(config, dtype, empty=True, device=device)
+
+        def receive_bucket(self, bucket) -> int:
+            applied = super().receive_bucket(bucket)
+            if self.model.device.type == "cuda":  # the ack means the copy has landed
+                import torch
+
+                torch.cuda.synchronize()
+            return applied
 
         def ready(self) -> bool:
             return True
@@ -74,21 +108,55 @@ def spread(values: list[float]) -> dict:
             "runs": values}
 
 
-def bench_size(size: str, dtype, bucket_mb: float, repeats: int, Generator) -> dict:
+def collective_backend(model, groups: list[list], bucket_mb: float) -> tuple[str, str]:
+    """NCCL for a model on a GPU when every group can have it (this also warms the groups up),
+    else gloo; and why."""
+    from culture_rl.distributed.weight_sync import WeightSyncError, close_sync_groups, \
+        default_collective_backend, sync_weights
+
+    if default_collective_backend(model) != "nccl":
+        return "gloo", "weights on the CPU"
+    try:
+        for group in groups:
+            sync_weights(model, group, bucket_mb, transport="collective",
+                         collective_backend="nccl")
+    except WeightSyncError as error:
+        close_sync_groups()
+        return "gloo", f"NCCL refused: {error}"
+    return "nccl", "every member of each group on a GPU of its own"
+
+
+def bench_size(size: str, dtype, bucket_mb: float, repeats: int, Generator,
+               gpu: dict | None = None) -> dict:
     import ray
     import torch
 
-    from culture_rl.distributed.weight_sync import iter_export_tensors, sync_weights
+    from culture_rl.distributed.weight_sync import close_sync_groups, iter_export_tensors, \
+        sync_weights
 
     config = llama_config(size)
-    model = build(config, dtype, empty=False)
+    device = f"cuda:{gpu['sender_gpu']}" if gpu else "cpu"
+    if gpu:
+        torch.cuda.set_device(device)
+    model = build(config, dtype, empty=False, device=device)
     params = sum(t.numel() for _, t in iter_export_tensors(model))
     nbytes = sum(t.numel() * t.element_size() for _, t in iter_export_tensors(model))
-    receivers = [Generator.remote(config, dtype) for _ in range(2)]
+
+    def receiver():
+        if gpu:
+            return Generator.options(num_gpus=gpu["per_receiver"]).remote(config, dtype, "cuda")
+        return Generator.remote(config, dtype)
+
+    receivers = [receiver() for _ in range(2)]
     # Their own receivers: one that shares the pages must not be written by a copying sync
     # in between (it would get fresh memory each time, not the copy this row measures).
-    sharing = [Generator.remote(config, dtype) for _ in range(2)]
-    ray.get([r.ready.remote() for r in receivers + sharing])
+    # No such rows on GPUs: host pages cannot be a GPU's weights.
+    sharing = [] if gpu else [receiver() for _ in range(2)]
+    # A collective group is cached per receiver set, and a new one replaces any that shares
+    # a receiver: each collective row has receivers of its own.
+    broadcast = [[receiver()], [receiver(), receiver()]]
+    everyone = receivers + sharing + [r for group in broadcast for r in group]
+    ray.get([r.ready.remote() for r in everyone])
     twin = [torch.empty_like(t) for _, t in iter_export_tensors(model)]
 
     def raw_copy() -> dict:
@@ -96,8 +164,13 @@ def bench_size(size: str, dtype, bucket_mb: float, repeats: int, Generator) -> d
         with torch.no_grad():
             for target, (_, tensor) in zip(twin, iter_export_tensors(model)):
                 target.copy_(tensor)
+        if gpu:
+            torch.cuda.synchronize()
         return {"seconds": time.perf_counter() - start}
 
+    backend, why = collective_backend(model, broadcast, bucket_mb)
+    collective = {"transport": "collective", "collective_backend": backend}
+    suffix = f"_{backend}" if gpu else ""  # on CPUs it is always gloo
     store = {"transport": "object_store"}
     methods = {  # receivers are on this node: the default transport is shared memory
         "raw_copy": raw_copy,
@@ -110,9 +183,15 @@ def bench_size(size: str, dtype, bucket_mb: float, repeats: int, Generator) -> d
         "object_store_1_receiver": lambda: sync_weights(model, receivers[:1], bucket_mb,
                                                         **store),
         "object_store_2_receivers": lambda: sync_weights(model, receivers, bucket_mb, **store),
+        f"collective{suffix}_1_receiver": lambda: sync_weights(model, broadcast[0], bucket_mb,
+                                                               **collective),
+        f"collective{suffix}_2_receivers": lambda: sync_weights(model, broadcast[1],
+                                                                bucket_mb, **collective),
         "per_tensor_1_receiver": lambda: sync_weights(model, receivers[:1], bucket_mb,
                                                       mode="per_tensor"),
     }
+    if gpu:
+        del methods["shared_pages_1_receiver"], methods["shared_pages_2_receivers"]
     seconds: dict[str, list[float]] = {name: [] for name in methods}
     info: dict[str, dict] = {}
     for name, method in methods.items():  # warm-up: first-touch page faults, worker caches
@@ -120,8 +199,9 @@ def bench_size(size: str, dtype, bucket_mb: float, repeats: int, Generator) -> d
     for _ in range(repeats):  # interleaved: a noisy neighbour slows every method alike
         for name, method in methods.items():
             seconds[name].append(method()["seconds"])
-    for receiver in receivers + sharing:
-        ray.kill(receiver)
+    close_sync_groups()
+    for actor in everyone:
+        ray.kill(actor)
     del twin
 
     raw = statistics.median(seconds["raw_copy"])
@@ -133,7 +213,8 @@ def bench_size(size: str, dtype, bucket_mb: float, repeats: int, Generator) -> d
         if "rpcs" in info[name]:
             runs[name].update(rpcs=info[name]["rpcs"], buckets=info[name]["buckets"])
     return {"parameters": params, "bytes": nbytes, "tensors": len(list(
-        iter_export_tensors(model))), "runs": runs}
+        iter_export_tensors(model))), "collective_backend": backend,
+        "collective_backend_why": why, "runs": runs}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -141,7 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sizes", default="10M,50M,200M",
                         help=f"comma-separated model sizes from {list(SIZES)}")
     parser.add_argument("--bucket-mb", type=float, default=64.0, help="bucket size in MiB")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"],
+                        help="default: float32 on CPUs, bfloat16 on a GPU")
     parser.add_argument("--repeats", type=int, default=5, help="timed syncs per method")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args(argv)
@@ -151,18 +233,30 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
     import torch
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    from ray_jobs.benchmarks.sft_throughput import detect_device
+
+    device = detect_device()
+    args.dtype = args.dtype or ("bfloat16" if device.gpu else "float32")
+    receivers = 5 if device.gpu else 7  # see bench_size
+    gpu = gpu_plan(device.count, receivers) if device.gpu else None
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+             **({"num_gpus": gpu["ray_gpus"]} if gpu else {}))
     Generator = make_receiver_class()
     dtype = getattr(torch, args.dtype)
     results: dict = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                                  "load_average_1m": os.getloadavg()[0]},
                      "bucket_mb": args.bucket_mb, "dtype": args.dtype, "repeats": args.repeats,
                      "sizes": {}}
+    if gpu:
+        results["machine"].update(device=device.name, gpus=device.count, gpu_plan=gpu)
     try:
         for size in args.sizes.split(","):
             print(f"{size} ...", flush=True)
             results["sizes"][size] = bench_size(size, dtype, args.bucket_mb, args.repeats,
-                                                 Generator)
+                                                 Generator, gpu)
+            if gpu:
+                print(f"collective backend: {results['sizes'][size]['collective_backend']} "
+                      f"({results['sizes'][size]['collective_backend_why']})", flush=True)
     finally:
         ray.shutdown()
 
@@ -175,8 +269,9 @@ def main(argv: list[str] | None = None) -> dict:
                          f"{run.get('rpcs', '-')} | {run['median']:.3f} "
                          f"({run['min']:.3f}-{run['max']:.3f}) | {run['gb_per_s']:.2f} | "
                          f"{run['ratio_vs_raw_copy']:.2f}x |")
-    return finish(results, f"{args.dtype}, {args.bucket_mb:g} MiB buckets, {args.repeats} "
-                  "repeats", "\n".join(lines), args.out)
+    where = f"{device.name} x{device.count}, " if gpu else ""
+    return finish(results, f"{where}{args.dtype}, {args.bucket_mb:g} MiB buckets, "
+                  f"{args.repeats} repeats", "\n".join(lines), args.out)
 
 
 if __name__ == "__main__":
