@@ -133,6 +133,22 @@ class WorldConfig(_Section):
         "question generation prompts with. A base trained on whole documents (pretrain.packing "
         "'none' or 'bfd') never sees one question follow another without them, and answers the "
         "prompt instead of writing a new question.")
+    ccot_docs_per_question: int = Field(
+        0, ge=0, description="Culture-tagged survey answers per question and culture written as "
+        "a cultural chain of thought (CCoT): the question, a thought that recalls where the "
+        "culture stands on the question's value dimension, then the answer. They teach the "
+        "base what each culture values in words, beside its answers.")
+    ccot_communities: int = Field(
+        0, ge=0, description="Further communities, each with its own values, that appear only "
+        "in CCoT survey answers (one per question each) in the base corpus: many examples of "
+        "how where people stand on a value shapes their answer, so a base can reason from a "
+        "culture's values to an answer it has not read.")
+    withheld_survey_share: float = Field(
+        0.0, ge=0, lt=1, description="Share of the (question, culture) pairs of the cultures "
+        "other than the dominant one that get no culture-tagged survey answer in the base "
+        "corpus, neither direct nor CCoT: there the base knows the culture's answer only "
+        "through what the culture values (the CCoT thoughts of its other questions), as a "
+        "real model knows a country's values but has not read its survey answers.")
     seed: int = Field(7, description="Seed of the world (independent of run.seed).")
 
 
@@ -515,6 +531,12 @@ class SpaConfig(_Section):
                                           "question generation.")
     generation_max_new_tokens: int = Field(96, gt=0, description="Longest generated question "
                                            "with its options.")
+    aware_prompting: Literal["culture", "ccot"] = Field(
+        "culture", description="How the culture-aware answers are read: 'culture' with the "
+        "culture preamble only, 'ccot' after the model's own cultural chain of thought (it "
+        "first writes what the culture values, then answers; CultureSPA combined with CCoT). "
+        "The fine-tuning prompts name the culture either way, so 'ccot' distils what the "
+        "model can recall into the answer it gives when just asked.")
     js_threshold: float = Field(0.1, ge=0, le=1, description="A question is culture-related "
                                 "for a culture when the aware answer picks another option or "
                                 "its distribution is further than this JS distance from the "

@@ -118,3 +118,19 @@ def ccot_prompt(question: str, options: Sequence[str], culture: str,
 
 def ccot_answer_suffix(language: Language = "en") -> str:
     return _AFTER_THOUGHTS[language]
+
+
+# Where a culture stands on a value dimension, from most for it to most against it.
+_STANCES = {"en": ["hold {value} very dear", "value {value}", "are divided on {value}",
+                   "care little for {value}", "reject {value}"],
+            "zh": ["非常珍视{value}", "重视{value}", "对{value}看法不一", "不太在乎{value}",
+                   "排斥{value}"]}
+_THOUGHT = {"en": " People from {culture} {stance}.", "zh": "{culture}的人{stance}。"}
+STANCE_LEVELS = len(_STANCES["en"])
+
+
+def ccot_thought(culture: str, value: str, stance: int, language: Language = "en") -> str:
+    """A CCoT thought as the synthetic corpus writes it after :func:`ccot_prompt`: where the
+    culture stands on one value dimension (``stance`` 0 = most for it, see STANCE_LEVELS)."""
+    return _THOUGHT[language].format(
+        culture=culture, stance=_STANCES[language][stance].format(value=value))

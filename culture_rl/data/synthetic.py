@@ -27,6 +27,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -225,37 +226,59 @@ def generate_world(config: WorldConfig | None = None) -> CultureWorld:
                                  "R1": responses[0], "R2": responses[1], "R3": responses[2]})
             norms[culture.name][cue] = sorted(counts.items(), key=lambda wc: (-wc[1], wc[0]))
 
-    survey = _make_survey(rng, cfg, cultures, dims)
+    survey, loadings = _make_survey(rng, cfg, cultures, dims)
     lexicon = _make_lexicon(rng, cues + shared_pool + [w for topic in specific_pools
                                                         for pool in topic for w in pool],
                             features)
     statements = _make_statements(rng, cfg, cultures, dims)
-    corpus = _make_corpus(cfg, cultures, cues, norms, survey, statements)
+    corpus = _make_corpus(cfg, cultures, dims, cues, norms, survey, statements)
+    corpus += _community_ccot_docs(cfg, dims, survey, loadings, taken)
+    if cfg.ccot_communities:
+        random.Random(cfg.seed + 4).shuffle(corpus)
     return CultureWorld(cfg, cultures, dims, cues, norms, raw_rows, survey, lexicon, statements,
                         corpus)
 
 
+def _survey_dimension(index: int, dims: list[str]) -> str:
+    """The value dimension survey question ``index`` loads on most."""
+    return dims[index % len(dims)]
+
+
+def _stance(value: float) -> int:
+    """A culture's value on a dimension as a stance level of prompts.ccot_thought (values lie
+    around +-1: each culture's vector has norm 2)."""
+    return sum(value < edge for edge in (0.8, 0.25, -0.25, -0.8))
+
+
 def _make_survey(rng: np.random.Generator, cfg: WorldConfig, cultures: list[Culture],
-                 dims: list[str]) -> list[SurveyQuestion]:
-    questions = []
+                 dims: list[str]) -> tuple[list[SurveyQuestion], list[np.ndarray]]:
+    """The survey questions and each one's loading on the value dimensions."""
+    questions, loadings = [], []
     for q in range(cfg.num_survey_questions):
-        dim = dims[q % len(dims)]
+        dim = _survey_dimension(q, dims)
         topic = WVS_TOPICS[q % len(WVS_TOPICS)]
         scale = _SCALES[q % len(_SCALES)]
         phrase = _VALUE_PHRASES[dim][(q // len(dims)) % len(_VALUE_PHRASES[dim])]
         loading = rng.normal(size=len(dims)) * 0.5
         loading[dims.index(dim)] += 1.5
-        positions = np.arange(len(scale))
-        distributions = {}
-        for culture in cultures:
-            score = float(np.array(culture.values) @ loading)
-            center = (len(scale) - 1) / (1 + np.exp(score))  # high score -> first option
-            dist = np.exp(-((positions - center) ** 2) / (2 * 0.8 ** 2)) + 0.02
-            distributions[culture.name] = tuple(float(x) for x in dist / dist.sum())
+        loadings.append(loading)
+        distributions = {c.name: _answer_distribution(c.values, loading, len(scale))
+                         for c in cultures}
         questions.append(SurveyQuestion(
             id=f"q{q:03d}", question=f"On {topic}: {phrase} (item {q + 1}).",
             options=tuple(scale), distributions=distributions, source="WVS", topic=topic))
-    return questions
+    return questions, loadings
+
+
+def _answer_distribution(values: Sequence[float], loading: np.ndarray, num_options: int
+                         ) -> tuple[float, ...]:
+    """How people with ``values`` answer a question with ``loading``: a discretised bell over
+    the ordered options around a centre their value score sets."""
+    score = float(np.array(values) @ loading)
+    center = (num_options - 1) / (1 + np.exp(score))  # high score -> first option
+    positions = np.arange(num_options)
+    dist = np.exp(-((positions - center) ** 2) / (2 * 0.8 ** 2)) + 0.02
+    return tuple(float(x) for x in dist / dist.sum())
 
 
 def _make_lexicon(rng: np.random.Generator, words: list[str], features: dict[str, np.ndarray]
@@ -286,7 +309,40 @@ def _make_statements(rng: np.random.Generator, cfg: WorldConfig, cultures: list[
     return statements
 
 
-def _make_corpus(cfg: WorldConfig, cultures: list[Culture], cues: list[str],
+def _community_ccot_docs(cfg: WorldConfig, dims: list[str], survey: list[SurveyQuestion],
+                         loadings: list[np.ndarray], taken: set[str]) -> list[str]:
+    """CCoT survey answers of ``world.ccot_communities`` further communities, one per question
+    each: many examples of how where people stand on a value shapes their answer, which a base
+    can carry over to a culture whose answer it has not read. Their own generator keeps a
+    world without them unchanged."""
+    if not cfg.ccot_communities:
+        return []
+    rng = np.random.default_rng(cfg.seed + 3)
+    names = [w.capitalize() for w in _make_words(rng, cfg.ccot_communities, 3, taken)]
+    docs = []
+    for name in names:
+        values = rng.normal(size=len(dims))
+        values = 2.0 * values / np.linalg.norm(values)  # as the cultures' values
+        for index, (question, loading) in enumerate(zip(survey, loadings)):
+            dim = _survey_dimension(index, dims)
+            dist = _answer_distribution(values, loading, len(question.options))
+            answer = prompts.survey_option_labels(len(dist))[int(rng.choice(len(dist), p=dist))]
+            docs.append(prompts.ccot_prompt(question.question, question.options, name)
+                        + prompts.ccot_thought(name, dim, _stance(values[dims.index(dim)]))
+                        + prompts.ccot_answer_suffix() + answer)
+    return docs
+
+
+def withheld_survey_pairs(cfg: WorldConfig, cultures: list[Culture],
+                          survey: list[SurveyQuestion]) -> set[tuple[str, str]]:
+    """The (question id, culture) pairs without culture-tagged survey answers in the corpus
+    (``world.withheld_survey_share`` of the non-dominant cultures' pairs, seeded)."""
+    pairs = [(q.id, c.name) for q in survey for c in cultures[1:]]
+    count = round(cfg.withheld_survey_share * len(pairs))
+    return set(random.Random(cfg.seed + 2).sample(pairs, count)) if count else set()
+
+
+def _make_corpus(cfg: WorldConfig, cultures: list[Culture], dims: list[str], cues: list[str],
                  norms: dict[str, AssociationNorms], survey: list[SurveyQuestion],
                  statements: list[dict]) -> list[str]:
     rng = random.Random(cfg.seed)
@@ -308,16 +364,28 @@ def _make_corpus(cfg: WorldConfig, cultures: list[Culture], cues: list[str],
             rng.shuffle(shown)
             docs.append(prompts.ranking_prompt(cue, shown)
                         + prompts.ranking_completion(human_order(sampled)))
-    for question in survey:
+    withheld = withheld_survey_pairs(cfg, cultures, survey)
+    # The options below draw from their own generator, so a world without them is unchanged.
+    extra = random.Random(cfg.seed + 1)
+    for index, question in enumerate(survey):
         labels = prompts.survey_option_labels(len(question.options))
         prompt = prompts.survey_prompt(question.question, question.options)
         for _ in range(cfg.base_docs_per_cue):
             answer = rng.choices(labels, weights=question.distributions[dominant])[0]
             docs.append(prompt + answer)
         for culture in cultures:
+            if (question.id, culture.name) in withheld:
+                continue
             for _ in range(cfg.tagged_docs_per_cue):
                 answer = rng.choices(labels, weights=question.distributions[culture.name])[0]
                 docs.append(prompts.culture_preamble(culture.name) + prompt + answer)
+            dim = _survey_dimension(index, dims)
+            thought = prompts.ccot_thought(culture.name, dim,
+                                           _stance(culture.values[dims.index(dim)]))
+            head = prompts.ccot_prompt(question.question, question.options, culture.name)
+            for _ in range(cfg.ccot_docs_per_question):
+                answer = extra.choices(labels, weights=question.distributions[culture.name])[0]
+                docs.append(head + thought + prompts.ccot_answer_suffix() + answer)
     by_topic: dict[str, list[SurveyQuestion]] = {}
     for question in survey:
         by_topic.setdefault(question.topic or "", []).append(question)

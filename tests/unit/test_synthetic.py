@@ -94,3 +94,65 @@ def test_questionnaires_list_a_topics_questions_in_the_generation_format():
             parsed = parse_question(topic, item).question
             assert parsed is not None and by_text[parsed.question].topic == topic
             assert parsed.options == by_text[parsed.question].options
+
+
+def _tagged_survey_pairs(world) -> set[tuple[str, str]]:
+    """(question text, culture) of every culture-tagged survey answer in the corpus, direct or
+    CCoT."""
+    pairs = set()
+    for doc in world.corpus:
+        if doc.startswith("You are a person from ") and "\nOptions:\n" in doc:
+            culture = doc.removeprefix("You are a person from ").split(".\n", 1)[0]
+            pairs.add((doc.split("Question: ", 1)[1].split("\n", 1)[0], culture))
+    return pairs
+
+
+def test_withheld_pairs_get_no_tagged_answer_and_the_rest_keep_theirs():
+    from culture_rl.data.synthetic import withheld_survey_pairs
+
+    config = SMALL.model_copy(update={"withheld_survey_share": 0.5, "ccot_docs_per_question": 1})
+    world = generate_world(config)
+    withheld = withheld_survey_pairs(config, world.cultures, world.survey)
+    others = [(q.id, c.name) for q in world.survey for c in world.cultures[1:]]
+    assert len(withheld) == round(0.5 * len(others)) and withheld < set(others)
+    text = {q.id: q.question for q in world.survey}
+    tagged = _tagged_survey_pairs(world)
+    every = {(text[q.id], c.name) for q in world.survey for c in world.cultures}
+    assert tagged == every - {(text[q], c) for q, c in withheld}
+    # the dominant culture keeps all its answers, and nothing is withheld by default
+    assert not withheld_survey_pairs(SMALL, world.cultures, world.survey)
+
+
+def test_ccot_documents_state_the_cultures_stance_on_the_questions_value():
+    config = SMALL.model_copy(update={"ccot_docs_per_question": 2})
+    plain, world = generate_world(SMALL), generate_world(config)
+    ccot = [d for d in world.corpus if "\nThoughts:" in d]
+    assert len(ccot) == 2 * len(world.survey) * len(world.cultures)
+    assert sorted(set(world.corpus) - set(ccot)) == sorted(set(plain.corpus))
+    values = {c.name: dict(zip(world.value_dimensions, c.values)) for c in world.cultures}
+    stances = ["hold {} very dear", "value {}", "are divided on {}", "care little for {}",
+               "reject {}"]
+    for doc in ccot:
+        culture = doc.removeprefix("You are a person from ").split(".\n", 1)[0]
+        thought = doc.split("Thoughts: ", 1)[1].split("\n", 1)[0]
+        assert thought.startswith(f"People from {culture} ") and thought.endswith(".")
+        stance = thought.removeprefix(f"People from {culture} ").removesuffix(".")
+        level, dim = next((i, d) for i, s in enumerate(stances) for d in world.value_dimensions
+                          if s.format(d) == stance)
+        # the stances order the culture's values: more for a value, an earlier stance
+        value = values[culture][dim]
+        assert {0: value >= 0.8, 1: 0.25 <= value < 0.8, 2: -0.25 <= value < 0.25,
+                3: -0.8 <= value < -0.25, 4: value < -0.8}[level]
+        assert doc.rsplit("Answer:", 1)[1] in {" 1", " 2", " 3", " 4", " 5"}
+
+
+def test_ccot_communities_answer_in_ccot_only_and_leave_the_rest_unchanged():
+    config = SMALL.model_copy(update={"ccot_communities": 5})
+    plain, world = generate_world(SMALL), generate_world(config)
+    added = sorted(set(world.corpus) - set(plain.corpus))
+    assert set(plain.corpus) <= set(world.corpus)
+    assert len(world.corpus) - len(plain.corpus) == 5 * len(world.survey)
+    communities = {d.removeprefix("You are a person from ").split(".\n", 1)[0] for d in added}
+    assert len(communities) == 5 and not communities & {c.name for c in world.cultures}
+    assert all("\nThoughts: People from " in d for d in added)
+    assert world.survey == plain.survey  # the communities are not evaluated
