@@ -9,13 +9,10 @@ about; bucketing turns it into a handful of large, memory-bound copies.
 Transport: generators on the trainer's node read each bucket in place from a ``/dev/shm`` file
 the trainer packed it into (one copy in, one copy out, the RPC carries only names and the path);
 generators elsewhere get it through Ray's object store (``ray.put`` once per bucket, fetched
-once per node). Both paths work everywhere, CPUs included. ``transport="collective"`` is the
-GPU clusters' path (as OpenRLHF and verl do it): a process group of its own -- trainer rank 0,
-generators ranks 1..N, made once per set of generators and cached -- over which each bucket is
-broadcast, device to device over NCCL when the trainer's weights are on a GPU, through host
-memory over gloo otherwise (the same code; that is how the tests run it on CPUs); the RPC per
-bucket carries only names, shapes and dtype. The group never touches torch.distributed's
-default group, so a trainer inside a DeepSpeed group can use it.
+once per node). Both paths work everywhere, CPUs included. ``transport="collective"`` (the
+GPU clusters' path: each bucket broadcast over a process group of the trainer and the
+generators, NCCL or gloo) lives in :mod:`culture_rl.distributed.collective_sync`;
+:func:`sync_weights` dispatches to it.
 
 LoRA: the generators hold plain models, so the trainer sends ``W + delta`` for each adapted
 weight (computed on the fly; the trainer's model is never modified). Sending the unmerged base
@@ -35,7 +32,6 @@ import os
 import sys
 import threading
 import time
-import uuid
 import warnings
 import weakref
 from contextlib import nullcontext
@@ -414,7 +410,8 @@ class WeightReceiver:
     :func:`sync_weights` can call ``receive_bucket`` on the actor.
 
     The collective transport also calls ``sync_peer``, ``join_sync_group``,
-    ``receive_broadcast`` and ``leave_sync_group``. ``receive_broadcast`` blocks in the
+    ``receive_broadcast`` and ``leave_sync_group`` (they run the receiver's side in
+    :mod:`culture_rl.distributed.collective_sync`). ``receive_broadcast`` blocks in the
     broadcast until the trainer sends, and bucket k's call must run before bucket k+1's: the
     actor has to run its calls one at a time, in order -- Ray's default (``max_concurrency=1``,
     not an async actor), which every receiver here uses. No extra concurrency is needed, since
@@ -440,244 +437,29 @@ class WeightReceiver:
     def sync_peer(self, backend: str) -> dict:
         """What the trainer checks before it builds a collective group: this actor's node and
         GPU (NCCL needs a GPU of its own for every rank)."""
-        return _peer(self.sync_device() if backend == "nccl" else None, backend)
+        from culture_rl.distributed.collective_sync import sync_peer
+
+        return sync_peer(self, backend)
 
     def join_sync_group(self, group_id: str, host: str, port: int, rank: int, world_size: int,
                         backend: str, timeout_s: float) -> int:
         """Become ``rank`` of the trainer's group (blocks until every member has joined)."""
-        import ray
+        from culture_rl.distributed.collective_sync import join_group
 
-        groups = _receiver_groups(self)
-        stale = groups.pop(group_id, None)
-        if stale is not None:
-            stale.close()
-        groups[group_id] = _SyncGroup.join(group_id, host, port, rank, world_size, backend,
-                                           timeout_s, ray.util.get_node_ip_address())
-        return rank
+        return join_group(self, group_id, host, port, rank, world_size, backend, timeout_s)
 
     def receive_broadcast(self, group_id: str, bucket: BroadcastBucket, timeout_s: float) -> int:
         """Receive one bucket's broadcast into this actor's buffer, then apply it as
         ``receive_bucket`` does. A failed broadcast drops the group (the trainer rebuilds it at
         the next sync)."""
-        groups = _receiver_groups(self)
-        group = groups.get(group_id)
-        if group is None:
-            raise WeightSyncError(f"weight sync: this receiver is not in sync group {group_id} "
-                                  "(it left it, or dropped it after a failed broadcast)")
-        device = self.sync_device() if group.backend == "nccl" else torch.device("cpu")
-        try:
-            buffer = group.receive(bucket.nbytes, device, timeout_s)
-        except Exception as error:  # timed out, or the trainer's end went away
-            groups.pop(group_id, None)
-            group.close()
-            raise WeightSyncError(f"weight sync: rank {group.rank} of sync group {group_id} "
-                                  f"did not receive a bucket of {bucket.nbytes} bytes "
-                                  f"(timeout {timeout_s:g} s): {error}") from None
-        bucket.received = buffer.view(getattr(torch, bucket.dtype))
-        return self.receive_bucket(bucket)
+        from culture_rl.distributed.collective_sync import receive_broadcast
+
+        return receive_broadcast(self, group_id, bucket, timeout_s)
 
     def leave_sync_group(self, group_id: str) -> bool:
-        group = _receiver_groups(self).pop(group_id, None)
-        if group is not None:
-            group.close()
-        return group is not None
+        from culture_rl.distributed.collective_sync import leave_group
 
-
-# ------------------------------------------------------------------------------- collective
-
-
-def _peer(device: torch.device | None, backend: str) -> dict:
-    """This process' node and, for NCCL, its GPU (by UUID: the same GPU has different indices
-    in processes with different ``CUDA_VISIBLE_DEVICES``)."""
-    import ray
-
-    gpu = None
-    if backend == "nccl":
-        if device is None or device.type != "cuda":
-            raise WeightSyncError(f"weight sync: an NCCL group needs every member's weights on "
-                                  f"a GPU, and this one's are on {device}; use "
-                                  f"collective_backend='gloo' or another transport")
-        gpu = str(torch.cuda.get_device_properties(device).uuid)
-    return {"node": ray.get_runtime_context().get_node_id(), "gpu": gpu}
-
-
-def shared_gpus(peers: list[dict]) -> list[tuple[int, int]]:
-    """Pairs of ranks that sit on the same GPU of the same node: NCCL refuses to build such a
-    group ("Duplicate GPU detected"), so the trainer checks first and says so."""
-    first: dict[tuple[str, str], int] = {}
-    pairs = []
-    for rank, peer in enumerate(peers):
-        if peer.get("gpu") is None:
-            continue
-        key = (peer["node"], peer["gpu"])
-        if key in first:
-            pairs.append((first[key], rank))
-        else:
-            first[key] = rank
-    return pairs
-
-
-def _process_group(store, rank: int, world_size: int, backend: str, timeout_s: float,
-                   host: str):
-    """A standalone process group over ``store``. torch.distributed's default group and its
-    registry are left alone (nothing here calls ``init_process_group``), so this works inside
-    a trainer that already belongs to a DeepSpeed group. Blocks until every rank has joined."""
-    import datetime
-
-    import torch.distributed as dist
-
-    timeout = datetime.timedelta(seconds=timeout_s)
-    store = dist.PrefixStore("culture_rl_weight_sync/", store)
-    if backend == "gloo":
-        options = dist.ProcessGroupGloo._Options()
-        options._timeout = timeout
-        # This node's address as Ray knows it: the default device resolves the hostname, which
-        # on some clusters is an address the other nodes cannot reach.
-        options._devices = [dist.ProcessGroupGloo.create_device(hostname=host)]
-        return dist.ProcessGroupGloo(store, rank, world_size, options)
-    nccl = getattr(dist, "ProcessGroupNCCL", None)
-    if nccl is None or not torch.cuda.is_available():
-        raise WeightSyncError("weight sync: the NCCL backend needs a CUDA build of torch and "
-                              "a GPU")
-    options = nccl.Options()
-    options._timeout = timeout
-    return nccl(store, rank, world_size, options)
-
-
-class _SyncGroup:
-    """One member's end of a weight-sync group: the store, the process group and (receivers)
-    the byte buffer broadcasts land in, kept from sync to sync."""
-
-    def __init__(self, group_id: str, store, pg, backend: str, timeout_s: float, rank: int):
-        self.id, self.store, self.pg = group_id, store, pg
-        self.backend, self.timeout_s, self.rank = backend, timeout_s, rank
-        self.buffer: torch.Tensor | None = None
-        self.receivers: list = []  # the trainer's end: the actors, ranks 1..N
-
-    @classmethod
-    def join(cls, group_id: str, host: str, port: int, rank: int, world_size: int,
-             backend: str, timeout_s: float, own_host: str) -> "_SyncGroup":
-        import datetime
-
-        import torch.distributed as dist
-
-        store = dist.TCPStore(host, port, world_size, False,
-                              datetime.timedelta(seconds=timeout_s))
-        pg = _process_group(store, rank, world_size, backend, timeout_s, own_host)
-        return cls(group_id, store, pg, backend, timeout_s, rank)
-
-    def broadcast(self, tensor: torch.Tensor):
-        """Rank 0's ``tensor`` into every other rank's (asynchronous: returns the Work)."""
-        from torch.distributed import BroadcastOptions
-
-        options = BroadcastOptions()
-        options.rootRank, options.rootTensor = 0, 0
-        return self.pg.broadcast([tensor], options)
-
-    @staticmethod
-    def wait(work, timeout_s: float) -> None:
-        """Block until ``work`` is done (raises RuntimeError after ``timeout_s``; for NCCL this
-        waits on the host too, not just the stream)."""
-        import datetime
-
-        work.wait(datetime.timedelta(seconds=max(timeout_s, 1e-3)))
-
-    def receive(self, nbytes: int, device: torch.device, timeout_s: float) -> torch.Tensor:
-        """The next broadcast, ``nbytes`` long, in this member's buffer (grown as needed)."""
-        if self.buffer is None or self.buffer.numel() < nbytes or self.buffer.device != device:
-            self.buffer = None  # free the old one first
-            self.buffer = torch.empty(nbytes, dtype=torch.uint8, device=device)
-        view = self.buffer[:nbytes]
-        self.wait(self.broadcast(view), timeout_s)
-        return view
-
-    def close(self) -> None:
-        """Leave the group. For gloo, dropping the last reference to the group closes its
-        sockets, so the other members' pending broadcasts fail at once instead of at their
-        timeout (gloo's ``abort()`` does not do that); NCCL communicators are aborted."""
-        pg, self.pg, self.store, self.buffer = self.pg, None, None, None
-        if pg is not None and self.backend == "nccl":
-            try:
-                pg.abort()
-            except Exception:  # already broken: nothing more to free
-                pass
-        del pg
-
-
-def _receiver_groups(receiver) -> dict[str, _SyncGroup]:
-    """A receiver actor's groups by id (the mixin has no ``__init__`` to make the dict in)."""
-    return receiver.__dict__.setdefault("_culture_rl_sync_groups", {})
-
-
-class _BroadcastStaging:
-    """The trainer's two byte buffers for a collective sync, on the broadcast's device, used in
-    turn: bucket k+1 is packed while bucket k is still being broadcast, and a buffer is only
-    packed again once its last broadcast is done (``wait``)."""
-
-    def __init__(self, device: torch.device, wait):
-        self.device, self.wait = device, wait  # wait(work, bucket index)
-        self.buffers: list[torch.Tensor | None] = [None, None]
-        self.works: list = [None, None]  # (work, bucket index) per buffer
-        self.slot = 1
-
-    def take(self, capacity: int) -> torch.Tensor:
-        self.slot = 1 - self.slot
-        pending, self.works[self.slot] = self.works[self.slot], None
-        if pending is not None:
-            self.wait(*pending)
-        buffer = self.buffers[self.slot]
-        if buffer is None or buffer.numel() < capacity:
-            self.buffers[self.slot] = None
-            buffer = self.buffers[self.slot] = torch.empty(capacity, dtype=torch.uint8,
-                                                           device=self.device)
-        return buffer
-
-    def sent(self, work, index: int) -> None:
-        """The broadcast of the buffer last taken, bucket ``index``."""
-        self.works[self.slot] = (work, index)
-
-    def drain(self) -> None:
-        for slot, pending in enumerate(self.works):
-            self.works[slot] = None
-            if pending is not None:
-                self.wait(*pending)
-
-
-def pack_broadcast_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]],
-                           bucket_bytes: int, staging: _BroadcastStaging
-                           ) -> Iterator[tuple[BroadcastBucket, torch.Tensor]]:
-    """:func:`make_buckets`' grouping (consecutive tensors of one dtype, at most
-    ``bucket_bytes`` a bucket, a bigger tensor alone) packed into ``staging``'s byte buffers
-    on their device, each tensor in its own dtype (bf16 stays bf16: the broadcast moves bytes).
-    Yields each bucket's metadata and its packed bytes; the bytes are valid until the next
-    bucket but one is packed, unless the caller reports a broadcast with ``staging.sent``, which
-    is then waited for first."""
-    names: list[str] = []
-    shapes: list[tuple[int, ...]] = []
-    dtype, used = None, 0
-    buffer = torch.empty(0, dtype=torch.uint8)
-
-    def bucket() -> tuple[BroadcastBucket, torch.Tensor]:
-        return (BroadcastBucket(list(names), list(shapes), _dtype_name(dtype), used),
-                buffer[:used])
-
-    for name, tensor in named_tensors:
-        nbytes = tensor.numel() * tensor.element_size()
-        if names and (tensor.dtype != dtype or used + nbytes > bucket_bytes):
-            yield bucket()
-            names.clear()
-            shapes.clear()
-            used = 0
-        if not names:
-            dtype = tensor.dtype
-            buffer = staging.take(max(bucket_bytes, nbytes))
-        target = buffer[used:used + nbytes].view(tensor.dtype).view(tensor.shape)
-        target.copy_(tensor)  # gathers a non-contiguous tensor; GPU -> host for gloo
-        names.append(name)
-        shapes.append(tuple(tensor.shape))
-        used += nbytes
-    if names:
-        yield bucket()
+        return leave_group(self, group_id)
 
 
 # ------------------------------------------------------------------------------- sending
@@ -718,120 +500,6 @@ def close_shared_staging() -> None:
         _SHARED = None
 
 
-_GROUPS: dict[tuple[str, ...], _SyncGroup] = {}  # receiver actor ids -> this end of their group
-
-
-def _export_device(model: torch.nn.Module) -> torch.device:
-    parameter = next(_unwrap(model).parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
-def default_collective_backend(model: torch.nn.Module) -> str:
-    """The collective transport's backend for ``model``'s weights: NCCL when they are on a
-    GPU (device to device), gloo otherwise (through host memory)."""
-    return "nccl" if _export_device(model).type == "cuda" else "gloo"
-
-
-def _drop_group(key: tuple[str, ...], background: bool = False) -> None:
-    """Close this end of a group (its peers' pending broadcasts then fail) and tell the
-    receivers to leave it (not awaited: a receiver runs it before any later call).
-    ``background``: close it in a thread of its own -- a gloo group's destructor waits for its
-    queued broadcasts, each up to the group's timeout, and a failed sync should not."""
-    group = _GROUPS.pop(key, None)
-    if group is None:
-        return
-    if background:
-        threading.Thread(target=group.close, name="culture-rl-sync-group-close",
-                         daemon=True).start()
-    else:
-        group.close()
-    for receiver in group.receivers:
-        try:
-            receiver.leave_sync_group.remote(group.id)
-        except Exception:  # a dead actor: nothing to leave
-            pass
-
-
-def _sender_group(receivers: list, backend: str, timeout_s: float,
-                  device: torch.device) -> _SyncGroup:
-    """The cached group of trainer + ``receivers`` (in this order: ranks 1..N), built on first
-    use: one TCPStore on a free port at this node's address, and the remote joins started
-    before this end's, whose constructor blocks until every rank has joined. A group is rebuilt
-    for another backend or timeout (its operations time out at the ``timeout_s`` it was built
-    with), and a new group replaces every cached one that shares a receiver with it."""
-    import datetime
-
-    import ray
-    import torch.distributed as dist
-
-    key = tuple(receiver._actor_id.hex() for receiver in receivers)
-    group = _GROUPS.get(key)
-    if group is not None and (group.backend, group.timeout_s) == (backend, timeout_s):
-        return group
-    for other in [k for k in _GROUPS if set(k) & set(key)]:
-        _drop_group(other)
-    if backend == "nccl":
-        own = _peer(device, backend)  # the trainer's GPU, rank 0
-        try:
-            peers = ray.get([r.sync_peer.remote(backend) for r in receivers], timeout=timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            raise WeightSyncError(f"weight sync: {len(receivers)} receivers did not answer "
-                                  f"within {timeout_s:g} s") from None
-        pairs = shared_gpus([own, *peers])
-        if pairs:
-            raise WeightSyncError(f"weight sync: ranks {pairs} of the NCCL group (0: the "
-                                  "trainer) are on the same GPU, which NCCL refuses; give "
-                                  "every member a GPU of its own, or use "
-                                  "collective_backend='gloo' or another transport")
-    host = ray.util.get_node_ip_address()
-    world = len(receivers) + 1
-    store = dist.TCPStore(host, 0, world, True, datetime.timedelta(seconds=timeout_s),
-                          wait_for_workers=False)  # port 0: the OS picks a free one
-    group_id = uuid.uuid4().hex
-    joins = [receiver.join_sync_group.remote(group_id, host, store.port, rank, world, backend,
-                                             timeout_s)
-             for rank, receiver in enumerate(receivers, start=1)]
-    try:
-        pg = _process_group(store, 0, world, backend, timeout_s, host)
-        ray.get(joins, timeout=timeout_s)
-    except Exception as error:
-        done, _ = ray.wait(joins, num_returns=len(joins), timeout=0)
-        problems = []
-        for ref in done:
-            try:
-                ray.get(ref)
-            except Exception as remote:
-                problems.append(str(remote).strip().splitlines()[-1])
-        for receiver in receivers:
-            receiver.leave_sync_group.remote(group_id)
-        raise WeightSyncError(f"weight sync: the {backend} group of the trainer and "
-                              f"{len(receivers)} receivers was not set up within "
-                              f"{timeout_s:g} s: {error}"
-                              + (f"; receivers said: {problems}" if problems else "")) from None
-    group = _GROUPS[key] = _SyncGroup(group_id, store, pg, backend, timeout_s, rank=0)
-    group.receivers = list(receivers)
-    return group
-
-
-
-def close_sync_groups(timeout_s: float = 10) -> None:
-    """Close every collective group this process built (its receivers leave theirs too, waited
-    for up to ``timeout_s``; dead receivers are skipped). Safe to call more than once."""
-    import ray
-
-    groups = [_GROUPS.pop(key) for key in list(_GROUPS)]
-    refs = []
-    for group in groups:
-        group.close()  # first: a receiver stuck in a broadcast is freed by it
-        for receiver in group.receivers:
-            try:
-                refs.append(receiver.leave_sync_group.remote(group.id))
-            except Exception:
-                pass
-    if refs:
-        ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-
-
 def _await_acks(acks: list[list], receivers: list, sent_tensors: int, timeout_s: float,
                 waited_s: float) -> None:
     """Wait for every receiver's reply to every bucket; a late one is a WeightSyncError, a
@@ -854,55 +522,6 @@ def _await_acks(acks: list[list], receivers: list, sent_tensors: int, timeout_s:
                                   f"{sent_tensors} were sent")
 
 
-def _sync_collective(model: torch.nn.Module, tensors: Iterator[tuple[str, torch.Tensor]],
-                     receivers: list, bucket_bytes: int, timeout_s: float, backend: str,
-                     start: float) -> dict:
-    """Per bucket: one small RPC per receiver (names, shapes, dtype; the receivers then wait in
-    the broadcast), then the broadcast of the packed bytes, while the next bucket is packed."""
-    key = tuple(receiver._actor_id.hex() for receiver in receivers)
-    device = _export_device(model) if backend == "nccl" else torch.device("cpu")
-    group = _sender_group(receivers, backend, timeout_s, device)
-    deadline = start + timeout_s
-
-    def wait(work, index: int) -> None:
-        try:
-            group.wait(work, deadline - time.perf_counter())
-        except RuntimeError as error:
-            late = "timed out" in str(error).lower() or time.perf_counter() >= deadline
-            what = f"timed out after {timeout_s:g} s" if late else "failed"
-            raise WeightSyncError(f"weight sync {what}: the broadcast of bucket {index} to the "
-                                  f"{len(receivers)} receivers of the {backend} group did not "
-                                  f"complete: {error}") from None
-
-    staging = _BroadcastStaging(device, wait)
-    acks: list[list] = []
-    sent_bytes = sent_tensors = 0
-    try:
-        for index, (bucket, flat) in enumerate(pack_broadcast_buckets(tensors, bucket_bytes,
-                                                                      staging)):
-            # The calls first, so every receiver waits in the broadcast that follows.
-            acks.append([receiver.receive_broadcast.remote(group.id, bucket, timeout_s)
-                         for receiver in receivers])
-            try:
-                staging.sent(group.broadcast(flat), index)
-            except RuntimeError as error:
-                raise WeightSyncError(f"weight sync failed: the broadcast of bucket {index} "
-                                      f"could not start: {error}") from None
-            sent_bytes += bucket.nbytes
-            sent_tensors += len(bucket.names)
-        staging.drain()
-        _await_acks(acks, receivers, sent_tensors, timeout_s, time.perf_counter() - start)
-    except BaseException:
-        # Whatever went wrong (a timeout, a receiver's error, an export that failed half-way),
-        # the group may be mid-broadcast: drop it, so the receivers' pending broadcasts fail at
-        # once; the next sync builds a new one.
-        _drop_group(key, background=True)
-        raise
-    return {"seconds": time.perf_counter() - start, "bytes": sent_bytes, "buckets": len(acks),
-            "tensors": sent_tensors, "rpcs": len(acks) * len(receivers),
-            "transport": "collective"}
-
-
 TRANSPORTS = ("auto", "shared_memory", "object_store", "collective")
 
 
@@ -920,14 +539,15 @@ def sync_weights(model: torch.nn.Module, receivers: list, bucket_mb: float,
     every receiver on this node (``auto`` checks), buckets are packed into ``/dev/shm`` files
     that the receivers read in place; otherwise each bucket is put once into Ray's object store
     and shared by all receivers. ``collective`` broadcasts each bucket over a process group of
-    the trainer and the receivers (built at the first such sync and cached per receiver list;
-    :func:`close_sync_groups` closes them): ``collective_backend`` ``auto`` picks NCCL when the
-    model's weights are on a GPU (every receiver's model must then be on a GPU of its own) and
-    gloo otherwise. ``mode="per_tensor"`` sends one bucket per tensor (the slow
-    baseline). ``share_pages`` (shared-memory transport only) lets the receivers use the
-    files' pages as their weights instead of copying them out (see :func:`apply_bucket`): one
-    copy per sync instead of 1 + receivers, and one copy of the weights in memory for all of
-    them; call it only while the receivers are not generating. Returns seconds, bytes (sent
+    the trainer and the receivers (see :mod:`culture_rl.distributed.collective_sync`; built
+    at the first such sync and cached per receiver list, its ``close_sync_groups`` closes
+    them): ``collective_backend`` ``auto`` picks NCCL when the model's weights are on a GPU
+    (every receiver's model must then be on a GPU of its own) and gloo otherwise.
+    ``mode="per_tensor"`` sends one bucket per tensor (the slow baseline). ``share_pages``
+    (shared-memory transport only) lets the receivers use the files' pages as their weights
+    instead of copying them out (see :func:`apply_bucket`): one copy per sync instead of
+    1 + receivers, and one copy of the weights in memory for all of them; call it only while
+    the receivers are not generating. Returns seconds, bytes (sent
     once, whatever the number of receivers), buckets, tensors, rpcs and the transport used.
     Under ZeRO-3 every rank calls this; ranks other than 0 pass ``receivers=[]``.
     """
@@ -950,6 +570,9 @@ def sync_weights(model: torch.nn.Module, receivers: list, bucket_mb: float,
                 "tensors": 0, "rpcs": 0, "transport": "none"}
     bucket_bytes = int(bucket_mb * 2 ** 20) if mode == "bucketed" else 0
     if transport == "collective":
+        from culture_rl.distributed.collective_sync import _sync_collective, \
+            default_collective_backend
+
         backend = (default_collective_backend(model) if collective_backend == "auto"
                    else collective_backend)
         return _sync_collective(model, tensors, receivers, bucket_bytes, timeout_s, backend,

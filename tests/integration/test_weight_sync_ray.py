@@ -16,9 +16,10 @@ import pytest
 import ray
 import torch
 
-from culture_rl.distributed import weight_sync
+from culture_rl.distributed import collective_sync
+from culture_rl.distributed.collective_sync import close_sync_groups
 from culture_rl.distributed.weight_sync import WeightReceiver, WeightSyncError, \
-    close_sync_groups, state_fingerprint, sync_weights
+    state_fingerprint, sync_weights
 
 pytestmark = pytest.mark.integration
 
@@ -210,7 +211,7 @@ def test_collective_broadcast_lands_the_merged_weights_and_reuses_its_group(gene
         merged = state_fingerprint(trainer)
         assert first["tensors"] == len(merged)
         assert all(f == merged for f in fingerprints(generators))
-        group = weight_sync._GROUPS[key]
+        group = collective_sync._GROUPS[key]
         # The trainer keeps training: the next sync must carry the new LoRA delta.
         with torch.no_grad():
             for name, param in trainer.named_parameters():
@@ -219,13 +220,13 @@ def test_collective_broadcast_lands_the_merged_weights_and_reuses_its_group(gene
         changed = state_fingerprint(trainer)
         assert changed != merged
         second = sync_weights(trainer, generators, bucket_mb=0.02, transport="collective")
-        assert weight_sync._GROUPS[key] is group  # built once, reused
+        assert collective_sync._GROUPS[key] is group  # built once, reused
         assert second["buckets"] == first["buckets"]
         assert all(f == changed for f in fingerprints(generators))
         assert all(len(ids) == 1 for ids in ray.get([g.sync_groups.remote() for g in generators]))
     finally:
         close_sync_groups()
-    assert not weight_sync._GROUPS
+    assert not collective_sync._GROUPS
     assert ray.get([g.sync_groups.remote() for g in generators]) == [[], []]
 
 
@@ -236,7 +237,7 @@ def test_a_stalled_collective_sync_is_a_weight_sync_error_and_the_next_one_rebui
         with pytest.raises(WeightSyncError, match=r"timed out after 1.5 s"):
             sync_weights(tiny_llama(0), generators, bucket_mb=0.01, transport="collective",
                          timeout_s=1.5)
-        assert not weight_sync._GROUPS  # the broken group is gone on the trainer's side
+        assert not collective_sync._GROUPS  # the broken group is gone on the trainer's side
     finally:
         ray.get(generators[1].set_delay.remote(0.0))
     try:
@@ -255,4 +256,4 @@ def test_nccl_for_cpu_weights_fails_before_any_group_is_built(generators):
     with pytest.raises(WeightSyncError, match="on a GPU"):
         sync_weights(tiny_llama(0), generators, bucket_mb=1, transport="collective",
                      collective_backend="nccl")
-    assert not weight_sync._GROUPS
+    assert not collective_sync._GROUPS

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from culture_rl.distributed.weight_sync import BroadcastBucket, Bucket, _BroadcastStaging, \
-    apply_bucket, default_collective_backend, iter_export_tensors, make_buckets, \
-    pack_broadcast_buckets, shared_gpus, state_fingerprint, sync_weights, unpack_bucket
+from culture_rl.distributed.collective_sync import _BroadcastStaging, \
+    default_collective_backend, pack_broadcast_buckets, shared_gpus
+from culture_rl.distributed.weight_sync import BroadcastBucket, Bucket, apply_bucket, \
+    iter_export_tensors, make_buckets, state_fingerprint, sync_weights, unpack_bucket
 
 
 def tiny_llama(seed: int = 0):
