@@ -356,8 +356,11 @@ def run_stage(job: TrainJob, resources: ResourcesConfig, callbacks: list | None 
             resources_per_worker={"CPU": resources.cpus_per_worker}),
         torch_config=TorchConfig(backend=torch_backend(resources.use_gpu),
                                  timeout_s=int(resources.collective_timeout_s)),
+        # Ray Train resumes from <storage_path>/<name>: that is the stage's own folder, so a
+        # stage trained anew beside another (CultureSPA's keyed joint-<key> folders) never
+        # resumes from the other's checkpoints.
         run_config=ray.train.RunConfig(
-            name=job.stage, storage_path=str(Path(job.stage_dir).parent),
+            name=Path(job.stage_dir).name, storage_path=str(Path(job.stage_dir).parent),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
             callbacks=list(callbacks or [])))
