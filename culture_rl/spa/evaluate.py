@@ -19,15 +19,20 @@ from culture_rl.spa.stages import MANIFEST, stage_key
 from culture_rl.workflows.align_data import AlignData
 
 
-
-def _ccot_distributions(config, questions, culture, inference, routes):
+def ccot_distributions(config, questions, culture, inference, routes=None):
+    """The model's answer distributions to ``questions`` (objects or dicts with question and
+    options) after its own greedy CCoT thoughts (their first line) for ``culture``."""
     language = config.data.language
-    heads = [prompts.ccot_prompt(q.question, q.options, culture, language) for q in questions]
+    items = [(q["question"], q["options"]) if isinstance(q, dict) else (q.question, q.options)
+             for q in questions]
+    heads = [prompts.ccot_prompt(question, options, culture, language)
+             for question, options in items]
     thoughts = inference.generate(heads, config.spa.ccot_max_new_tokens, routes=routes)
     full = [h + t.split("\n")[0] + prompts.ccot_answer_suffix(language)
             for h, t in zip(heads, thoughts)]
     return inference.option_distributions(
-        full, [prompts.survey_option_labels(len(q.options)) for q in questions], routes=routes)
+        full, [prompts.survey_option_labels(len(options)) for _, options in items],
+        routes=routes)
 
 
 def survey_alignment(config: ExperimentConfig, inference, culture: str, prompting: str,
@@ -41,7 +46,7 @@ def survey_alignment(config: ExperimentConfig, inference, culture: str, promptin
     routes = {"none": None, "adapter": [culture] * len(questions),
               "base": [None] * len(questions)}[routing]
     if prompting == "ccot":
-        dists = _ccot_distributions(config, questions, culture, inference, routes)
+        dists = ccot_distributions(config, questions, culture, inference, routes)
     else:
         named = culture if prompting == "culture" else None
         texts = [(prompts.culture_preamble(named, config.data.language) if named else "")

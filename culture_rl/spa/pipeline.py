@@ -3,7 +3,8 @@
 1. ``questions``: per culture topic, the model writes new survey questions (few-shot from the
    seed survey's questions of that topic), parsed, deduplicated, malformed ones counted;
 2. ``unaware``: its answer distribution to each question with no culture named;
-3. ``aware``: its answer distribution once per culture ("You are a person from X");
+3. ``aware``: its answer distribution once per culture ("You are a person from X"), or after
+   its own cultural chain of thought (``spa.aware_prompting: ccot``);
 4. ``related``: the culture-related instances (aware answer differs from the unaware one);
 5. fine-tuning with the SFT trainer (Ray Train + DeepSpeed, LoRA): ``joint`` (one model, the
    culture in the prompt) and/or ``specific`` (one adapter per culture, saved as one adapter set);
@@ -29,7 +30,7 @@ from typing import Callable, Sequence
 from culture_rl.config import ExperimentConfig
 from culture_rl.data import prompts
 from culture_rl.errors import ConfigError
-from culture_rl.spa.evaluate import evaluate_step, render_report
+from culture_rl.spa.evaluate import ccot_distributions, evaluate_step, render_report
 from culture_rl.spa.instances import related_instances, training_rows
 from culture_rl.spa.stages import run_step, stage_key
 from culture_rl.spa.questions import collect, generation_prompt
@@ -157,6 +158,12 @@ def generate_questions(config: ExperimentConfig, plan: SpaPlan, inference, worke
 
 def answer_distributions(config: ExperimentConfig, questions: list[dict], culture: str | None,
                          inference, workers: int) -> list[list[float]]:
+    """The model's answer distribution to each question: culture-unaware (``culture`` None),
+    culture-prompted, or after its own CCoT thoughts (``spa.aware_prompting: ccot``)."""
+    if culture is not None and config.spa.aware_prompting == "ccot":
+        return in_chunks(f"answers ({culture}, after CCoT thoughts)", questions,
+                         lambda a, b: ccot_distributions(config, questions[a:b], culture,
+                                                         inference), workers)
     texts = _survey_prompts(questions, culture, config.data.language)
     labels = _labels(questions)
     return in_chunks(f"answers ({culture or 'culture-unaware'})", texts,
@@ -247,7 +254,8 @@ def run_spa(config: ExperimentConfig, data: AlignData) -> dict:
                                                       "lm_guard_margin", "target",
                                                       "samples_per_instance",
                                                       "target_temperature",
-                                                      "specific_culture_in_prompt"})
+                                                      "specific_culture_in_prompt",
+                                                      "aware_prompting"})
     base_key = stage_key(spa, plan.model_path, _model_stamp(plan.model_path),
                     config.world.model_dump(), config.data.model_dump(), config.run.seed)
     group = EvaluationGroup(config)
@@ -267,7 +275,9 @@ def run_spa(config: ExperimentConfig, data: AlignData) -> dict:
         unaware, _ = run_step(out / "unaware", stage_key(base_key, "unaware"), lambda: (
             [{"id": q["id"], "dist": d} for q, d in zip(questions, answer_distributions(
                 config, questions, None, base_inference(), workers))], {}))
-        aware_key = stage_key(base_key, "aware", plan.cultures)
+        # Keyed only when not the default, so runs made before the option keep their key.
+        aware_key = stage_key(base_key, "aware", plan.cultures,
+                              *(["ccot"] if config.spa.aware_prompting == "ccot" else []))
         aware, _ = run_step(out / "aware", aware_key, lambda: (
             [{"id": q["id"], "culture": c, "dist": d} for c in plan.cultures
              for q, d in zip(questions, answer_distributions(config, questions, c,
