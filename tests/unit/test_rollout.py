@@ -50,3 +50,16 @@ def test_greedy_decoding_is_deterministic_whatever_the_seed(backend):
     first = backend.generate(["Cue: w7\n"], params, seed=1)
     second = backend.generate(["Cue: w7\n"], params, seed=99)
     assert torch.equal(first.response_ids, second.response_ids)
+
+
+def test_vllm_backend_without_vllm_or_a_gpu_is_a_config_error_naming_the_field():
+    import importlib.util
+
+    from culture_rl.errors import ConfigError
+    from culture_rl.rl.rollout import VLLMBackend
+
+    if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
+        pytest.skip("vLLM and a GPU are here: the backend would start")
+    with pytest.raises(ConfigError, match="rollout.backend") as error:
+        VLLMBackend("unused-model-path")
+    assert error.value.field == "rollout.backend"
