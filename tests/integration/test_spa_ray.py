@@ -57,6 +57,8 @@ def test_every_stage_writes_its_output_and_the_evaluation_is_finite(spa_run):
     assert all(g["lm_loss"] > 0 for g in guard.values())
     joint = result["models"]["joint"]
     assert joint.startswith(str(out / "joint-")) and joint.endswith("export/model")
+    # its checkpoints are in its own keyed folder: other settings' runs cannot resume from them
+    assert any(Path(joint).parents[1].glob("checkpoint_*"))
     adapter_set = Path(result["models"]["specific"])
     adapters = json.loads((adapter_set / "adapter_set.json").read_text())["adapters"]
     assert set(adapters) <= {"Avalor", "Borenia"} and adapters
@@ -111,3 +113,35 @@ def test_rollout_actors_serve_each_request_with_its_cultures_adapter(spa_run):
         a, b = (LocalInference(load_model(adapters[c]), tokenizer).option_distributions(
             texts[:1], labels[:1])[0] for c in cultures)
         assert a != pytest.approx(b, abs=1e-4)
+
+
+def test_ccot_aware_answers_are_read_after_the_models_own_thoughts(spa_run):
+    from culture_rl.data import prompts
+    from culture_rl.eval.harness import EvaluationGroup
+    from culture_rl.eval.inference import LocalInference
+    from culture_rl.models.loading import load_model, load_tokenizer
+    from culture_rl.spa.pipeline import answer_distributions
+
+    config, data, _ = spa_run
+    ccot = config.model_copy(update={"spa": config.spa.model_copy(
+        update={"aware_prompting": "ccot"})})
+    questions = [{"question": q.question, "options": list(q.options)} for q in data.survey[:4]]
+    group = EvaluationGroup(ccot)
+    try:
+        served = answer_distributions(ccot, questions, "Borenia", group.load(
+            config.spa.model_path), workers=1)
+    finally:
+        group.shutdown()
+    local = LocalInference(load_model(config.spa.model_path),
+                           load_tokenizer(config.spa.model_path))
+    heads = [prompts.ccot_prompt(q["question"], q["options"], "Borenia") for q in questions]
+    thoughts = local.generate(heads, config.spa.ccot_max_new_tokens)
+    labels = [prompts.survey_option_labels(len(q["options"])) for q in questions]
+    after = local.option_distributions([h + t.split("\n")[0] + prompts.ccot_answer_suffix()
+                                        for h, t in zip(heads, thoughts)], labels)
+    prompted = local.option_distributions(
+        [prompts.culture_preamble("Borenia") + prompts.survey_prompt(q["question"], q["options"])
+         for q in questions], labels)
+    for i in range(len(questions)):
+        assert served[i] == pytest.approx(after[i], abs=1e-4), i
+    assert any(served[i] != pytest.approx(prompted[i], abs=1e-3) for i in range(len(questions)))
