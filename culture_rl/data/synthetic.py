@@ -12,9 +12,12 @@ K cultures each hold a latent value vector. One vocabulary of made-up words serv
 - A **base corpus** dominated by culture 0: untagged association answers, ranking answers (the
   format ALIGN's PPO rewards) and survey answers come from culture 0, while every culture also
   appears in culture-tagged documents; optionally questionnaires (survey questions listed
-  without answers, as CultureSPA's question generation prompts). A model trained on it knows
-  the other cultures but answers like culture 0 by default — the bias ALIGN, CultureSPA and
-  CALM set out to correct.
+  without answers, as CultureSPA's question generation prompts), survey answers written as a
+  cultural chain of thought that states the culture's stance on the question's value, other
+  communities' CCoT answers, and withheld (question, culture) pairs whose answers the corpus
+  does not hold -- so that a base can know a culture's values without having read its survey
+  answers, as a real model does. A model trained on it knows the other cultures but answers
+  like culture 0 by default — the bias ALIGN, CultureSPA and CALM set out to correct.
 
 ``CultureWorld.write(folder)`` writes everything in the real published formats, so the loaders
 are exercised on the same path users' files take.
