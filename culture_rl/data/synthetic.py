@@ -253,6 +253,14 @@ def _stance(value: float) -> int:
     return sum(value < edge for edge in (0.8, 0.25, -0.25, -0.8))
 
 
+def _ccot_thought(name: str, values: Sequence[float], question_index: int, dims: list[str]
+                  ) -> str:
+    """The CCoT thought the corpus writes for people ``name`` with ``values`` on survey
+    question ``question_index``: their stance on the question's value dimension."""
+    dim = _survey_dimension(question_index, dims)
+    return prompts.ccot_thought(name, dim, _stance(values[dims.index(dim)]))
+
+
 def _make_survey(rng: np.random.Generator, cfg: WorldConfig, cultures: list[Culture],
                  dims: list[str]) -> tuple[list[SurveyQuestion], list[np.ndarray]]:
     """The survey questions and each one's loading on the value dimensions."""
@@ -327,11 +335,10 @@ def _community_ccot_docs(cfg: WorldConfig, dims: list[str], survey: list[SurveyQ
         values = rng.normal(size=len(dims))
         values = 2.0 * values / np.linalg.norm(values)  # as the cultures' values
         for index, (question, loading) in enumerate(zip(survey, loadings)):
-            dim = _survey_dimension(index, dims)
             dist = _answer_distribution(values, loading, len(question.options))
             answer = prompts.survey_option_labels(len(dist))[int(rng.choice(len(dist), p=dist))]
             docs.append(prompts.ccot_prompt(question.question, question.options, name)
-                        + prompts.ccot_thought(name, dim, _stance(values[dims.index(dim)]))
+                        + _ccot_thought(name, values, index, dims)
                         + prompts.ccot_answer_suffix() + answer)
     return docs
 
@@ -382,9 +389,7 @@ def _make_corpus(cfg: WorldConfig, cultures: list[Culture], dims: list[str], cue
             for _ in range(cfg.tagged_docs_per_cue):
                 answer = rng.choices(labels, weights=question.distributions[culture.name])[0]
                 docs.append(prompts.culture_preamble(culture.name) + prompt + answer)
-            dim = _survey_dimension(index, dims)
-            thought = prompts.ccot_thought(culture.name, dim,
-                                           _stance(culture.values[dims.index(dim)]))
+            thought = _ccot_thought(culture.name, culture.values, index, dims)
             head = prompts.ccot_prompt(question.question, question.options, culture.name)
             for _ in range(cfg.ccot_docs_per_question):
                 answer = extra.choices(labels, weights=question.distributions[culture.name])[0]
