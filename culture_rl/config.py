@@ -498,6 +498,22 @@ class ExperimentConfig(_Section):
     reflect: ReflectConfig = Field(default_factory=ReflectConfig, description="Self-prompted "
                                    "reflective learning on Ray actors (`culture-rl reflect`).")
 
+    @model_validator(mode="after")
+    def _vllm_has_its_gpu(self) -> "ExperimentConfig":
+        # Checked here, before any actor starts, not in the rollout worker's constructor.
+        if self.rollout.backend != "vllm":
+            return self
+        gpus = self.ppo_resources.gpus_per_rollout
+        if gpus == 0:
+            raise FieldProblem("rollout.backend", "rollout.backend 'vllm' needs a GPU per "
+                               "rollout worker: set ppo_resources.gpus_per_rollout (got 0)")
+        if gpus < 1 and self.rollout.vllm_gpu_memory_utilization > gpus:
+            raise FieldProblem("rollout.vllm_gpu_memory_utilization", "vLLM would take "
+                               f"{self.rollout.vllm_gpu_memory_utilization} of a GPU that "
+                               f"ppo_resources.gpus_per_rollout shares out as {gpus}: lower "
+                               "rollout.vllm_gpu_memory_utilization to at most that")
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.run.storage_path).expanduser().resolve() / self.run.name

@@ -13,6 +13,10 @@ from pydantic import Field, model_validator
 
 from culture_rl.config_base import FieldProblem, _Section
 
+# vLLM's own default is 0.92 of the GPU; leave room for the CUDA context of the NCCL
+# weight-sync group.
+VLLM_GPU_MEMORY_UTILIZATION = 0.85
+
 
 class PPOConfig(_Section):
     policy_path: str = Field("sft", description="Model PPO starts from: 'sft' (this run's SFT "
@@ -86,6 +90,11 @@ class PPOConfig(_Section):
 class RolloutConfig(_Section):
     backend: Literal["hf", "vllm"] = Field("hf", description="Generation engine of the rollout "
                                            "workers; 'vllm' needs vLLM and a GPU.")
+    vllm_gpu_memory_utilization: float = Field(
+        VLLM_GPU_MEMORY_UTILIZATION, gt=0, le=1, description="With backend 'vllm': the share "
+        "of the worker's GPU memory vLLM takes for weights and KV cache (vLLM's "
+        "gpu_memory_utilization). With a fractional ppo_resources.gpus_per_rollout it must "
+        "not exceed that fraction.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(96, gt=0, description="Longest response.")

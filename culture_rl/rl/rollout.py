@@ -2,8 +2,8 @@
 
 A ``RolloutWorker`` holds one generation backend. The Hugging Face backend generates batched
 (left-padded prompts, KV cache) with temperature / top-p / max tokens and n samples per prompt,
-and returns token ids plus the sampling log-probs; the vLLM backend is used where vLLM and a GPU
-are present (import guarded: nothing here needs it). Workers receive new weights from the policy
+and returns token ids plus the sampling log-probs; the vLLM backend (``rl/vllm_backend.py``) is
+used where vLLM and a GPU are present (imported only when chosen: nothing here needs it). Workers receive new weights from the policy
 trainer through :class:`~culture_rl.distributed.weight_sync.WeightReceiver`.
 """
 
@@ -18,6 +18,7 @@ import torch
 
 from culture_rl.distributed.weight_sync import WeightReceiver
 from culture_rl.errors import ConfigError
+from culture_rl.ppo_config import VLLM_GPU_MEMORY_UTILIZATION
 
 
 @dataclass(frozen=True)
@@ -148,66 +149,19 @@ class HFBackend:
                        texts=texts, pad_token_id=pad)
 
 
-class VLLMBackend:
-    """vLLM where it is installed and a GPU is present. New weights arrive by name through the
-    engine's ``load_weights`` (see ``receive_bucket``)."""
+def _vllm_backend(model_path: str, dtype: str, trust_remote_code: bool,
+                  gpu_memory_utilization: float):
+    from culture_rl.rl.vllm_backend import VLLMBackend  # imports vLLM only when chosen
 
-    def __init__(self, model_path: str, dtype: str = "float32", trust_remote_code: bool = False):
-        try:
-            from vllm import LLM  # noqa: F401
-        except ImportError:
-            raise ConfigError("rollout.backend is 'vllm' but vLLM is not installed on the "
-                              "rollout nodes (pip install vllm), or use 'hf'",
-                              field="rollout.backend") from None
-        if not torch.cuda.is_available():
-            raise ConfigError("rollout.backend 'vllm' needs a GPU per rollout worker (set "
-                              "ppo_resources.gpus_per_rollout)", field="rollout.backend")
-        from vllm import LLM
-
-        self.engine = LLM(model=model_path, dtype="auto" if dtype == "float32" else dtype,
-                          trust_remote_code=trust_remote_code, enable_prefix_caching=True)
-        self.tokenizer = self.engine.get_tokenizer()
-        runner = self.engine.llm_engine.model_executor.driver_worker.model_runner
-        self.model = runner.model  # load_weights(iterable of (name, tensor)) is vLLM's API
-
-    def load_weights(self, bucket) -> int:
-        """vLLM fuses some weights (qkv, gate/up), so tensors go through its own loader,
-        which knows the Hugging Face names, instead of a copy by name."""
-        from culture_rl.distributed.weight_sync import unpack_bucket
-
-        tensors = [(name, t.to("cuda")) for name, t in unpack_bucket(bucket)]
-        self.model.load_weights(tensors)
-        return len(tensors)
-
-    def generate(self, prompts: Sequence[str], params: SamplingParams, seed: int,
-                 progress: Callable[[int], None] | None = None) -> Rollout:
-        from vllm import SamplingParams as VLLMParams
-
-        if progress is not None:  # vLLM schedules the whole list at once
-            progress(len(prompts))
-        sampling = VLLMParams(n=params.samples_per_prompt, temperature=params.temperature,
-                              top_p=params.top_p, max_tokens=params.max_new_tokens, logprobs=0,
-                              seed=seed)
-        outputs = self.engine.generate(list(prompts), sampling, use_tqdm=False)
-        pad = self.tokenizer.pad_token_id or 0
-        prompt_rows, response_rows, logprob_rows, texts = [], [], [], []
-        for out in outputs:
-            for sample in out.outputs:
-                prompt_rows.append(list(out.prompt_token_ids))
-                response_rows.append(list(sample.token_ids))
-                logprob_rows.append([next(iter(lp.values())).logprob for lp in sample.logprobs])
-                texts.append(sample.text)
-        p_width = max(len(r) for r in prompt_rows)
-        t_width = max(max(len(r) for r in response_rows), 1)
-        prompt_ids = torch.tensor([[pad] * (p_width - len(r)) + r for r in prompt_rows])
-        prompt_mask = torch.tensor([[0] * (p_width - len(r)) + [1] * len(r) for r in prompt_rows])
-        response_ids = torch.tensor([r + [pad] * (t_width - len(r)) for r in response_rows])
-        mask = torch.tensor([[1] * len(r) + [0] * (t_width - len(r)) for r in response_rows])
-        log_probs = torch.tensor([r + [0.0] * (t_width - len(r)) for r in logprob_rows])
-        return Rollout(prompt_ids, prompt_mask, response_ids, mask, log_probs, texts, pad)
+    return VLLMBackend(model_path, dtype, trust_remote_code, gpu_memory_utilization)
 
 
-BACKENDS = {"hf": HFBackend, "vllm": VLLMBackend}
+def _hf_backend(model_path: str, dtype: str, trust_remote_code: bool,
+                gpu_memory_utilization: float):
+    return HFBackend(model_path, dtype, trust_remote_code)  # takes what the device leaves
+
+
+BACKENDS = {"hf": _hf_backend, "vllm": _vllm_backend}
 
 
 @ray.remote
@@ -215,19 +169,22 @@ class RolloutWorker(WeightReceiver):
     """One generator of the rollout group."""
 
     def __init__(self, model_path: str, backend: str = "hf", dtype: str = "float32",
-                 trust_remote_code: bool = False, threads: int = 1):
+                 trust_remote_code: bool = False, threads: int = 1,
+                 gpu_memory_utilization: float = VLLM_GPU_MEMORY_UTILIZATION):
         from culture_rl.distributed.metrics import RayGauges
 
         torch.set_num_threads(max(1, threads))
         self.gauges = RayGauges(workflow="rollout", worker=str(os.getpid()))
         self.backend_name, self.dtype, self.trust_remote_code = backend, dtype, trust_remote_code
+        self.gpu_memory_utilization = gpu_memory_utilization  # vLLM's share of the GPU
         self.load(model_path)
 
     def load(self, model_path: str) -> None:
         """Serve another model (the evaluation harness walks its models with one group)."""
         self.backend = None  # free the old weights before the new ones load
         self.backend = BACKENDS[self.backend_name](model_path, self.dtype,
-                                                   self.trust_remote_code)
+                                                   self.trust_remote_code,
+                                                   self.gpu_memory_utilization)
         self.model = self.backend.model
 
     def _hf(self, what: str) -> "HFBackend":

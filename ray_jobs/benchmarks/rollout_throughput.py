@@ -8,6 +8,10 @@ machine falls on all of them alike.
 The policy is the quickstart-shaped tiny Llama, untrained (its answers rarely stop early, so
 every batch size generates about the same number of tokens). Tokens are the generated ones up to
 and including the first end-of-sequence token. Median and spread (min-max) over ``--repeats``.
+
+With ``--backends auto`` (the default) a machine with a GPU and vLLM installed also gets a
+vLLM row: a second worker with ``rollout.backend: vllm`` generating the whole prompt list in one
+call (vLLM schedules its own batches), each worker on half the GPU.
 """
 
 from __future__ import annotations
@@ -31,8 +35,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--prompts", type=int, default=64, help="prompts per measurement")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per batch size")
+    parser.add_argument("--backends", default="auto",
+                        help="'auto' (hf, plus vllm where vLLM and a GPU are present), 'hf' or "
+                        "'hf,vllm'")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args(argv)
+    with_vllm = _wants_vllm(parser, args.backends)
 
     import ray
 
@@ -64,39 +72,67 @@ def main(argv: list[str] | None = None) -> dict:
     results["machine"].update(gpus=gpus, dtype=dtype,
                               device_name=torch.cuda.get_device_name(0) if gpus else "cpu")
     ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False, configure_logging=False)
+    share = gpus / 2 if with_vllm else gpus  # both workers on the one GPU
     try:
-        worker = RolloutWorker.options(num_cpus=cpus, num_gpus=gpus).remote(
-            policy, "hf", dtype, False, cpus)
+        workers = {"hf": RolloutWorker.options(num_cpus=cpus / (2 if with_vllm else 1),
+                                               num_gpus=share).remote(
+            policy, "hf", dtype, False, cpus)}
+        if with_vllm:
+            workers["vllm"] = RolloutWorker.options(num_cpus=cpus / 2, num_gpus=share).remote(
+                policy, "vllm", dtype, False, 1, gpu_memory_utilization=share * 0.8)
+        # Row key -> (worker, prompts per call); vLLM takes the whole list in one call.
+        rows = {batch: ("hf", batch) for batch in batches}
+        if with_vllm:
+            rows["vllm"] = ("vllm", len(prompts))
 
-        def run(batch: int) -> tuple[float, int]:
+        def run(row) -> tuple[float, int]:
+            backend, batch = rows[row]
             params = SamplingParams(temperature=1.0, max_new_tokens=args.max_new_tokens,
                                     batch_size=batch)
             start = time.perf_counter()
-            rollout = ray.get(worker.generate.remote(prompts, params, 0))
+            rollout = ray.get(workers[backend].generate.remote(prompts, params, 0))
             return time.perf_counter() - start, int(rollout.response_mask.sum())
 
-        for batch in batches:  # warm-up: imports, allocator, the first KV caches
-            run(batch)
-        timings: dict[int, list[tuple[float, int]]] = {b: [] for b in batches}
+        for row in rows:  # warm-up: imports, allocator, the first KV caches
+            run(row)
+        timings: dict = {row: [] for row in rows}
         for _ in range(args.repeats):
-            for batch in batches:
-                timings[batch].append(run(batch))
+            for row in rows:
+                timings[row].append(run(row))
     finally:
         ray.shutdown()
     one = statistics.median(tokens / seconds for seconds, tokens in timings[batches[0]])
     lines = ["| prompts per call | tokens/s median (min-max) | tokens per pass | vs one at a time |",
              "|---|---|---|---|"]
-    for batch, runs in timings.items():
+    for row, runs in timings.items():
         rates = [tokens / seconds for seconds, tokens in runs]
         median = statistics.median(rates)
-        results["batches"][batch] = {"tokens_per_s": median, "min": min(rates), "max": max(rates),
-                                     "tokens": statistics.median(t for _, t in runs),
-                                     "ratio_vs_one_at_a_time": median / one}
-        lines.append(f"| {batch} | {median:.0f} ({min(rates):.0f}-{max(rates):.0f}) | "
+        results["batches"][row] = {"tokens_per_s": median, "min": min(rates), "max": max(rates),
+                                   "tokens": statistics.median(t for _, t in runs),
+                                   "ratio_vs_one_at_a_time": median / one}
+        label = f"vLLM, all {len(prompts)}" if row == "vllm" else str(row)
+        lines.append(f"| {label} | {median:.0f} ({min(rates):.0f}-{max(rates):.0f}) | "
                      f"{statistics.median(t for _, t in runs):.0f} | {median / one:.2f}x |")
     return finish(results, f"rollout: {len(prompts)} prompts, {args.max_new_tokens} new tokens, "
                   f"sampled, one actor with {cpus} CPUs, {args.repeats} repeats",
                   "\n".join(lines), args.out)
+
+
+def _wants_vllm(parser: argparse.ArgumentParser, backends: str) -> bool:
+    """Whether to add the vLLM row; asking for it where it cannot run is a usage error."""
+    import importlib.util
+
+    import torch
+
+    present = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+    if backends == "auto":
+        return present
+    chosen = backends.split(",")
+    if "hf" not in chosen or not set(chosen) <= {"hf", "vllm"}:
+        parser.error(f"--backends: expected 'auto', 'hf' or 'hf,vllm', not {backends!r}")
+    if "vllm" in chosen and not present:
+        parser.error("--backends: the vllm row needs vLLM installed and a GPU")
+    return "vllm" in chosen
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def test_vllm_backend_without_vllm_or_a_gpu_is_a_config_error_naming_the_field()
     import importlib.util
 
     from culture_rl.errors import ConfigError
-    from culture_rl.rl.rollout import VLLMBackend
+    from culture_rl.rl.vllm_backend import VLLMBackend
 
     if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
         pytest.skip("vLLM and a GPU are here: the backend would start")
