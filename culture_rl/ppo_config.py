@@ -43,6 +43,12 @@ class PPOConfig(_Section):
     ppo_epochs: int = Field(1, gt=0, description="Passes over each step's samples.")
     max_steps: int = Field(20, gt=0, description="PPO steps (each: rollout, reward, update, "
                            "sync).")
+    overlap_rollout: bool = Field(False, description="Generate and score step t+1's rollout "
+                                  "while step t trains, as OpenRLHF's and verl's async modes "
+                                  "do. Step t+1 then learns from samples of the weights before "
+                                  "step t's update (one step off-policy; logprob_gap shows "
+                                  "it). The weight sync waits for that rollout, so generators "
+                                  "never change weights mid-generation.")
     actor_learning_rate: float = Field(5e-7, gt=0, description="Policy learning rate "
                                        "(ALIGN: 5e-7).")
     critic_learning_rate: float = Field(9e-6, gt=0, description="Critic learning rate "

@@ -8,6 +8,7 @@ nodes the plan waits for are started on demand and are not in ``cluster_resource
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
 
 from culture_rl.config import ResourcesConfig
@@ -112,8 +113,10 @@ class ActorGroup:
         if placement_group is None:
             bundles = [{"CPU": role.cpus, "GPU": role.gpus} if role.gpus else {"CPU": role.cpus}
                        for _ in range(role.count)]
-            placement_group = make_placement_group(bundles, strategy="PACK",
-                                                   name=f"culture_rl_{role.name}")
+            # The role names it on the dashboard; the suffix keeps two loops in one Ray
+            # namespace (two controllers in one driver, say) from clashing on the name.
+            placement_group = make_placement_group(
+                bundles, strategy="PACK", name=f"culture_rl_{role.name}_{uuid.uuid4().hex[:8]}")
             try:
                 ray.get(placement_group.ready(), timeout=timeout_s)
             except ray.exceptions.GetTimeoutError:

@@ -88,6 +88,7 @@ class PPOController:
         self.groups: dict = {}
         self.pool = None
         self.rollout_replacements = 0
+        self.prefetched = None  # ppo.overlap_rollout: the next step's rollout, in flight
 
     # ---------------------------------------------------------------- set-up
     def start(self) -> None:
@@ -223,6 +224,28 @@ class PPOController:
                                          ro.sync_share_pages, ro.sync_transport)
                    for a in self.groups["policy"].actors], "weight sync to the new rollout worker")
 
+    def _prefetch_rollout(self, step: int) -> None:
+        """Start step ``step``'s rollout and reward on a background thread. The prompt
+        iterator's position before its batch is kept for checkpoints, so a resumed run draws
+        that batch again (generated then from the checkpoint's weights)."""
+        from culture_rl.rl.prefetch import Prefetch
+
+        before = self.iterator.state_dict()
+        batch = self.iterator.next_batch()
+
+        def work():
+            exp, texts = self.rollout(batch, step)
+            return exp, texts, self.pool.score(texts, exp.meta)
+        self.prefetched = Prefetch(work, tag={"step": step, "iterator": before},
+                                   name=f"rollout-{step}")
+
+    def _iterator_state(self) -> dict:
+        """The prompt iterator's position as of the last finished step (a prefetched batch
+        is not yet part of it)."""
+        if self.prefetched is not None:
+            return self.prefetched.tag["iterator"]
+        return self.iterator.state_dict()
+
     def rollout(self, batch: list[dict], step: int) -> tuple[Experience, list[str]]:
         from culture_rl.rl.rollout import SamplingParams
 
@@ -272,13 +295,20 @@ class PPOController:
         timer = PhaseTimer()
         lap = timer.lap
 
-        batch = self.iterator.next_batch()
-        exp, texts = self.rollout(batch, step)
+        if self.prefetched is not None and self.prefetched.tag["step"] == step:
+            exp, texts, scores = self.prefetched.result()  # made while step - 1 trained
+            lap("rollout")
+            lap("reward")
+        else:
+            exp, texts = self.rollout(self.iterator.next_batch(), step)
+            lap("rollout")
+            scores = self.pool.score(texts, exp.meta)
+            lap("reward")
+        self.prefetched = None
         rollout_log_probs = exp.old_log_probs
-        lap("rollout")
-        scores = self.pool.score(texts, exp.meta)
         exp.scores = torch.tensor(scores, dtype=torch.float32)
-        lap("reward")
+        if cfg.overlap_rollout and step < cfg.max_steps:
+            self._prefetch_rollout(step + 1)
         log_prob_refs = self._fan_out("policy", "log_probs", exp)
         value_refs = self._fan_out("critic", "values", exp) if self.use_critic else None
         parts = self._get(log_prob_refs, "reference and old log-probs")
@@ -298,6 +328,9 @@ class PPOController:
         critic_metrics = self._get(critic_refs, f"critic update of step {step}")[0] \
             if critic_refs else {}
         lap("train")
+        if self.prefetched is not None:  # the generators must be idle before new weights land
+            self.prefetched.wait()
+        lap("rollout_wait")
         sync_stats = self.sync()
         lap("sync")
 
@@ -334,7 +367,7 @@ class PPOController:
                 if name in self.groups:
                     self._get([a.save.remote(str(partial / name), {"step": step})
                                for a in self.groups[name].actors], f"saving {name}")
-            state = {"step": step, "prompts": self.iterator.state_dict(),
+            state = {"step": step, "prompts": self._iterator_state(),
                      "kl": self.kl.state_dict()}
             (partial / STATE).write_text(json.dumps(state, indent=2), "utf-8")
 
@@ -400,6 +433,9 @@ class PPOController:
 
     def shutdown(self) -> None:
         import ray
+
+        if self.prefetched is not None:  # its calls fail once the actors are gone
+            self.prefetched = None
 
         if "policy" in self.groups:
             try:

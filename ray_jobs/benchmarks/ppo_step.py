@@ -14,6 +14,11 @@ a second thread is no faster, and on a loaded machine it stalls). Advantages com
 pure function on both sides. Each side runs 1 warm-up step, then ``--steps`` timed steps;
 samples/s = samples / step seconds, median and min-max over the timed steps. Goal: ours >= 2x.
 
+"ours_overlap": a second controller, the same set-up with ``ppo.overlap_rollout=true`` (step
+t+1's rollout and reward run while step t trains), on actor groups of its own; the two
+controllers' steps alternate like the others, so one side's actors only wait while the other
+runs. Its ratio against "ours" is the overlap's gain.
+
 With a GPU (``torch.cuda.is_available()``, as ``sft_throughput.detect_device`` sees it) both
 sides run on CUDA in bf16: ours with GPU shares for the policy trainer (policy, reference and the
 colocated critic) and the rollout workers (whole GPUs when there are enough, else fractions; on
@@ -49,7 +54,10 @@ from culture_rl.rl.prompt_iterator import PromptIterator  # noqa: E402
 from ray_jobs.benchmarks.collect import write_results  # noqa: E402
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
-PHASES = ("rollout", "reward", "reference", "advantage", "train", "sync")
+# rollout_wait: with ppo.overlap_rollout, the wait before the sync for the next step's rollout
+# (generated while this step trained); 0 on the other sides.
+PHASES = ("rollout", "reward", "reference", "advantage", "train", "rollout_wait", "sync")
+SIDES = ("ours", "ours_overlap", "naive")
 
 
 class NaiveLoop:
@@ -203,11 +211,13 @@ class NaiveLoop:
                 optimizer.zero_grad(set_to_none=True)
 
 
-def gpu_overrides(gpus: int, rollout_workers: int) -> list[str]:
+def gpu_overrides(gpus: int, rollout_workers: int, controllers: int = 1) -> list[str]:
     """Config overrides that put ours on ``gpus`` GPUs in bf16 (none for a CPU run, ``gpus`` 0):
     the trainer bundle (policy + colocated critic) a whole GPU and each rollout worker one of
     its own when there are enough, else the rollout workers share the other GPUs in equal
-    fractions; on one GPU the trainer takes half and the rollout workers split the rest."""
+    fractions; on one GPU the trainer takes half and the rollout workers split the rest.
+    With ``controllers`` > 1 (ours and ours_overlap side by side) each share is divided among
+    them: their steps alternate, so they split memory, not compute."""
     if gpus <= 0:
         return []
     def share(of: float, count: int) -> float:  # of/count, down to Ray's 0.0001 resolution
@@ -219,6 +229,8 @@ def gpu_overrides(gpus: int, rollout_workers: int) -> list[str]:
         trainer, rollout = 1.0, share(1, math.ceil(rollout_workers / (gpus - 1)))
     else:
         trainer, rollout = 0.5, share(0.5, rollout_workers)
+    if controllers > 1:
+        trainer, rollout = share(trainer, controllers), share(rollout, controllers)
     return ["model.dtype=bfloat16", "deepspeed.precision=bf16",
             f"ppo_resources.gpus_per_trainer={trainer:g}",
             f"ppo_resources.gpus_per_rollout={rollout:g}"]
@@ -249,8 +261,16 @@ def main(argv: list[str] | None = None) -> dict:
                         "no faster, and on a loaded machine it stalls for seconds")
     parser.add_argument("--policy", help="a trained policy (model or SFT export folder); "
                         "default: an untrained tiny Llama")
+    parser.add_argument("--sides", default=",".join(SIDES),
+                        help=f"comma-separated sides to run, among {', '.join(SIDES)} "
+                        "('ours' and 'naive' are required: the goal's ratio)")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args(argv)
+    sides_run = args.sides.split(",")
+    if not {"ours", "naive"} <= set(sides_run) or not set(sides_run) <= set(SIDES):
+        parser.error(f"--sides: expected 'ours', 'naive' and optionally 'ours_overlap', not "
+                     f"{args.sides!r}")
+    controllers = 2 if "ours_overlap" in sides_run else 1
 
     import ray
 
@@ -271,10 +291,11 @@ def main(argv: list[str] | None = None) -> dict:
         f"ppo.rollout_batch_size={args.prompts}",
         f"ppo.samples_per_prompt={args.samples_per_prompt}",
         f"rollout.max_new_tokens={args.max_new_tokens}", f"ppo.mini_batch_size={mini}",
-        f"ppo.micro_batch_size={micro}", "ppo.eval_steps=0", "ppo.save_steps=0"]
+        f"ppo.micro_batch_size={micro}", "ppo.eval_steps=0", "ppo.save_steps=0",
+        f"ppo.max_steps={args.steps + 1}"]  # the overlapped side prefetches up to the last
     rollout_workers = load_config(QUICKSTART, overrides).ppo_resources.rollout_workers
-    config = load_config(QUICKSTART, overrides + gpu_overrides(
-        device.count if device.gpu else 0, rollout_workers))
+    overrides += gpu_overrides(device.count if device.gpu else 0, rollout_workers, controllers)
+    config = load_config(QUICKSTART, overrides)
     data = load_align_data(config, write_world=False)
     if args.policy:
         policy, trained = resolve_policy_path(args.policy), True
@@ -298,20 +319,30 @@ def main(argv: list[str] | None = None) -> dict:
     if device.gpu:
         results["settings"]["dtype"] = config.model.dtype
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    controller = PPOController(config, job)
-    steps: dict[str, list[dict]] = {"ours": [], "naive": []}
+    # Each controller's groups take 2 logical CPUs (quickstart ppo_resources); the sides
+    # alternate, so two of them on 2 cores never run at once.
+    ray.init(num_cpus=2 * controllers, include_dashboard=False, configure_logging=False,
+             log_to_driver=False)
+    ours = {"ours": PPOController(config, job)}
+    if controllers > 1:
+        overlap_config = load_config(QUICKSTART, overrides + [
+            "run.name=bench_overlap", "ppo.overlap_rollout=true"])
+        ours["ours_overlap"] = PPOController(overlap_config, build_ppo_job(
+            overlap_config, data, policy))
+    steps: dict[str, list[dict]] = {name: [] for name in sides_run}
     try:
-        start = time.perf_counter()
-        controller.start()
-        results["ours_startup_s"] = time.perf_counter() - start
+        for name, controller in ours.items():
+            start = time.perf_counter()
+            controller.start()
+            results[f"{name}_startup_s"] = time.perf_counter() - start
         naive = NaiveLoop(config, job, threads=args.naive_threads,
                           device="cuda" if device.gpu else "cpu")
-        sides = {"ours": controller.run_step, "naive": naive.run_step}
+        sides = {name: controller.run_step for name, controller in ours.items()}
+        sides["naive"] = naive.run_step
         # Step 1 is the warm-up. Steps alternate sides (and which goes first), so load from
         # other users of the machine falls on both alike; the idle side's processes only wait.
         for step in range(1, args.steps + 2):
-            order = ["ours", "naive"] if step % 2 else ["naive", "ours"]
+            order = list(sides) if step % 2 else list(sides)[::-1]
             for name in order:
                 values = sides[name](step)
                 keep = {k: values[k] for k in ("samples", "step_seconds", "response_length",
@@ -321,7 +352,8 @@ def main(argv: list[str] | None = None) -> dict:
                 if step > 1:
                     steps[name].append(keep)
     finally:
-        controller.shutdown()
+        for controller in ours.values():
+            controller.shutdown()
         ray.shutdown()
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -332,6 +364,12 @@ def main(argv: list[str] | None = None) -> dict:
     results["ratio_ours_vs_naive"] = runs["ours"]["samples_per_s"] / runs["naive"][
         "samples_per_s"]
     results["ratio_per_step_min_max"] = [min(paired), max(paired)]
+    if "ours_overlap" in runs:
+        overlap_paired = [o["step_seconds"] / v["step_seconds"]
+                          for o, v in zip(steps["ours"], steps["ours_overlap"])]
+        results["ratio_overlap_vs_ours"] = runs["ours_overlap"]["samples_per_s"] / runs[
+            "ours"]["samples_per_s"]
+        results["ratio_overlap_per_step_min_max"] = [min(overlap_paired), max(overlap_paired)]
     results["machine"]["load_average_1m_end"] = os.getloadavg()[0]
 
     lines = ["| run | samples/s median (min-max) | step s | "
@@ -356,7 +394,10 @@ def main(argv: list[str] | None = None) -> dict:
           f"{results['machine']['load_average_1m_end']:.1f} at end; ours start-up "
           f"{results['ours_startup_s']:.0f} s (not timed)\n\n{table}\n\n"
           f"ours / naive: {results['ratio_ours_vs_naive']:.2f}x samples/s (per step "
-          f"{min(paired):.2f}-{max(paired):.2f}x; goal >= 2x)")
+          f"{min(paired):.2f}-{max(paired):.2f}x; goal >= 2x)"
+          + (f"\nours_overlap / ours: {results['ratio_overlap_vs_ours']:.2f}x samples/s (per "
+             f"step {min(overlap_paired):.2f}-{max(overlap_paired):.2f}x)"
+             if "ours_overlap" in runs else ""))
     results["table"] = table
     results["note"] = note
     write_results(args.out, results)

@@ -284,3 +284,48 @@ def test_two_trainer_ranks_share_the_batch_and_stay_in_sync(ray_session, tmp_pat
     assert ranks[0] == ranks[1]  # data-parallel ranks hold identical weights after the step
     assert all(generator[k] == pytest.approx(ranks[0][k], rel=1e-6, abs=1e-6) for k in generator)
     assert values["samples"] == 8 and values["value_loss"] == values["value_loss"]
+
+
+def test_overlapped_rollout_is_one_step_off_policy_and_resumes_without_losing_a_batch(
+        ray_session, tmp_path, tiny_policy):
+    """ppo.overlap_rollout: step t+1's rollout is generated while step t trains, so from step 2
+    on the generators' log-probs lag the trainer's by one update; the sync still waits for it
+    (the generators end on the trainer's weights), and a checkpoint keeps the prompt position
+    of the last finished step, not that of the batch in flight."""
+    from culture_rl.rl.prompt_iterator import PromptIterator
+
+    extra = ["ppo.overlap_rollout=true", "ppo.max_steps=3", "ppo.fault_injection_step=2",
+             "ppo.lora=false", "deepspeed.zero_stage=0"]
+    config = ppo_config(tmp_path, tiny_policy, "overlap", extra)
+    first = controller_for(config, tiny_policy)
+    metrics_path = first.job.stage_dir / "metrics.jsonl"
+    try:
+        first.start()
+        with pytest.raises(PPORunError, match="fault injected after the checkpoint of step 2"):
+            first.run(StepMetrics(metrics_path, "overlap", "ppo"))
+        assert first.prefetched is not None and first.prefetched.tag["step"] == 3
+    finally:
+        first.shutdown()
+    rows = read_metrics(metrics_path)
+    # Step 1 was generated on the spot, step 2 from the weights before step 1's update.
+    assert rows[0]["logprob_gap"] < 1e-4 < rows[1]["logprob_gap"]
+    assert all(r["seconds_rollout_wait"] >= 0 for r in rows)
+    saved = json.loads((latest_checkpoint(first.job.checkpoint_dir) / "controller.json")
+                       .read_text("utf-8"))
+    expected = PromptIterator(first.job.prompts, config.ppo.rollout_batch_size, config.run.seed)
+    expected.next_batch(), expected.next_batch()
+    assert saved["step"] == 2 and saved["prompts"] == expected.state_dict()
+
+    second = controller_for(config, tiny_policy)
+    try:
+        second.start()
+        assert second.step == 2 and second.prefetched is None
+        second.run(StepMetrics(metrics_path, "overlap", "ppo"))
+        trained = ray.get(second.groups["policy"].actors[0].fingerprint.remote())
+        served = [ray.get(w.fingerprint.remote()) for w in second.groups["rollout"].actors]
+    finally:
+        second.shutdown()
+    assert [r["step"] for r in read_metrics(metrics_path)] == [1, 2, 3]
+    for fingerprint in served:
+        assert all(fingerprint[k] == pytest.approx(trained[k], rel=1e-6, abs=1e-6)
+                   for k in trained)

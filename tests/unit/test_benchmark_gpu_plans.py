@@ -36,3 +36,18 @@ def test_ppo_step_gpu_overrides_load_as_a_config():
     assert config.model.dtype == "bfloat16" and config.deepspeed.precision == "bf16"
     assert config.ppo_resources.gpus_per_trainer == 0.5
     assert config.ppo_resources.gpus_per_rollout == 0.25
+
+
+def test_two_controllers_side_by_side_fit_the_gpus_they_share():
+    """ours and ours_overlap each get half of what one controller would."""
+    from culture_rl.config import load_config
+    from ray_jobs.benchmarks.ppo_step import QUICKSTART
+
+    for gpus, workers in ((1, 2), (2, 2), (3, 2), (2, 3)):
+        alone = load_config(QUICKSTART, gpu_overrides(gpus, workers)).ppo_resources
+        paired = load_config(QUICKSTART, gpu_overrides(gpus, workers, controllers=2)
+                             ).ppo_resources
+        assert paired.gpus_per_trainer <= alone.gpus_per_trainer / 2
+        assert paired.gpus_per_rollout <= alone.gpus_per_rollout / 2
+        demand = 2 * (paired.gpus_per_trainer + workers * paired.gpus_per_rollout)
+        assert demand <= gpus
