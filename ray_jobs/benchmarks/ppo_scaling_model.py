@@ -27,6 +27,9 @@ Formulas (N parameters, b = bytes per parameter (bf16: 2), T = prompt + response
 - sync     = the merged weights (N b bytes) to every generator: over NCCL, one broadcast at
              the NVLink bus bandwidth; through today's host staging (/dev/shm), a device-to-host
              copy, a pack and one host-to-device copy per receiver at PCIe/host-memory speed.
+- step     = the sum of the phases; with ``ppo.overlap_rollout`` (rollout and trainer GPUs are
+             disjoint, so the next rollout and reward run beside this step's reference and
+             train) max(rollout + reward, reference + advantage + train) + sync.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ class Setup:
     reward_scorers: int = 4
     activation_checkpointing: bool = False
     bytes_per_param: int = 2
+    overlap: bool = False  # ppo.overlap_rollout: next rollout beside this step's update
 
 
 def phases(s: Setup) -> dict[str, float]:
@@ -107,7 +111,10 @@ def phases(s: Setup) -> dict[str, float]:
         sync = n_bytes / PCIE_BYTES_S + n_bytes / HOST_MEMCPY_BYTES_S + n_bytes / PCIE_BYTES_S
     out = {"rollout": rollout, "reward": reward, "reference": reference, "advantage": 0.0,
            "train": train, "sync": sync}
-    out["step"] = sum(out.values())
+    if s.overlap:
+        out["step"] = max(rollout + reward, reference + train) + sync
+    else:
+        out["step"] = sum(out.values())
     out["samples_per_s"] = s.rollout_batch / out["step"]
     out["decode_step_ms"] = 1000 * max(memory_step, compute_step) / tp_speed
     return out
@@ -123,6 +130,9 @@ SCENARIOS = [
                                                   sync="nccl")),
     ("8B, vLLM + NCCL, rollout TP 2 (2 replicas)", Setup(rollout_tp=2, backend="vllm",
                                                          sync="nccl")),
+    ("8B, vLLM + NCCL, overlapped rollout", Setup(backend="vllm", sync="nccl", overlap=True)),
+    ("8B, vLLM + NCCL, batch 256, overlapped", Setup(rollout_batch=256, backend="vllm",
+                                                     sync="nccl", overlap=True)),
     ("8B, vLLM + NCCL, 16 GPUs (8 + 8)", Setup(trainer_gpus=8, rollout_gpus=8, backend="vllm",
                                                sync="nccl")),
     ("70B, vLLM TP 4 + NCCL, 16 GPUs (8 + 8)", Setup(model=LLAMA31_70B, trainer_gpus=8,

@@ -50,3 +50,16 @@ def test_this_machine_benchmarks_its_cpu_in_fp32():
     assert device.gpu == torch.cuda.is_available()
     if not device.gpu:
         assert device.workers == 2 and device.precision == "fp32" and device.cpus >= 1
+
+
+def test_scaling_model_overlap_hides_the_shorter_of_rollout_and_update():
+    from ray_jobs.benchmarks.ppo_scaling_model import Setup, phases
+
+    for batch in (64, 256, 1024):
+        plain = phases(Setup(rollout_batch=batch, backend="vllm", sync="nccl"))
+        overlapped = phases(Setup(rollout_batch=batch, backend="vllm", sync="nccl",
+                                  overlap=True))
+        generate = plain["rollout"] + plain["reward"]
+        update = plain["reference"] + plain["advantage"] + plain["train"]
+        assert overlapped["step"] == pytest.approx(max(generate, update) + plain["sync"])
+        assert plain["step"] - overlapped["step"] == pytest.approx(min(generate, update))
