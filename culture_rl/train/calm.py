@@ -26,6 +26,10 @@ The comparison stage (``<run>/calm/compare/``, one Ray Train run) trains the bas
 CALM module off: a linear classifier on the pooled hidden states, with the same LoRA, data and
 sampler) and each ablation in turn, on the same held-out split; each variant's result is
 written when done, so a rerun skips finished variants.
+
+This module holds the job, the worker loop and the driver; the data split, sampler and collation
+live in :mod:`culture_rl.train.calm_data` and the export and its loader in
+:mod:`culture_rl.train.calm_export` (both re-exported here).
 """
 
 from __future__ import annotations
@@ -41,75 +45,17 @@ from pathlib import Path
 
 from culture_rl.calm_config import CalmConfig, CalmTrainConfig
 from culture_rl.config import DeepSpeedConfig, LoraConfig, ResourcesConfig
+from culture_rl.train.calm_data import (IGNORE, _Rows,  # noqa: F401  (re-exported)
+                                        per_culture_batches, rank_batches, split_statements,
+                                        steps_per_epoch)
+from culture_rl.train.calm_export import _export, load_calm_export  # noqa: F401  (re-exported)
 from culture_rl.train.sft import FINISHED, StageFolders, TrainingError, _root_cause
 
-IGNORE = -100
 LOSS_TERMS = ("lm", "classification", "contrastive", "prototype", "orthogonality",
               "load_balance", "culture")
 
 # --------------------------------------------------------------------------------------------
 # pure helpers
-
-
-def split_statements(statements: list[dict], fraction: float, seed: int
-                     ) -> tuple[list[dict], list[dict]]:
-    """(train, held out): a seeded ``fraction`` of every (culture, label) group is held out
-    (at least one of a group of two or more), both in the input order."""
-    groups: dict[tuple, list[int]] = {}
-    for i, s in enumerate(statements):
-        groups.setdefault((s.get("culture"), s["label"]), []).append(i)
-    rng = random.Random(seed)
-    held: set[int] = set()
-    for key in sorted(groups, key=str):
-        members = list(groups[key])
-        rng.shuffle(members)
-        count = round(fraction * len(members))
-        if len(members) >= 2:
-            count = min(max(count, 1), len(members) - 1)
-        held.update(members[:count])
-    train = [s for i, s in enumerate(statements) if i not in held]
-    heldout = [s for i, s in enumerate(statements) if i in held]
-    return train, heldout
-
-
-def per_culture_batches(culture_ids: list[int], per_culture: int, seed: int, epoch: int
-                        ) -> list[list[int]]:
-    """One epoch of micro batches (row indices): each holds ``per_culture`` rows of every
-    culture present, the rows of each culture in a seeded order that depends only on (seed,
-    epoch). The epoch ends when the smallest culture runs out (its remainder is dropped; other
-    cultures' unused rows come up in later epochs' orders)."""
-    by_culture: dict[int, list[int]] = {}
-    for i, c in enumerate(culture_ids):
-        by_culture.setdefault(int(c), []).append(i)
-    if not by_culture:
-        return []
-    rng = random.Random(seed * 1_000_003 + epoch)
-    orders = {}
-    for c in sorted(by_culture):
-        rows = list(by_culture[c])
-        rng.shuffle(rows)
-        orders[c] = rows
-    count = min(len(rows) for rows in orders.values()) // per_culture
-    batches = []
-    for b in range(count):
-        batch = []
-        for c in sorted(orders):
-            batch.extend(orders[c][b * per_culture:(b + 1) * per_culture])
-        batches.append(batch)
-    return batches
-
-
-def rank_batches(batches: list, rank: int, world_size: int) -> list:
-    """This rank's strided share; every rank gets the same number (the remainder is dropped,
-    or ZeRO's collectives would wait for a rank with less work)."""
-    usable = len(batches) // world_size * world_size
-    return batches[:usable][rank::world_size]
-
-
-def steps_per_epoch(num_rows_per_culture: list[int], per_culture: int, world_size: int,
-                    accumulation: int) -> int:
-    batches = min(num_rows_per_culture) // per_culture if num_rows_per_culture else 0
-    return (batches // world_size) // accumulation
 
 
 def learning_rate_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -196,44 +142,6 @@ class CalmJob(StageFolders):
 
 # --------------------------------------------------------------------------------------------
 # worker
-
-
-class _Rows:
-    """Tokenised rows and their collation into CalmModel inputs."""
-
-    def __init__(self, tokenizer, rows: list[dict], max_len: int, lm: bool):
-        self.pad = tokenizer.pad_token_id
-        self.lm = lm
-        self.items = []
-        for row in rows:
-            if "prompt" in row:
-                prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
-                completion = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
-                ids = (prompt + completion + [tokenizer.eos_token_id])[:max_len]
-                labels = ([IGNORE] * len(prompt) + completion + [tokenizer.eos_token_id])[:max_len]
-            else:
-                ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"][:max_len]
-                labels = list(ids)
-            self.items.append((ids, labels, row.get("label_id", IGNORE), row["culture_id"]))
-
-    def batch(self, indices: list[int]) -> dict:
-        import torch
-
-        items = [self.items[i] for i in indices]
-        width = max(len(ids) for ids, *_ in items)
-        input_ids = torch.full((len(items), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
-        labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
-        for i, (ids, lab, _, _) in enumerate(items):
-            input_ids[i, :len(ids)] = torch.tensor(ids)
-            mask[i, :len(ids)] = 1
-            labels[i, :len(lab)] = torch.tensor(lab)
-        out = {"input_ids": input_ids, "attention_mask": mask,
-               "class_labels": torch.tensor([it[2] for it in items]),
-               "culture_ids": torch.tensor([it[3] for it in items])}
-        if self.lm:
-            out["labels"] = labels
-        return out
 
 
 def _build_model(job: CalmJob, calm: CalmConfig):
@@ -468,61 +376,6 @@ def _train(job: CalmJob, calm: CalmConfig, epochs: int, strategy, rank: int, wor
     return engine, scores, step
 
 
-def _export(job: CalmJob, engine, strategy, tokenizer, scores: dict, step: int, rank: int
-            ) -> None:
-    import torch
-    import torch.distributed as dist
-    from safetensors.torch import save_file
-
-    from culture_rl.models.calm import calm_state_dict
-    from culture_rl.train.callbacks import worker_log
-
-    model = engine.module
-    # Reference logits of a few held-out inputs (the LM's and the classifier's), on every rank:
-    # under ZeRO-3 a forward pass is a collective.
-    rows = _Rows(tokenizer, job.eval_rows[:4], job.train.max_seq_length, False)
-    batch = rows.batch(list(range(len(rows.items))))
-    model.eval()
-    with torch.no_grad():
-        out = model(input_ids=batch["input_ids"].to(engine.device),
-                    attention_mask=batch["attention_mask"].to(engine.device))
-    partial = Path(job.stage_dir) / "export.partial"
-    if rank == 0:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-    with strategy.gathered(model.parameters()):
-        if rank == 0:
-            base_kind = ("adapter" if job.lora is not None
-                         else "frozen" if job.calm.freeze_base else "model")
-            if base_kind != "frozen":
-                model.base.save_pretrained(str(partial / base_kind))
-            tokenizer.save_pretrained(str(partial / "tokenizer"))
-            save_file({k: v.contiguous() for k, v in calm_state_dict(model).items()},
-                      str(partial / "calm.safetensors"))
-            meta = {"calm_config": job.calm.model_dump(mode="json"),
-                    "num_cultures": len(job.culture_names), "num_labels": len(job.label_names),
-                    "num_concepts": 0, "label_names": job.label_names,
-                    "culture_names": job.culture_names, "base": base_kind,
-                    "base_model_path": str(job.model_path), "dtype": job.dtype,
-                    "max_seq_length": job.train.max_seq_length}
-            (partial / "calm.json").write_text(json.dumps(meta, indent=2), "utf-8")
-            save_file({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-                       "logits": out.logits.float().cpu().contiguous(),
-                       "class_logits": out.class_logits.float().cpu().contiguous()},
-                      str(partial / "check.safetensors"))
-            (partial / "eval.json").write_text(json.dumps(scores, indent=2), "utf-8")
-            (partial / FINISHED).write_text(json.dumps(
-                {"stage": job.stage, "global_step": step,
-                 "final_metrics": {"eval_accuracy": scores["accuracy"],
-                                   "eval_macro_f1": scores["macro_f1"]}}, indent=2), "utf-8")
-            if job.export_dir.exists():
-                shutil.rmtree(job.export_dir)
-            partial.rename(job.export_dir)
-            worker_log.info(f"[{job.stage}] exported to {job.export_dir}")
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def calm_worker(loop_config: dict) -> None:
     """The per-worker loop Ray Train runs (one DeepSpeed rank per worker)."""
     from culture_rl.train.sft import _quiet_ray_train_reports, _restore_builtin_print
@@ -653,34 +506,3 @@ def run_compare_stage(job: CalmJob, resources: ResourcesConfig) -> dict[str, dic
             raise TrainingError(f"{job.stage}: no result for {variant} in {folder}")
         results[variant] = json.loads(path.read_text("utf-8"))
     return results
-
-
-def load_calm_export(folder: str | Path):
-    """(CalmModel in eval mode, tokenizer, meta) from a ``calm/export`` folder."""
-    from safetensors.torch import load_file
-
-    from culture_rl.models.calm import build_calm_model, load_calm_state
-    from culture_rl.models.loading import load_model
-
-    folder = Path(folder)
-    meta = json.loads((folder / "calm.json").read_text("utf-8"))
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if meta["base"] == "adapter":
-        from peft import PeftModel
-
-        base = load_model(meta["base_model_path"], meta["dtype"])
-        base = PeftModel.from_pretrained(base, str(folder / "adapter"))
-    elif meta["base"] == "model":
-        base = load_model(folder / "model", meta["dtype"])
-    else:
-        base = load_model(meta["base_model_path"], meta["dtype"])
-    config = CalmConfig.model_validate(meta["calm_config"])
-    model = build_calm_model(base, config, meta["num_cultures"], meta["num_labels"],
-                             meta["num_concepts"])
-    load_calm_state(model, load_file(str(folder / "calm.safetensors")))
-    model.eval()
-    return model, tokenizer, meta

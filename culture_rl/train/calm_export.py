@@ -1,0 +1,104 @@
+"""CALM export and reload: :func:`_export` writes ``<run>/calm/export/`` at the end of the
+worker loop (``adapter/`` or ``model/``, ``tokenizer/``, ``calm.safetensors``, ``calm.json``,
+``check.safetensors``, ``eval.json`` and the finished marker) and :func:`load_calm_export`
+rebuilds the CALM model from it. Both are re-exported by :mod:`culture_rl.train.calm`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from culture_rl.calm_config import CalmConfig
+from culture_rl.train.calm_data import _Rows
+from culture_rl.train.sft import FINISHED
+
+if TYPE_CHECKING:
+    from culture_rl.train.calm import CalmJob
+
+
+def _export(job: CalmJob, engine, strategy, tokenizer, scores: dict, step: int, rank: int
+            ) -> None:
+    import torch
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    from culture_rl.models.calm import calm_state_dict
+    from culture_rl.train.callbacks import worker_log
+
+    model = engine.module
+    # Reference logits of a few held-out inputs (the LM's and the classifier's), on every rank:
+    # under ZeRO-3 a forward pass is a collective.
+    rows = _Rows(tokenizer, job.eval_rows[:4], job.train.max_seq_length, False)
+    batch = rows.batch(list(range(len(rows.items))))
+    model.eval()
+    with torch.no_grad():
+        out = model(input_ids=batch["input_ids"].to(engine.device),
+                    attention_mask=batch["attention_mask"].to(engine.device))
+    partial = Path(job.stage_dir) / "export.partial"
+    if rank == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+    with strategy.gathered(model.parameters()):
+        if rank == 0:
+            base_kind = ("adapter" if job.lora is not None
+                         else "frozen" if job.calm.freeze_base else "model")
+            if base_kind != "frozen":
+                model.base.save_pretrained(str(partial / base_kind))
+            tokenizer.save_pretrained(str(partial / "tokenizer"))
+            save_file({k: v.contiguous() for k, v in calm_state_dict(model).items()},
+                      str(partial / "calm.safetensors"))
+            meta = {"calm_config": job.calm.model_dump(mode="json"),
+                    "num_cultures": len(job.culture_names), "num_labels": len(job.label_names),
+                    "num_concepts": 0, "label_names": job.label_names,
+                    "culture_names": job.culture_names, "base": base_kind,
+                    "base_model_path": str(job.model_path), "dtype": job.dtype,
+                    "max_seq_length": job.train.max_seq_length}
+            (partial / "calm.json").write_text(json.dumps(meta, indent=2), "utf-8")
+            save_file({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+                       "logits": out.logits.float().cpu().contiguous(),
+                       "class_logits": out.class_logits.float().cpu().contiguous()},
+                      str(partial / "check.safetensors"))
+            (partial / "eval.json").write_text(json.dumps(scores, indent=2), "utf-8")
+            (partial / FINISHED).write_text(json.dumps(
+                {"stage": job.stage, "global_step": step,
+                 "final_metrics": {"eval_accuracy": scores["accuracy"],
+                                   "eval_macro_f1": scores["macro_f1"]}}, indent=2), "utf-8")
+            if job.export_dir.exists():
+                shutil.rmtree(job.export_dir)
+            partial.rename(job.export_dir)
+            worker_log.info(f"[{job.stage}] exported to {job.export_dir}")
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def load_calm_export(folder: str | Path):
+    """(CalmModel in eval mode, tokenizer, meta) from a ``calm/export`` folder."""
+    from safetensors.torch import load_file
+
+    from culture_rl.models.calm import build_calm_model, load_calm_state
+    from culture_rl.models.loading import load_model
+
+    folder = Path(folder)
+    meta = json.loads((folder / "calm.json").read_text("utf-8"))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if meta["base"] == "adapter":
+        from peft import PeftModel
+
+        base = load_model(meta["base_model_path"], meta["dtype"])
+        base = PeftModel.from_pretrained(base, str(folder / "adapter"))
+    elif meta["base"] == "model":
+        base = load_model(folder / "model", meta["dtype"])
+    else:
+        base = load_model(meta["base_model_path"], meta["dtype"])
+    config = CalmConfig.model_validate(meta["calm_config"])
+    model = build_calm_model(base, config, meta["num_cultures"], meta["num_labels"],
+                             meta["num_concepts"])
+    load_calm_state(model, load_file(str(folder / "calm.safetensors")))
+    model.eval()
+    return model, tokenizer, meta
