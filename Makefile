@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test test-fast bench install clean
+.PHONY: demo test test-fast bench install clean gpu-bundle
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ bench: $(STAMP)
 		$(PY) -m ray_jobs.benchmarks.$$name --out docs/benchmarks/$$name.json || exit 1; \
 	done
 	$(PY) -m ray_jobs.benchmarks.collect docs/benchmarks docs/benchmarks.json
+
+# The GPU benchmarks' packages for the lent device machine (see ray_jobs/benchmarks/gpu_check.sh).
+gpu-bundle: $(STAMP)
+	$(PY) -m ray_jobs.benchmarks.gpu_bundle
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
