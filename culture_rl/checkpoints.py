@@ -27,6 +27,7 @@ from culture_rl.errors import CultureRLError
 
 MANIFEST = "manifest.json"
 PARTIAL = ".partial"
+FINISHED = "finished.json"  # what every finished stage export holds; readers look for it
 HASH_UP_TO_BYTES = 64 * 1024
 
 
@@ -206,3 +207,15 @@ def prune(folder: Path, keep: Path, pattern: str = "step_*", required: tuple[str
     for path in folder.glob(pattern):
         if path.is_dir() and path not in (keep, fallback) and not path.name.endswith(PARTIAL):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def publish_export(partial: Path, target: Path, finished: dict) -> Path:
+    """Finish a stage's export: write ``finished.json`` into the fully written ``partial``
+    folder, then put it in ``target``'s place (a previous export there is replaced). Readers
+    trust a folder only when it holds ``finished.json``, so a crash before the rename leaves
+    either the old export or none, never a half-written one."""
+    (partial / FINISHED).write_text(json.dumps(finished, indent=2), "utf-8")
+    if target.exists():
+        shutil.rmtree(target)
+    partial.rename(target)
+    return target

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from culture_rl.checkpoints import latest_complete, prune, write_checkpoint
+from culture_rl.checkpoints import (FINISHED, latest_complete, prune,  # noqa: F401 (re-exported)
+                                    publish_export, write_checkpoint)
 from culture_rl.errors import CultureRLError
 from culture_rl.eval.evaluate import ranking_parse_failure_rate
 from culture_rl.rl import ppo
@@ -30,7 +31,6 @@ from culture_rl.rl.plan import batch_plan, check_ppo_plan, ppo_roles
 from culture_rl.rl.prompt_iterator import PromptIterator
 from culture_rl.rl.timing import PhaseTimer
 
-FINISHED = "finished.json"
 STATE = "controller.json"
 
 
@@ -382,12 +382,8 @@ class PPOController:
         partial.mkdir(parents=True)
         self._get([a.export.remote(str(partial / "model")) for a in self.groups["policy"].actors],
                   "exporting the policy")
-        (partial / FINISHED).write_text(json.dumps({"stage": self.STAGE, "steps": self.step},
-                                                   indent=2), "utf-8")
-        if self.job.export_dir.exists():
-            shutil.rmtree(self.job.export_dir)
-        partial.rename(self.job.export_dir)
-        return self.job.export_dir
+        return publish_export(partial, self.job.export_dir,
+                              {"stage": self.STAGE, "steps": self.step})
 
     # ---------------------------------------------------------------- evaluation
     def evaluate_ranking(self) -> dict[str, float]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from culture_rl.calm_config import CalmConfig
 from culture_rl.train.calm_data import _Rows
-from culture_rl.train.sft import FINISHED
+from culture_rl.checkpoints import publish_export
 
 if TYPE_CHECKING:
     from culture_rl.train.calm import CalmJob
@@ -61,13 +61,10 @@ def _export(job: CalmJob, engine, strategy, tokenizer, scores: dict, step: int, 
                        "class_logits": out.class_logits.float().cpu().contiguous()},
                       str(partial / "check.safetensors"))
             (partial / "eval.json").write_text(json.dumps(scores, indent=2), "utf-8")
-            (partial / FINISHED).write_text(json.dumps(
-                {"stage": job.stage, "global_step": step,
-                 "final_metrics": {"eval_accuracy": scores["accuracy"],
-                                   "eval_macro_f1": scores["macro_f1"]}}, indent=2), "utf-8")
-            if job.export_dir.exists():
-                shutil.rmtree(job.export_dir)
-            partial.rename(job.export_dir)
+            publish_export(partial, job.export_dir, {
+                "stage": job.stage, "global_step": step,
+                "final_metrics": {"eval_accuracy": scores["accuracy"],
+                                  "eval_macro_f1": scores["macro_f1"]}})
             worker_log.info(f"[{job.stage}] exported to {job.export_dir}")
     if dist.is_initialized():
         dist.barrier()

@@ -28,11 +28,11 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from culture_rl.checkpoints import FINISHED, publish_export  # noqa: F401 (FINISHED re-exported)
 from culture_rl.config import DeepSpeedConfig, LoraConfig, ResourcesConfig, TrainConfig
 from culture_rl.distributed.deepspeed import build_deepspeed_config, describe_batch
 from culture_rl.errors import CultureRLError
 
-FINISHED = "finished.json"
 
 
 class TrainingError(CultureRLError):
@@ -303,12 +303,9 @@ def train_worker(loop_config: dict) -> None:
         final = {}
         for record in trainer.state.log_history:
             final.update(record)
-        (partial / FINISHED).write_text(json.dumps(
-            {"stage": job.stage, "global_step": trainer.state.global_step,
-             "final_metrics": final}, indent=2), "utf-8")
-        if job.export_dir.exists():
-            shutil.rmtree(job.export_dir)
-        partial.rename(job.export_dir)
+        publish_export(partial, job.export_dir, {"stage": job.stage,
+                                                 "global_step": trainer.state.global_step,
+                                                 "final_metrics": final})
         worker_log.info(f"[{job.stage}] exported to {job.export_dir}")
     if dist.is_initialized():
         dist.barrier()

@@ -127,3 +127,18 @@ def test_torch_save_on_a_full_disk_is_reported_with_the_free_space(tmp_path):
         with pytest.raises(CheckpointError, match=r"step_000001: .*; 0 B free there"):
             write_checkpoint(disk / "step_000001", write)
         assert list(disk.iterdir()) == []
+
+
+def test_publish_export_replaces_the_old_export_and_marks_the_new_one_finished(tmp_path):
+    from culture_rl.checkpoints import FINISHED, publish_export
+
+    target = tmp_path / "export"
+    target.mkdir()
+    (target / "old.bin").write_text("old")
+    partial = tmp_path / "export.partial"
+    partial.mkdir()
+    (partial / "model.bin").write_text("new")
+    assert publish_export(partial, target, {"stage": "sft", "global_step": 7}) == target
+    assert not partial.exists() and sorted(p.name for p in target.iterdir()) == [
+        FINISHED, "model.bin"]
+    assert json.loads((target / FINISHED).read_text("utf-8"))["global_step"] == 7
