@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +90,10 @@ class PPOController:
         self.pool = None
         self.rollout_replacements = 0
         self.prefetched = None  # ppo.overlap_rollout: the next step's rollout, in flight
+        # Held around the step's calls to the trainer ranks. With a rollout in flight, a dead
+        # generator's replacement is synced from that thread; under ZeRO-3 the sync is a
+        # collective of all ranks, so it must not interleave with the training calls.
+        self.trainer_calls = threading.Lock()
 
     # ---------------------------------------------------------------- set-up
     def start(self) -> None:
@@ -220,9 +225,11 @@ class PPOController:
         worker = self.groups["rollout"].replace(rank)
         self.rollout_replacements += 1
         ro, timeout = self.config.rollout, self.config.ppo_resources.call_timeout_s
-        self._get([a.sync_weights.remote([worker], ro.sync_bucket_mb, timeout,
-                                         ro.sync_share_pages, ro.sync_transport)
-                   for a in self.groups["policy"].actors], "weight sync to the new rollout worker")
+        with self.trainer_calls:  # an overlapped rollout: after this step's training
+            self._get([a.sync_weights.remote([worker], ro.sync_bucket_mb, timeout,
+                                             ro.sync_share_pages, ro.sync_transport)
+                       for a in self.groups["policy"].actors],
+                      "weight sync to the new rollout worker")
 
     def _prefetch_rollout(self, step: int) -> None:
         """Start step ``step``'s rollout and reward on a background thread. The prompt
@@ -309,25 +316,27 @@ class PPOController:
         exp.scores = torch.tensor(scores, dtype=torch.float32)
         if cfg.overlap_rollout and step < cfg.max_steps:
             self._prefetch_rollout(step + 1)
-        log_prob_refs = self._fan_out("policy", "log_probs", exp)
-        value_refs = self._fan_out("critic", "values", exp) if self.use_critic else None
-        parts = self._get(log_prob_refs, "reference and old log-probs")
-        exp.old_log_probs = torch.cat([p["old_log_probs"] for p in parts])
-        exp.ref_log_probs = torch.cat([p["ref_log_probs"] for p in parts])
-        if value_refs is not None:
-            exp.values = torch.cat(self._get(value_refs, "critic values"))
-        lap("reference")
-        exp = compute_step_advantages(exp, estimator=cfg.advantage_estimator,
-                                      kl_estimator=cfg.kl_estimator, kl_coef=self.kl.value,
-                                      gamma=cfg.gamma, lam=cfg.lam,
-                                      whiten=cfg.whiten_advantages)
-        lap("advantage")
-        policy_refs = self._fan_out("policy", "train_step", exp, step)
-        critic_refs = self._fan_out("critic", "train_step", exp, step) if self.use_critic else []
-        policy_metrics = self._get(policy_refs, f"policy update of step {step}")[0]
-        critic_metrics = self._get(critic_refs, f"critic update of step {step}")[0] \
-            if critic_refs else {}
-        lap("train")
+        with self.trainer_calls:
+            log_prob_refs = self._fan_out("policy", "log_probs", exp)
+            value_refs = self._fan_out("critic", "values", exp) if self.use_critic else None
+            parts = self._get(log_prob_refs, "reference and old log-probs")
+            exp.old_log_probs = torch.cat([p["old_log_probs"] for p in parts])
+            exp.ref_log_probs = torch.cat([p["ref_log_probs"] for p in parts])
+            if value_refs is not None:
+                exp.values = torch.cat(self._get(value_refs, "critic values"))
+            lap("reference")
+            exp = compute_step_advantages(exp, estimator=cfg.advantage_estimator,
+                                          kl_estimator=cfg.kl_estimator, kl_coef=self.kl.value,
+                                          gamma=cfg.gamma, lam=cfg.lam,
+                                          whiten=cfg.whiten_advantages)
+            lap("advantage")
+            policy_refs = self._fan_out("policy", "train_step", exp, step)
+            critic_refs = (self._fan_out("critic", "train_step", exp, step)
+                           if self.use_critic else [])
+            policy_metrics = self._get(policy_refs, f"policy update of step {step}")[0]
+            critic_metrics = self._get(critic_refs, f"critic update of step {step}")[0] \
+                if critic_refs else {}
+            lap("train")
         if self.prefetched is not None:  # the generators must be idle before new weights land
             self.prefetched.wait()
         lap("rollout_wait")
@@ -430,9 +439,7 @@ class PPOController:
     def shutdown(self) -> None:
         import ray
 
-        if self.prefetched is not None:  # its calls fail once the actors are gone
-            self.prefetched = None
-
+        self.prefetched = None  # a rollout in flight fails once the actors are gone
         if "policy" in self.groups:
             try:
                 ray.get([a.close.remote() for a in self.groups["policy"].actors], timeout=30)

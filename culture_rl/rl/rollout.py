@@ -3,8 +3,9 @@
 A ``RolloutWorker`` holds one generation backend. The Hugging Face backend generates batched
 (left-padded prompts, KV cache) with temperature / top-p / max tokens and n samples per prompt,
 and returns token ids plus the sampling log-probs; the vLLM backend (``rl/vllm_backend.py``) is
-used where vLLM and a GPU are present (imported only when chosen: nothing here needs it). Workers receive new weights from the policy
-trainer through :class:`~culture_rl.distributed.weight_sync.WeightReceiver`.
+used where vLLM and a GPU are present (imported only when chosen: nothing here needs it).
+Workers receive new weights from the policy trainer through
+:class:`~culture_rl.distributed.weight_sync.WeightReceiver`.
 """
 
 from __future__ import annotations

@@ -150,7 +150,7 @@ class VLLMBackend:
         from culture_rl.distributed.weight_sync import unpack_bucket
 
         device = next(self.model.parameters()).device
-        tensors = [(name, t.to(device, non_blocking=True)) for name, t in unpack_bucket(bucket)]
+        tensors = [(name, t.to(device)) for name, t in unpack_bucket(bucket)]
         self.engine.apply_model(lambda model: model.load_weights(weights=tensors))
         self.engine.reset_prefix_cache()
         return len(tensors)

@@ -134,6 +134,37 @@ def test_killed_rollout_worker_is_replaced_synced_and_the_step_completes(ray_ses
     assert all(synced[k] == pytest.approx(trained[k], rel=1e-6, abs=1e-6) for k in trained)
 
 
+def test_generator_killed_during_an_overlapped_rollout_is_replaced_from_its_thread(
+        ray_session, tmp_path, tiny_policy):
+    """ppo.overlap_rollout: the kill lands while step 3's rollout runs beside step 2's training.
+    The background thread starts the replacement and syncs it once step 2 has trained (the
+    trainer calls are not interleaved), the lost chunk is generated again, and step 3 runs on
+    that rollout; at the end every generator holds the trainer's weights."""
+    import os
+    import signal
+
+    config = ppo_config(tmp_path, tiny_policy, "overlap_loss",
+                        extra=["ppo.overlap_rollout=true", "ppo.max_steps=3"])
+    controller = controller_for(config, tiny_policy)
+    try:
+        controller.start()
+        controller.run_step(1)  # step 2's rollout is made during it, and finished by its end
+        victim = controller.groups["rollout"].actors[1]
+        victim_pid = ray.get(victim.pid.remote())
+        os.kill(victim_pid, signal.SIGKILL)
+        controller.run_step(2)  # uses the finished rollout; step 3's meets the dead worker
+        assert controller.rollout_replacements == 1
+        values = controller.run_step(3)
+        trained = ray.get(controller.groups["policy"].actors[0].fingerprint.remote())
+        served = [ray.get(w.fingerprint.remote()) for w in controller.groups["rollout"].actors]
+    finally:
+        controller.shutdown()
+    assert values["samples"] == 8 and values["reward_mean"] == values["reward_mean"]
+    for fingerprint in served:
+        assert all(fingerprint[k] == pytest.approx(trained[k], rel=1e-6, abs=1e-6)
+                   for k in trained)
+
+
 def test_dead_trainer_ends_the_run_with_a_resumable_checkpoint(ray_session, tmp_path,
                                                               tiny_policy):
     """The policy trainer process killed after step 1's checkpoint: step 2 ends with a
