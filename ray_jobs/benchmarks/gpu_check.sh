@@ -8,7 +8,8 @@
 # The device image has torch, transformers, peft and accelerate but not Ray, DeepSpeed, TRL,
 # datasets or pydantic, and no network: .gpu/ carries them (see gpu_bundle.py). Each step has
 # its own time limit and a failure does not stop the next one, so one call returns whatever
-# ran; everything lands in $OUT (at most 8 files come back): gpu_check.log, env.txt and one
+# ran (a step past its limit has its Ray processes killed before the next one starts);
+# everything lands in $OUT (at most 8 files come back): gpu_check.log, env.txt and one
 # JSON per benchmark. About 8 minutes in all, inside the tool's 10-minute command limit.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check_out}
@@ -23,6 +24,14 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, log it, never stop t
     echo "=== $name (limit ${limit}s) $(date -u +%T)" | tee -a "$LOG"
     timeout --kill-after=10 "$limit" "$@" >>"$LOG" 2>&1
     local rc=$?
+    # A step killed at its limit leaves its local Ray (raylet, GCS, actors holding GPU memory)
+    # behind; the device is ours alone, so clear it before the next step. GPU_CHECK_CLEANUP=0
+    # when rehearsing on a machine that runs other Rays.
+    if [ "${GPU_CHECK_CLEANUP:-1}" = 1 ]; then
+        pkill -9 -f 'ray/core/src/ray/' 2>/dev/null
+        pkill -9 -f 'ray::' 2>/dev/null
+        sleep 2
+    fi
     echo "=== $name rc=$rc $(date -u +%T)" | tee -a "$LOG"
     return 0
 }
