@@ -6,6 +6,8 @@
   same numbers go to the ``culture_rl_*`` Ray gauges (loss, tokens_per_s, eval_p@5, ...).
 - :class:`HeldOutPrecision`: held-out P@5 by greedy generation at the end of every epoch; all
   ranks generate their share of the cues and the sums are all-reduced.
+- :class:`CheckpointReport`: Ray's ``RayTrainReportCallback`` behind a barrier of all ranks
+  (why: its docstring).
 - :class:`FaultInjection`: raises after a chosen step on a fresh (non-resumed) attempt, so tests
   can interrupt a run at a known point and check that the rerun resumes correctly.
 """
@@ -202,3 +204,29 @@ class StopOnRequest(TrainerCallback):
     def on_epoch_end(self, args, state, control, **kwargs):
         if self.stopped:  # no save or evaluation of the epoch cut short
             control.should_save = control.should_evaluate = False
+
+
+def checkpoint_report():
+    """A :class:`CheckpointReport` (Ray's callback class is imported only inside workers)."""
+    from ray.train.huggingface.transformers import RayTrainReportCallback
+
+    class CheckpointReport(RayTrainReportCallback):
+        """Reports each checkpoint to Ray Train once every rank has finished writing it.
+
+        The ranks of one node share the Trainer's ``output_dir``. After DeepSpeed's collective
+        save, rank 0 alone goes on to write ``scheduler.pt`` and ``trainer_state.json`` and
+        rotate old checkpoints, and the Trainer calls ``on_save`` with no barrier between.
+        Another rank could then copy the folder while a file was half written, and its upload
+        replace rank 0's complete one: seen as a 0-byte ``scheduler.pt`` and an EOFError when
+        the run resumed. Every rank reaches ``on_save`` at the same step, so the barrier is
+        safe.
+        """
+
+        def on_save(self, args, state, control, **kwargs):
+            import torch.distributed as dist
+
+            if dist.is_initialized() and dist.get_world_size() > 1:
+                dist.barrier()
+            return super().on_save(args, state, control, **kwargs)
+
+    return CheckpointReport()

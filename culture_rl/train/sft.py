@@ -7,6 +7,7 @@ One path serves two stages:
 - ``sft``: ALIGN stage 1, LoRA on prompt/completion pairs with the loss on the completion only.
 
 Ray's documented pattern for Hugging Face trainers is followed: ``RayTrainReportCallback``
+(behind a barrier of the ranks: ``callbacks.checkpoint_report``)
 reports each Hugging Face checkpoint (weights, DeepSpeed optimizer shards, scheduler, trainer
 state with the data position, per-rank RNG state) to Ray storage, and ``prepare_trainer`` wires
 in Ray Data. A rerun with the same run name resumes from ``ray.train.get_checkpoint()`` through
@@ -223,14 +224,14 @@ def train_worker(loop_config: dict) -> None:
     import torch
     import torch.distributed as dist
     from datasets import Dataset
-    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
+    from ray.train.huggingface.transformers import prepare_trainer
     from transformers import PrinterCallback
     from trl import SFTTrainer
 
     from culture_rl.models.loading import (export_merged, load_model, load_tokenizer,
                                            peft_lora_config)
     from culture_rl.train.callbacks import (FaultInjection, HeldOutPrecision, ProgressLogger,
-                                            StopOnRequest, worker_log)
+                                            StopOnRequest, checkpoint_report, worker_log)
 
     _quiet_ray_train_reports()
     job: TrainJob = loop_config["job"]
@@ -254,7 +255,7 @@ def train_worker(loop_config: dict) -> None:
             max_new_tokens=job.eval_max_new_tokens, batch_size=job.eval_batch_size,
             synced_gpus=job.deepspeed.zero_stage == 3, metrics_path=job.metrics_path,
             stage=job.stage))
-    callbacks.append(RayTrainReportCallback())
+    callbacks.append(checkpoint_report())  # Ray's RayTrainReportCallback, after a barrier
     if job.stop_file:  # a sweep's scheduler may stop this run early
         callbacks.append(StopOnRequest(job.stop_file))
     if job.train.fault_injection_step:

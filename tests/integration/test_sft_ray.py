@@ -193,6 +193,10 @@ def test_driver_stopped_at_an_epoch_boundary_resumes_with_the_next_epoch(quickst
     with pytest.raises(TrainingError, match="fault injected"):
         run_stage(build_sft_job(stopped, data), stopped.resources)
     stage = stopped.run_dir / "sft"
+    # Each rank uploads the node's shared checkpoint folder: none may carry a file another rank
+    # was still writing (a 0-byte scheduler.pt made the resume fail with EOFError).
+    saved = [f for f in stage.glob("checkpoint_*/checkpoint/**/*") if f.is_file()]
+    assert saved and not [f.name for f in saved if f.stat().st_size == 0]
     per_epoch = max(losses_by_step(stage))
     result = run_stage(build_sft_job(stopped, data), stopped.resources)
     expected, got = read_ledger(straight.run_dir / "sft"), read_ledger(stage)
