@@ -298,6 +298,31 @@ def test_full_weight_grpo_under_zero3_syncs_gathered_weights(ray_session, tmp_pa
         trained["model.embed_tokens.weight"], rel=1e-6)
 
 
+def test_bf16_step_trains_and_syncs_bf16_weights(ray_session, tmp_path, tiny_policy):
+    """The GPU precision on CPU: DeepSpeed in bf16 (fp32 master weights in its optimizer), the
+    generators load the model in bf16 and the sync moves bf16 bits (as int16, numpy having no
+    bfloat16) into them exactly. What a GPU run of the benchmarks sets (``gpu_overrides``)."""
+    config = ppo_config(tmp_path, tiny_policy, "bf16", [
+        "model.dtype=bfloat16", "deepspeed.precision=bf16", "ppo.max_steps=1"])
+    controller = controller_for(config, tiny_policy)
+    try:
+        controller.start()
+        generator = controller.groups["rollout"].actors[0]
+        before = ray.get(generator.fingerprint.remote())
+        values = controller.run_step(1)
+        trained = ray.get(controller.groups["policy"].actors[0].fingerprint.remote())
+        after = ray.get(generator.fingerprint.remote())
+        dtypes = ray.get(generator.__ray_call__.remote(
+            lambda worker: sorted({str(p.dtype) for p in worker.model.parameters()})))
+    finally:
+        controller.shutdown()
+    assert dtypes == ["torch.bfloat16"]
+    assert all(after[k] == pytest.approx(trained[k], rel=1e-6, abs=1e-6) for k in trained)
+    assert any(abs(trained[k] - before[k]) > 1e-6 for k in trained)
+    # bf16 keeps 8 bits of mantissa: trainer and generators agree to about 1e-3, not 1e-6.
+    assert values["logprob_gap"] < 2e-2 and values["kl"] == values["kl"]
+
+
 def test_two_trainer_ranks_share_the_batch_and_stay_in_sync(ray_session, tmp_path, tiny_policy):
     """2 DeepSpeed ranks (gloo) for policy and critic: each gets half of every batch, the
     gradients are all-reduced, and rank 0's sync leaves the generators equal to both ranks."""
