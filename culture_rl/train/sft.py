@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from culture_rl.checkpoints import FINISHED, publish_export  # noqa: F401 (FINISHED re-exported)
@@ -88,6 +88,17 @@ class StageResult:
     already_finished: bool = False
 
 
+def checkpointing_argument(enabled: bool) -> dict:
+    """transformers 5.23 renamed ``gradient_checkpointing`` to ``activation_checkpointing``; the
+    old name still works but warns in every worker, and versions before the rename know only
+    the old one. So: the name this transformers has."""
+    from trl import SFTConfig
+
+    names = {option.name for option in fields(SFTConfig)}
+    new_name = "activation_checkpointing"
+    return {new_name if new_name in names else "gradient_checkpointing": enabled}
+
+
 def sft_args(job: TrainJob, world_size: int, use_gpu: bool, scratch_dir: str,
              use_deepspeed: bool = True):
     """TRL ``SFTConfig`` for a job (``use_deepspeed=False``: the plain single-process baseline
@@ -115,7 +126,7 @@ def sft_args(job: TrainJob, world_size: int, use_gpu: bool, scratch_dir: str,
         # Explicit: TRL defaults to bf16 autocast and gradient checkpointing, which made tiny
         # CPU runs 10x slower.
         bf16=job.deepspeed.precision == "bf16", fp16=job.deepspeed.precision == "fp16",
-        gradient_checkpointing=train.gradient_checkpointing,
+        **checkpointing_argument(train.gradient_checkpointing),
         deepspeed=(build_deepspeed_config(job.deepspeed, train, world_size, use_gpu)
                    if use_deepspeed else None),
         save_strategy="steps" if train.save_steps else "epoch",
