@@ -5,26 +5,26 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import sys
 from pathlib import Path
+
+from ray_jobs.benchmarks.arguments import existing_path
 
 
 def collect(folder: Path) -> dict:
-    return {path.stem: json.loads(path.read_text("utf-8"))
-            for path in sorted(folder.glob("*.json"))}
+    """Every ``<name>.json`` in ``folder`` by name; a file that is not JSON is a ValueError
+    naming it and the line."""
+    results = {}
+    for path in sorted(folder.glob("*.json")):
+        try:
+            results[path.stem] = json.loads(path.read_text("utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: line {err.lineno}: not JSON ({err.msg})") from None
+    return results
 
 
-def main(argv: list[str] | None = None) -> None:
-    folder, out = (Path(a) for a in (argv or sys.argv[1:]))
-    results = collect(folder)
-    out.write_text(json.dumps(results, indent=2) + "\n", "utf-8")
-    print(f"{len(results)} benchmarks ({', '.join(results)}) -> {out}")
-
-
-if __name__ == "__main__":
-    main()
 
 
 def write_results(out: str | Path | None, results: dict) -> None:
@@ -45,3 +45,22 @@ def finish(results: dict, header: str, table: str, out: str | Path | None) -> di
     results["table"] = table
     write_results(out, results)
     return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Collect the benchmarks' JSON files into one.")
+    parser.add_argument("folder", type=existing_path, help="folder of <benchmark>.json files")
+    parser.add_argument("out", help="the combined JSON file to write")
+    args = parser.parse_args(argv)
+    try:
+        results = collect(Path(args.folder))
+    except ValueError as err:
+        parser.error(str(err))
+    if not results:
+        parser.error(f"{args.folder}: no <benchmark>.json files")
+    Path(args.out).write_text(json.dumps(results, indent=2) + "\n", "utf-8")
+    print(f"{len(results)} benchmarks ({', '.join(results)}) -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -51,6 +51,7 @@ from culture_rl.rl import ppo  # noqa: E402
 from culture_rl.rl.advantages import compute_step_advantages  # noqa: E402
 from culture_rl.rl.experience import Experience  # noqa: E402
 from culture_rl.rl.prompt_iterator import PromptIterator  # noqa: E402
+from ray_jobs.benchmarks.arguments import choices_of, existing_path, positive_int
 from ray_jobs.benchmarks.collect import write_results  # noqa: E402
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
@@ -248,35 +249,37 @@ def summarise(steps: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per side")
-    parser.add_argument("--prompts", type=int, default=32, help="prompts per step")
-    parser.add_argument("--samples-per-prompt", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=40)
-    parser.add_argument("--mini-batch", type=int, default=32,
+    parser.add_argument("--steps", type=positive_int, default=4, help="timed steps per side")
+    parser.add_argument("--prompts", type=positive_int, default=32, help="prompts per step")
+    parser.add_argument("--samples-per-prompt", type=positive_int, default=4)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=40)
+    parser.add_argument("--mini-batch", type=positive_int, default=32,
                         help="samples per optimizer step (capped at the samples per step)")
-    parser.add_argument("--micro-batch", type=int, default=16,
+    parser.add_argument("--micro-batch", type=positive_int, default=16,
                         help="ours: samples per forward pass (capped at the mini batch)")
-    parser.add_argument("--naive-threads", type=int, default=1,
+    parser.add_argument("--naive-threads", type=positive_int, default=1,
                         help="torch threads of the naive loop: at batch 1 a second thread is "
                         "no faster, and on a loaded machine it stalls for seconds")
-    parser.add_argument("--policy", help="a trained policy (model or SFT export folder); "
+    parser.add_argument("--policy", type=existing_path, help="a trained policy (model or SFT export folder); "
                         "default: an untrained tiny Llama")
-    parser.add_argument("--sides", default=",".join(SIDES),
+    parser.add_argument("--sides", default=",".join(SIDES), type=choices_of(SIDES),
                         help=f"comma-separated sides to run, among {', '.join(SIDES)} "
                         "('ours' and 'naive' are required: the goal's ratio)")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args(argv)
-    sides_run = args.sides.split(",")
-    if not {"ours", "naive"} <= set(sides_run) or not set(sides_run) <= set(SIDES):
+    sides_run = args.sides
+    if not {"ours", "naive"} <= set(sides_run):
         parser.error(f"--sides: expected 'ours', 'naive' and optionally 'ours_overlap', not "
-                     f"{args.sides!r}")
+                     f"{','.join(sides_run)!r}")
     controllers = 2 if "ours_overlap" in sides_run else 1
 
     import ray
 
     from culture_rl.config import load_config
+    from culture_rl.errors import ConfigError
     from culture_rl.models.loading import build_tiny_model
     from culture_rl.rl.controller import PPOController
+    from culture_rl.rl.plan import batch_plan
     from culture_rl.workflows.align_data import load_align_data
     from culture_rl.workflows.align_ppo import build_ppo_job, resolve_policy_path
     from ray_jobs.benchmarks.sft_throughput import detect_device
@@ -293,16 +296,22 @@ def main(argv: list[str] | None = None) -> dict:
         f"rollout.max_new_tokens={args.max_new_tokens}", f"ppo.mini_batch_size={mini}",
         f"ppo.micro_batch_size={micro}", "ppo.eval_steps=0", "ppo.save_steps=0",
         f"ppo.max_steps={args.steps + 1}"]  # the overlapped side prefetches up to the last
-    rollout_workers = load_config(QUICKSTART, overrides).ppo_resources.rollout_workers
-    overrides += gpu_overrides(device.count if device.gpu else 0, rollout_workers, controllers)
-    config = load_config(QUICKSTART, overrides)
-    data = load_align_data(config, write_world=False)
-    if args.policy:
-        policy, trained = resolve_policy_path(args.policy), True
-    else:
-        policy, trained = str(build_tiny_model(config.model, data.corpus, folder / "policy",
-                                               config.run.seed)), False
-    job = build_ppo_job(config, data, policy)
+    try:  # flags that make an impossible PPO config are usage errors, not tracebacks
+        rollout_workers = load_config(QUICKSTART, overrides).ppo_resources.rollout_workers
+        overrides += gpu_overrides(device.count if device.gpu else 0, rollout_workers,
+                                   controllers)
+        config = load_config(QUICKSTART, overrides)
+        batch_plan(config).check()  # batch sizes that do not divide
+        data = load_align_data(config, write_world=False)
+        if args.policy:
+            policy, trained = resolve_policy_path(args.policy), True
+        else:
+            policy, trained = str(build_tiny_model(config.model, data.corpus,
+                                                   folder / "policy", config.run.seed)), False
+        job = build_ppo_job(config, data, policy)
+    except ConfigError as err:
+        shutil.rmtree(folder, ignore_errors=True)
+        parser.error(str(err))
     cpus = os.cpu_count() or 2
     results: dict = {
         "machine": {"cpus": cpus, "load_average_1m": os.getloadavg()[0],

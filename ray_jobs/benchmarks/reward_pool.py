@@ -21,6 +21,8 @@ import random
 import statistics
 import time
 
+from culture_rl.rl.rewards import REWARD_FUNCTIONS
+from ray_jobs.benchmarks.arguments import positive_int, positive_ints
 from ray_jobs.benchmarks.collect import finish
 
 WORDS = [f"word{i}" for i in range(500)]
@@ -84,10 +86,10 @@ def timed(fn) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batches", default="512,4096",
+    parser.add_argument("--batches", default="512,4096", type=positive_ints,
                         help="comma-separated batch sizes (answers per score call)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per method")
-    parser.add_argument("--reward", default="ranking_spearman")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed calls per method")
+    parser.add_argument("--reward", default="ranking_spearman", choices=sorted(REWARD_FUNCTIONS))
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args(argv)
 
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     pools = {"pool_1_scorer": RewardPool(args.reward, num_scorers=1, cpus_per_scorer=1),
              "pool_2_scorers": RewardPool(args.reward, num_scorers=2, cpus_per_scorer=1)}
     try:
-        for batch in [int(b) for b in args.batches.split(",")]:
+        for batch in args.batches:
             answers, metas = synthetic_batch(batch)
             methods = {"in_process": lambda: score_batch(args.reward, answers, metas),
                        **{name: (lambda pool=pool: pool.score(answers, metas))

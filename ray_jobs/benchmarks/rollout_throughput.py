@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ray_jobs.benchmarks.arguments import positive_int, positive_ints
 from ray_jobs.benchmarks.collect import finish
 
 QUICKSTART = str(Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml")
@@ -30,11 +31,11 @@ QUICKSTART = str(Path(__file__).resolve().parents[2] / "configs" / "quickstart.y
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batches", default="1,4,16,64",
+    parser.add_argument("--batches", default="1,4,16,64", type=positive_ints,
                         help="comma-separated prompts per generate() call (1: one at a time)")
-    parser.add_argument("--prompts", type=int, default=64, help="prompts per measurement")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes per batch size")
+    parser.add_argument("--prompts", type=positive_int, default=64, help="prompts per measurement")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=32)
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed passes per batch size")
     parser.add_argument("--backends", default="auto",
                         help="'auto' (hf, plus vllm where vLLM and a GPU are present), 'hf' or "
                         "'hf,vllm'")
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     cues = (data.split["train"] * (args.prompts // max(len(data.split["train"]), 1) + 1))
     prompts = [templates.association_prompt(c) for c in cues[:args.prompts]]
     cpus = os.cpu_count() or 2
-    batches = [int(b) for b in args.batches.split(",")]
+    batches = args.batches
     results: dict = {"machine": {"cpus": cpus, "load_average_1m": os.getloadavg()[0]},
                      "settings": {"prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
                                   "repeats": args.repeats, "policy": "untrained tiny Llama "

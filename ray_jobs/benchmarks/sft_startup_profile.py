@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 
 from culture_rl.config import ModelConfig, ResourcesConfig, WorldConfig
+from ray_jobs.benchmarks.arguments import positive_int
 from ray_jobs.benchmarks.collect import write_results
-from ray_jobs.benchmarks.sft_throughput import make_job
+from ray_jobs.benchmarks.sft_throughput import ZERO_STAGES, make_job
 
 RATE = 50  # py-spy samples per second
 
@@ -52,8 +53,8 @@ def top_frames(raw: Path, thread_pattern: str, count: int) -> tuple[float, list[
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--zero-stage", type=int, default=2)
-    parser.add_argument("--top", type=int, default=25, help="frames shown per thread")
+    parser.add_argument("--zero-stage", type=int, choices=ZERO_STAGES, default=2)
+    parser.add_argument("--top", type=positive_int, default=25, help="frames shown per thread")
     parser.add_argument("--out", help="write the timeline and profiles as JSON here")
     args = parser.parse_args(argv)
     py_spy = shutil.which("py-spy") or str(Path(__file__).resolve().parents[2] / ".venv/bin/py-spy")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from culture_rl.config import DeepSpeedConfig, ModelConfig, ResourcesConfig, \
     TinyModelConfig, TrainConfig, WorldConfig
+from ray_jobs.benchmarks.arguments import choices_of, non_negative_int, positive_int
 from ray_jobs.benchmarks.collect import write_results
 
 
@@ -54,6 +55,22 @@ MODEL_SIZES = {
                                         intermediate_size=5632), global_batch=64, steps=30,
                         warmup_steps=5),
 }
+ZERO_STAGES = (0, 1, 2, 3)
+LOGGING_STEPS = 5  # tokens/s is logged, and the steady state read, in windows of this many steps
+
+
+def plan_problem(preset: ModelSize, args: argparse.Namespace, workers: int) -> str | None:
+    """What the flags get wrong for one model size, naming the flag (None: nothing), so that a
+    run that could not produce its figure stops before it starts."""
+    steps = preset.steps if args.steps is None else args.steps
+    warmup = preset.warmup_steps if args.warmup_steps is None else args.warmup_steps
+    batch = preset.global_batch if args.global_batch is None else args.global_batch
+    if batch % workers:
+        return f"--global-batch: {batch} rows do not split evenly over {workers} workers"
+    if steps // LOGGING_STEPS * LOGGING_STEPS <= warmup:
+        return (f"--steps: {steps} steps leave no {LOGGING_STEPS}-step logging window after the "
+                f"{warmup} warm-up steps (--warmup-steps)")
+    return None
 
 
 @dataclass(frozen=True)
@@ -135,7 +152,7 @@ def make_job(folder: Path, stage: str, model_path: str, corpus: list[str], micro
     from culture_rl.train.sft import TrainJob
 
     train = TrainConfig(max_steps=steps, learning_rate=1e-3, lr_scheduler="constant",
-                        warmup_ratio=0.0, micro_batch_size=micro_batch, logging_steps=5,
+                        warmup_ratio=0.0, micro_batch_size=micro_batch, logging_steps=LOGGING_STEPS,
                         save_steps=100_000, eval_each_epoch=False)
     return TrainJob(stage=stage, stage_dir=str(folder / stage), model_path=model_path,
                     train=train, lora=None,
@@ -203,10 +220,9 @@ def measure_model(size: str, folder: Path, corpus: list[str], args, device: Devi
     result["runs"]["single_process"] = {**steady, "devices": 1}
 
     # TRL's chunked head is what GPUs run anyway; the dense swap is CPU-only.
-    chunked = set() if device.gpu else {int(s) for s in args.chunked_head_stages.split(",")
-                                        if s.strip()}
+    chunked = set() if device.gpu else set(args.chunked_head_stages)
     plan = []
-    for stage in [int(s) for s in args.stages.split(",")]:
+    for stage in args.stages:
         plan.append((stage, True))
         if stage in chunked:
             plan.append((stage, False))
@@ -267,26 +283,27 @@ def tabulate(size: str, result: dict, peak: float, device: Device) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, help="optimizer steps per run (default: the "
+    parser.add_argument("--steps", type=positive_int, help="optimizer steps per run (default: the "
                         "size's, 60 tiny / 30 small)")
-    parser.add_argument("--warmup-steps", type=int, help="steps excluded from the steady-state "
+    parser.add_argument("--warmup-steps", type=non_negative_int, help="steps excluded from the steady-state "
                         "median (default: the size's, 10 / 5)")
-    parser.add_argument("--global-batch", type=int, help="rows per optimizer step (default: "
+    parser.add_argument("--global-batch", type=positive_int, help="rows per optimizer step (default: "
                         "the size's, 16 / 64)")
-    parser.add_argument("--stages", default="0,2,3", help="ZeRO stages to run")
+    parser.add_argument("--stages", default="0,2,3", type=choices_of(ZERO_STAGES, int),
+                        help="ZeRO stages to run")
     parser.add_argument("--chunked-head-stages", default="2",
+                        type=choices_of(ZERO_STAGES, int, allow_empty=True),
                         help="ZeRO stages also run with TRL's chunked LM head ('' for none)")
-    parser.add_argument("--models", help=f"model sizes to run, of {', '.join(MODEL_SIZES)} "
+    parser.add_argument("--models", type=choices_of(MODEL_SIZES), help=f"model sizes to run, of {', '.join(MODEL_SIZES)} "
                         "(default: tiny,small on a CPU, small,medium on GPUs)")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args(argv)
     device = detect_device()
-    models = args.models or ("small,medium" if device.gpu else "tiny,small")
-    sizes = [s.strip() for s in models.split(",") if s.strip()]
-    unknown = [s for s in sizes if s not in MODEL_SIZES]
-    if unknown or not sizes:
-        parser.error(f"--models: unknown size {', '.join(unknown) or '(none)'}; "
-                     f"choose from {', '.join(MODEL_SIZES)}")
+    sizes = args.models or (["small", "medium"] if device.gpu else ["tiny", "small"])
+    for size in sizes:
+        problem = plan_problem(MODEL_SIZES[size], args, device.workers)
+        if problem:
+            parser.error(f"{problem} (model size {size})")
 
     from culture_rl.data.synthetic import generate_world
     from culture_rl.distributed.cluster import connect

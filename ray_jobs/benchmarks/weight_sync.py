@@ -30,6 +30,7 @@ import argparse
 import statistics
 import time
 
+from ray_jobs.benchmarks.arguments import choices_of, positive_float, positive_int
 from ray_jobs.benchmarks.collect import finish
 
 # hidden, intermediate, layers, heads, vocab; ~params with tied embeddings
@@ -220,12 +221,12 @@ def bench_size(size: str, dtype, bucket_mb: float, repeats: int, Generator,
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="10M,50M,200M",
+    parser.add_argument("--sizes", default="10M,50M,200M", type=choices_of(SIZES),
                         help=f"comma-separated model sizes from {list(SIZES)}")
-    parser.add_argument("--bucket-mb", type=float, default=64.0, help="bucket size in MiB")
+    parser.add_argument("--bucket-mb", type=positive_float, default=64.0, help="bucket size in MiB")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"],
                         help="default: float32 on CPUs, bfloat16 on a GPU")
-    parser.add_argument("--repeats", type=int, default=5, help="timed syncs per method")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed syncs per method")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args(argv)
 
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
     if gpu:
         results["machine"].update(device=device.name, gpus=device.count, gpu_plan=gpu)
     try:
-        for size in args.sizes.split(","):
+        for size in args.sizes:
             print(f"{size} ...", flush=True)
             results["sizes"][size] = bench_size(size, dtype, args.bucket_mb, args.repeats,
                                                  Generator, gpu)
