@@ -29,6 +29,12 @@ SMALLEST = {
 }
 
 
+def test_these_are_the_benchmarks_make_bench_runs():
+    makefile = open(os.path.join(REPO, "Makefile"), encoding="utf-8").read()
+    line = next(line for line in makefile.splitlines() if line.startswith("BENCHMARKS ="))
+    assert set(line.split("=", 1)[1].split()) == set(SMALLEST)
+
+
 @pytest.fixture(scope="module")
 def bench_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
