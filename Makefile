@@ -24,8 +24,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/culture-rl demo --config configs/quickstart.yaml
 
+# --durations: the suite must stay well inside CI's limit; the slowest tests say where it goes.
 test: $(STAMP)
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --durations=20
 
 test-fast: $(STAMP)
 	$(PY) -m pytest tests/unit -q
