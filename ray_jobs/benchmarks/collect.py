@@ -25,8 +25,6 @@ def collect(folder: Path) -> dict:
     return results
 
 
-
-
 def write_results(out: str | Path | None, results: dict) -> None:
     """A benchmark's ``--out FILE``: its figures as JSON (folders made as needed)."""
     if not out:

@@ -51,7 +51,7 @@ from culture_rl.rl import ppo  # noqa: E402
 from culture_rl.rl.advantages import compute_step_advantages  # noqa: E402
 from culture_rl.rl.experience import Experience  # noqa: E402
 from culture_rl.rl.prompt_iterator import PromptIterator  # noqa: E402
-from ray_jobs.benchmarks.arguments import choices_of, existing_path, positive_int
+from ray_jobs.benchmarks.arguments import choices_of, existing_path, positive_int  # noqa: E402
 from ray_jobs.benchmarks.collect import write_results  # noqa: E402
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
@@ -260,8 +260,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--naive-threads", type=positive_int, default=1,
                         help="torch threads of the naive loop: at batch 1 a second thread is "
                         "no faster, and on a loaded machine it stalls for seconds")
-    parser.add_argument("--policy", type=existing_path, help="a trained policy (model or SFT export folder); "
-                        "default: an untrained tiny Llama")
+    parser.add_argument("--policy", type=existing_path, help="a trained policy (model or SFT "
+                        "export folder); default: an untrained tiny Llama")
     parser.add_argument("--sides", default=",".join(SIDES), type=choices_of(SIDES),
                         help=f"comma-separated sides to run, among {', '.join(SIDES)} "
                         "('ours' and 'naive' are required: the goal's ratio)")

@@ -35,7 +35,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="comma-separated prompts per generate() call (1: one at a time)")
     parser.add_argument("--prompts", type=positive_int, default=64, help="prompts per measurement")
     parser.add_argument("--max-new-tokens", type=positive_int, default=32)
-    parser.add_argument("--repeats", type=positive_int, default=3, help="timed passes per batch size")
+    parser.add_argument("--repeats", type=positive_int, default=3,
+                        help="timed passes per batch size")
     parser.add_argument("--backends", default="auto",
                         help="'auto' (hf, plus vllm where vLLM and a GPU are present), 'hf' or "
                         "'hf,vllm'")

@@ -152,7 +152,8 @@ def make_job(folder: Path, stage: str, model_path: str, corpus: list[str], micro
     from culture_rl.train.sft import TrainJob
 
     train = TrainConfig(max_steps=steps, learning_rate=1e-3, lr_scheduler="constant",
-                        warmup_ratio=0.0, micro_batch_size=micro_batch, logging_steps=LOGGING_STEPS,
+                        warmup_ratio=0.0, micro_batch_size=micro_batch,
+                        logging_steps=LOGGING_STEPS,
                         save_steps=100_000, eval_each_epoch=False)
     return TrainJob(stage=stage, stage_dir=str(folder / stage), model_path=model_path,
                     train=train, lora=None,
@@ -283,18 +284,19 @@ def tabulate(size: str, result: dict, peak: float, device: Device) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=positive_int, help="optimizer steps per run (default: the "
-                        "size's, 60 tiny / 30 small)")
-    parser.add_argument("--warmup-steps", type=non_negative_int, help="steps excluded from the steady-state "
-                        "median (default: the size's, 10 / 5)")
-    parser.add_argument("--global-batch", type=positive_int, help="rows per optimizer step (default: "
-                        "the size's, 16 / 64)")
+    parser.add_argument("--steps", type=positive_int, help="optimizer steps per run "
+                        "(default: the size's, 60 tiny / 30 small)")
+    parser.add_argument("--warmup-steps", type=non_negative_int, help="steps excluded from the "
+                        "steady-state median (default: the size's, 10 / 5)")
+    parser.add_argument("--global-batch", type=positive_int, help="rows per optimizer step "
+                        "(default: the size's, 16 / 64)")
     parser.add_argument("--stages", default="0,2,3", type=choices_of(ZERO_STAGES, int),
                         help="ZeRO stages to run")
     parser.add_argument("--chunked-head-stages", default="2",
                         type=choices_of(ZERO_STAGES, int, allow_empty=True),
                         help="ZeRO stages also run with TRL's chunked LM head ('' for none)")
-    parser.add_argument("--models", type=choices_of(MODEL_SIZES), help=f"model sizes to run, of {', '.join(MODEL_SIZES)} "
+    parser.add_argument("--models", type=choices_of(MODEL_SIZES),
+                        help=f"model sizes to run, of {', '.join(MODEL_SIZES)} "
                         "(default: tiny,small on a CPU, small,medium on GPUs)")
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args(argv)
