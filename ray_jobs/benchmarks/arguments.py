@@ -36,9 +36,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def _comma_parts(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def positive_ints(text: str) -> list[int]:
     """Comma-separated numbers >= 1, e.g. '1,4,16'."""
-    values = [positive_int(part.strip()) for part in text.split(",") if part.strip()]
+    values = [positive_int(part) for part in _comma_parts(text)]
     if not values:
         raise argparse.ArgumentTypeError("expected comma-separated numbers, e.g. 1,4,16")
     return values
@@ -51,7 +55,7 @@ def choices_of(allowed: Iterable, convert: Callable = str, allow_empty: bool = F
     allowed = list(allowed)
 
     def parse(text: str) -> list:
-        parts = [part.strip() for part in text.split(",") if part.strip()]
+        parts = _comma_parts(text)
         if not parts and not allow_empty:
             raise argparse.ArgumentTypeError(
                 f"expected some of {', '.join(map(str, allowed))}")

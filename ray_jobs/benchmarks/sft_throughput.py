@@ -59,12 +59,20 @@ ZERO_STAGES = (0, 1, 2, 3)
 LOGGING_STEPS = 5  # tokens/s is logged, and the steady state read, in windows of this many steps
 
 
+def run_settings(preset: ModelSize, args: argparse.Namespace) -> tuple[int, int, int]:
+    """Global batch, steps and warm-up steps for one model size: the flags where given, else
+    the size's own."""
+    def given(value, default):
+        return default if value is None else value
+
+    return (given(args.global_batch, preset.global_batch), given(args.steps, preset.steps),
+            given(args.warmup_steps, preset.warmup_steps))
+
+
 def plan_problem(preset: ModelSize, args: argparse.Namespace, workers: int) -> str | None:
     """What the flags get wrong for one model size, naming the flag (None: nothing), so that a
     run that could not produce its figure stops before it starts."""
-    steps = preset.steps if args.steps is None else args.steps
-    warmup = preset.warmup_steps if args.warmup_steps is None else args.warmup_steps
-    batch = preset.global_batch if args.global_batch is None else args.global_batch
+    batch, steps, warmup = run_settings(preset, args)
     if batch % workers:
         return f"--global-batch: {batch} rows do not split evenly over {workers} workers"
     if steps // LOGGING_STEPS * LOGGING_STEPS <= warmup:
@@ -195,12 +203,7 @@ def measure_model(size: str, folder: Path, corpus: list[str], args, device: Devi
     folder = folder / size
     preset = MODEL_SIZES[size]
     workers = device.workers
-
-    def given(value, default):
-        return default if value is None else value
-
-    global_batch = given(args.global_batch, preset.global_batch)
-    steps, warmup = given(args.steps, preset.steps), given(args.warmup_steps, preset.warmup_steps)
+    global_batch, steps, warmup = run_settings(preset, args)
     model_path = str(build_tiny_model(ModelConfig(tiny=preset.shape), corpus,
                                       folder / "model", 0))
     model_config = AutoConfig.from_pretrained(model_path)
