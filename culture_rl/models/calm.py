@@ -30,7 +30,10 @@ Where the abstract is silent, these are the choices (each a ``calm.*`` option wh
   frozen base (or ``features_grad: false``) the reading pass runs under ``no_grad`` and costs about
   a third of a training step; with ``fusion.enabled: false`` or ``injection: none`` there is only
   one pass. In ``generate`` the identity is computed once from the prompt and stays fixed for
-  every new token.
+  every new token. A policy (``culture_rl.models.calm_policy``) scoring a sampled response
+  reads the identity from the prompt tokens alone (``forward(identity_mask=...)``), so the
+  trainer scores the model the generators sampled from; reading it over the whole sequence
+  would also let the identity see the response it conditions.
 - **Per token and pooled.** The heads project every token; sequence-level features are the
   masked mean over non-pad tokens (``pooling: last``: the last non-pad token). The latent signals
   are kept per token as keys/values of the cross-attention (``cross_attention.latent_tokens``).
@@ -72,8 +75,8 @@ Where the abstract is silent, these are the choices (each a ``calm.*`` option wh
   a nearly closed gate gives nearly null tokens); the attention mask is extended with ones
   (zeros for a sample whose gate is exactly closed: it sees no prefix) and the labels with -100
   (as peft's prompt tuning does: the last prefix token predicts the first real token); returned
-  logits drop the prefix positions. Position ids are left to the model in training and in
-  generation alike.
+  logits drop the prefix positions. Position ids count the real tokens (pads get 0) in every
+  pass, as Hugging Face ``generate`` counts them, so a row's padding never moves its positions.
 - **Identity state** returned in ``CalmOutput.identity`` is the pooled fusion ``h_pool + g *
   W(z)`` of the reading pass; the classification head reads ``[identity; task semantics]``
   (``h_pool`` alone when fusion is off), so value identification sees the identity state without
@@ -142,6 +145,14 @@ class _Identity:
 def _text_config(config: Any) -> Any:
     getter = getattr(config, "get_text_config", None)
     return getter() if callable(getter) else config
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids counted over the real tokens of ``mask`` (pads get 0), as Hugging Face
+    ``generate`` counts them: a pass over a padded row then gives the same positions however
+    much padding the row has (the trainer pads a rollout's prompts to another width than the
+    generator did, and a soft prefix sits before the left padding)."""
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
 
 
 def _hooks_inside_checkpoint(layer: nn.Module) -> bool:
@@ -266,10 +277,12 @@ class CalmModel(nn.Module):
                     backbone = None
             if backbone is not None and backbone is not self.base:
                 out = backbone(input_ids=input_ids, attention_mask=mask,
-                               output_hidden_states=True, use_cache=False)
+                               position_ids=_positions(mask), output_hidden_states=True,
+                               use_cache=False)
             else:
                 out = self.base(input_ids=input_ids, attention_mask=mask,
-                                output_hidden_states=True, use_cache=False)
+                                position_ids=_positions(mask), output_hidden_states=True,
+                                use_cache=False)
             return out.hidden_states[self.calm_config.feature_layer]
 
     def _identity(self, hidden: torch.Tensor, mask: torch.Tensor, culture_ids, concept_ids,
@@ -389,34 +402,43 @@ class CalmModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, culture_ids: torch.Tensor | None = None,
                 concept_ids: torch.Tensor | None = None,
-                class_labels: torch.Tensor | None = None) -> CalmOutput:
+                class_labels: torch.Tensor | None = None,
+                identity_mask: torch.Tensor | None = None) -> CalmOutput:
+        """``identity_mask`` [B, T]: the tokens the identity state is read from (default: every
+        non-pad token). A policy scoring (prompt, response) sequences passes the prompt's mask,
+        so the response is scored under the identity ``generate`` computed from the prompt
+        alone: the reading pass is causal, so the prompt's hidden states are the same in the
+        longer sequence."""
         c = self.calm_config
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
+        read_mask = mask if identity_mask is None else identity_mask * mask
         lm_labels = labels if c.heads.lm else None
+        positions = _positions(mask)
         if not self.injecting:  # one pass: the LM is the base model
             out = self.base(input_ids=input_ids, attention_mask=mask, labels=lm_labels,
-                            output_hidden_states=True, use_cache=False)
-            ident = self._identity(out.hidden_states[c.feature_layer], mask, culture_ids,
+                            position_ids=positions, output_hidden_states=True, use_cache=False)
+            ident = self._identity(out.hidden_states[c.feature_layer], read_mask, culture_ids,
                                    concept_ids, class_labels)
             logits, lm_loss = out.logits, out.loss
         else:
-            ident = self._identity(self._read_hidden(input_ids, mask), mask, culture_ids,
+            ident = self._identity(self._read_hidden(input_ids, mask), read_mask, culture_ids,
                                    concept_ids, class_labels)
             if c.injection == "hook":
                 with self._hook(ident.z):
                     out = self.base(input_ids=input_ids, attention_mask=mask, labels=lm_labels,
-                                    use_cache=False)
+                                    position_ids=positions, use_cache=False)
                 logits = out.logits
             else:
                 prefixed = self._prefix_inputs(input_ids, mask, lm_labels, ident)
                 if prefixed is None:
                     out = self.base(input_ids=input_ids, attention_mask=mask, labels=lm_labels,
-                                    use_cache=False)
+                                    position_ids=positions, use_cache=False)
                     logits = out.logits
                 else:
                     embeds, ext_mask, ext_labels = prefixed
                     out = self.base(inputs_embeds=embeds, attention_mask=ext_mask,
-                                    labels=ext_labels, use_cache=False)
+                                    labels=ext_labels, position_ids=_positions(ext_mask),
+                                    use_cache=False)
                     logits = out.logits[:, embeds.shape[1] - input_ids.shape[1]:]
             lm_loss = out.loss
         losses = dict(ident.losses)

@@ -25,6 +25,19 @@ def sequence_inputs(exp: Experience) -> dict[str, torch.Tensor]:
             "position_ids": position_ids}
 
 
+def reads_prompt_identity(model) -> bool:
+    """Whether ``model`` (or the model a DeepSpeed engine or CalmPolicy wraps in ``.module``)
+    reads a state from the prompt alone before generating, as a CALM policy's identity state:
+    its forward then needs the prompt's mask (see :func:`response_log_probs`)."""
+    while model is not None:
+        if getattr(type(model), "reads_prompt_identity", False):
+            return True
+        # The submodule itself, not attribute lookup: a DeepSpeed engine's __getattr__ would
+        # answer from the model it wraps.
+        model = model._modules.get("module") if isinstance(model, nn.Module) else None
+    return False
+
+
 def _response_columns(exp: Experience) -> slice:
     start = exp.prompt_ids.shape[1] - 1
     return slice(start, start + exp.response_ids.shape[1])
@@ -32,8 +45,16 @@ def _response_columns(exp: Experience) -> slice:
 
 def response_log_probs(model, exp: Experience, with_entropy: bool = False
                        ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log p(response token) [B, T] under ``model`` (and the per-token entropy if asked)."""
-    output = model(**sequence_inputs(exp), use_cache=False)
+    """log p(response token) [B, T] under ``model`` (and the per-token entropy if asked).
+
+    A model that reads a state from the prompt (a CALM policy's identity) gets the prompt's
+    mask as ``identity_mask``: the generator computed that state before the first response
+    token, so the response is scored under the same one."""
+    inputs = sequence_inputs(exp)
+    if reads_prompt_identity(model):
+        inputs["identity_mask"] = torch.cat(
+            [exp.prompt_mask, torch.zeros_like(exp.response_mask)], dim=1).long()
+    output = model(**inputs, use_cache=False)
     logits = output.logits[:, _response_columns(exp)]
     log_probs = log_probs_of(logits, exp.response_ids)
     entropy = entropy_from_logits(logits) if with_entropy else None

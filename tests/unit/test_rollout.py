@@ -13,11 +13,15 @@ CORPUS = [f"Cue: w{i}\nWhat words come to mind? Answer: a{i}, b{i}, c{i}" for i 
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory):
+def model_folder(tmp_path_factory):
     shape = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
                             vocab_size=300)
-    folder = build_tiny_model(ModelConfig(tiny=shape), CORPUS, tmp_path_factory.mktemp("m"), 3)
-    return HFBackend(str(folder))
+    return build_tiny_model(ModelConfig(tiny=shape), CORPUS, tmp_path_factory.mktemp("m"), 3)
+
+
+@pytest.fixture(scope="module")
+def backend(model_folder):
+    return HFBackend(str(model_folder))
 
 
 def test_samples_per_prompt_shapes_and_seeded_repeatability(backend):
@@ -43,6 +47,77 @@ def test_sampling_log_probs_match_a_forward_pass(backend):
     mask = out.response_mask.bool()
     assert torch.allclose(out.log_probs[mask], recomputed[mask], atol=1e-4)
     assert (out.log_probs[~mask] == 0).all()
+
+
+def write_calm_export(base_folder, folder, injection: str = "hook"):
+    """A CALM export around the tiny base (frozen base, CALM modules saved), its fusion gate
+    opened wide (g ~ 0.98, W(z) x 20) so the identity state moves the LM's log-probs."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from culture_rl.calm_config import CalmConfig
+    from culture_rl.models.calm import build_calm_model, calm_state_dict
+    from culture_rl.models.loading import load_model, load_tokenizer
+
+    tree = {"dim": 16, "head_hidden_size": 16, "cross_attention": {"num_heads": 2},
+            "moe": {"num_experts": 3, "top_k": 2, "expert_hidden_size": 8},
+            "fusion": {"gate_bias_init": 4.0}, "injection": injection}
+    config = CalmConfig.model_validate(tree)
+    torch.manual_seed(0)
+    model = build_calm_model(load_model(base_folder, "float32"), config, 3, 2)
+    with torch.no_grad():
+        model.calm["fusion"].proj.weight.mul_(20)
+    save_file(calm_state_dict(model), str(folder / "calm.safetensors"))
+    load_tokenizer(base_folder).save_pretrained(str(folder / "tokenizer"))
+    meta = {"calm_config": config.model_dump(mode="json"), "num_cultures": 3, "num_labels": 2,
+            "num_concepts": 0, "base": "frozen", "base_model_path": str(base_folder),
+            "dtype": "float32"}
+    (folder / "calm.json").write_text(json.dumps(meta), "utf-8")
+    return folder
+
+
+@pytest.mark.parametrize("injection", ["hook", "prefix"])
+def test_a_calm_policy_is_scored_under_the_identity_it_generated_with(model_folder, tmp_path,
+                                                                      injection):
+    """A CALM generator reads its identity state from the prompt before the first new token;
+    the trainer's log-probs of the sampled response (response_log_probs) must read it from the
+    prompt too, or they score another model (issue 22: logprob_gap 0.19 per token)."""
+    from culture_rl.rl.modeling import reads_prompt_identity, sequence_inputs
+    from culture_rl.rl.ppo import log_probs_of
+
+    backend = HFBackend(str(write_calm_export(model_folder, tmp_path, injection)))
+    assert reads_prompt_identity(backend.model)
+    out = backend.generate(["Cue: w3\n", "Cue: w22 and more words\n"],
+                           SamplingParams(samples_per_prompt=2, max_new_tokens=6), seed=1)
+    exp = Experience(out.prompt_ids, out.prompt_mask, out.response_ids, out.response_mask)
+    mask = out.response_mask.bool()
+    with torch.no_grad():
+        recomputed, _ = response_log_probs(backend.model, exp)
+        # The identity read over prompt and response: what the trainer computed before.
+        logits = backend.model(**sequence_inputs(exp)).logits
+    assert torch.allclose(out.log_probs[mask], recomputed[mask], atol=1e-4)
+    width = exp.prompt_ids.shape[1]
+    whole = log_probs_of(logits[:, width - 1:width - 1 + exp.response_ids.shape[1]],
+                         exp.response_ids)
+    # The identity read over the whole sequence moves them (per token 5e-3 with the hook, 6e-4
+    # with the prefix, measured on this untrained base whose logits are nearly uniform; the
+    # prompt's identity agrees to 5e-7), so the check above can fail.
+    assert (whole[mask] - out.log_probs[mask]).abs().mean() > 1e-4
+
+
+def test_reads_prompt_identity_looks_through_wrappers(backend):
+    class Engine(torch.nn.Module):  # as a DeepSpeed engine: the model in .module
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    from culture_rl.models.calm_policy import CalmPolicy
+    from culture_rl.rl.modeling import reads_prompt_identity
+
+    assert not reads_prompt_identity(backend.model)
+    assert not reads_prompt_identity(Engine(backend.model))
+    assert reads_prompt_identity(Engine(CalmPolicy(torch.nn.Linear(1, 1))))
 
 
 def test_greedy_decoding_is_deterministic_whatever_the_seed(backend):
