@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test test-fast bench install clean gpu-bundle
+.PHONY: demo test test-fast test-stability bench install clean gpu-bundle
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest tests/unit -q
+
+# Every test that depends on the session's trained models, twice in one session (pytest-repeat):
+# a verdict that changes between the two runs is a flaky test, whatever the machine.
+test-stability: $(STAMP)
+	$(PY) -m pytest tests -q -m trained_model --count 2 --durations=10
 
 BENCHMARKS = sft_throughput ppo_step weight_sync reward_pool rollout_throughput ppo_scaling_model
 

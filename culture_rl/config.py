@@ -238,6 +238,16 @@ class ResourcesConfig(_Section):
                                         "workers' process-group set-up and of any collective "
                                         "(a peer that hangs fails the run after this, naming "
                                         "the collective, instead of stalling it).")
+    worker_start_timeout_s: float = Field(600, gt=0, description="Longest wait for the Ray "
+                                          "Train workers to start and import torch, "
+                                          "transformers and DeepSpeed (Ray's "
+                                          "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S, 60 s by "
+                                          "default, is short for a busy node; the variable, "
+                                          "when set, wins).")
+    health_check_timeout_s: float = Field(600, gt=0, description="Longest a poll of a Ray "
+                                          "Train worker may hang before the worker is marked "
+                                          "dead (Ray's RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S; "
+                                          "the variable, when set, wins).")
 
 
 class EvalConfig(_Section):

@@ -454,6 +454,7 @@ def _fit(job: CalmJob, resources: ResourcesConfig, name: str) -> None:
 
     from culture_rl.distributed.cluster import check_resources, connect
     from culture_rl.distributed.deepspeed import torch_backend
+    from culture_rl.distributed.train_settings import ray_train_settings
 
     connect(resources.address)
     check_resources(resources)
@@ -472,7 +473,8 @@ def _fit(job: CalmJob, resources: ResourcesConfig, name: str) -> None:
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=resources.max_failures)))
     try:
-        trainer.fit()
+        with ray_train_settings(resources):
+            trainer.fit()
     except Exception as err:
         raise TrainingError(f"{job.stage} failed: {_root_cause(err)} (rerun the same command "
                             f"to resume from the last checkpoint in {job.stage_dir})") from err

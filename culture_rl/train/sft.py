@@ -19,10 +19,8 @@ when complete, so a half-written export is never mistaken for a finished one).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import shutil
 import tempfile
 import uuid
@@ -350,6 +348,7 @@ def run_stage(job: TrainJob, resources: ResourcesConfig, callbacks: list | None 
 
     from culture_rl.distributed.cluster import connect, check_resources
     from culture_rl.distributed.deepspeed import torch_backend
+    from culture_rl.distributed.train_settings import ray_train_settings
 
     connect(resources.address)
     check_resources(resources)
@@ -374,7 +373,7 @@ def run_stage(job: TrainJob, resources: ResourcesConfig, callbacks: list | None 
             failure_config=ray.train.FailureConfig(max_failures=resources.max_failures),
             callbacks=list(callbacks or [])))
     try:
-        with _single_node_settings(resources):
+        with ray_train_settings(resources):
             trainer.fit()
     except Exception as err:  # Ray wraps worker errors; surface the root cause in one line
         raise TrainingError(f"{job.stage} failed: {_root_cause(err)} (rerun the same command "
@@ -382,30 +381,6 @@ def run_stage(job: TrainJob, resources: ResourcesConfig, callbacks: list | None 
     if not (job.export_dir / FINISHED).is_file():
         raise TrainingError(f"{job.stage} ended without an export in {job.export_dir}")
     return _result_of(job, already_finished=False)
-
-
-PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
-
-
-@contextlib.contextmanager
-def _single_node_settings(resources: ResourcesConfig):
-    """Ray Train V2 starts a preemption-watcher actor with every run, which polls Ray for
-    nodes being drained (spot reclaims by an autoscaler). On a single-node cluster without
-    autoscaling there is nothing to drain, and the actor's process start (~2 s of CPU) lands
-    while the workers import torch and transformers: on 2 cores it delayed the first step. It is
-    switched off there for this run's controller (read when ``fit`` starts it) unless the user
-    set the variable; multi-node and autoscaling clusters keep it."""
-    import ray
-
-    local = (not resources.autoscaling and PREEMPTION_WATCHER_ENV not in os.environ
-             and len([n for n in ray.nodes() if n.get("Alive")]) == 1)
-    if local:
-        os.environ[PREEMPTION_WATCHER_ENV] = "0"
-    try:
-        yield
-    finally:
-        if local:
-            os.environ.pop(PREEMPTION_WATCHER_ENV, None)
 
 
 def _root_cause(err: BaseException) -> str:
