@@ -411,7 +411,7 @@ class CalmModel(nn.Module):
         longer sequence."""
         c = self.calm_config
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-        read_mask = mask if identity_mask is None else identity_mask * mask
+        read_mask = mask if identity_mask is None else identity_mask.to(mask.dtype) * mask
         lm_labels = labels if c.heads.lm else None
         positions = _positions(mask)
         if not self.injecting:  # one pass: the LM is the base model

@@ -31,7 +31,7 @@ class CalmPolicy(nn.Module):
 
     ``identity_mask`` marks the prompt: ``generate`` reads the identity state from the prompt
     before the first new token, so scoring a (prompt, response) sequence must read it from the
-    same tokens (``culture_rl.rl.modeling.sequence_inputs`` passes it to every model with
+    same tokens (``culture_rl.rl.modeling.response_log_probs`` passes it to every model with
     ``reads_prompt_identity``). Read over the whole sequence instead, the identity would see
     the response it conditions and the trainer would score another model than the one the
     generators sampled from (``logprob_gap`` 0.19 per token on a trained CALM export)."""
