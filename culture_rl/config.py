@@ -59,7 +59,9 @@ class TinyModelConfig(_Section):
 
 class ModelConfig(_Section):
     path: str = Field("tiny", description="Hugging Face model name or local folder (local files "
-                      "only, nothing is downloaded), or 'tiny' to build the tiny preset.")
+                      "only, nothing is downloaded), 'tiny' to build the tiny preset, or "
+                      "'smollm2-135m-instruct': a real instruct model that installs offline "
+                      "(converted once into CULTURE_RL_MODEL_CACHE).")
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig,
                                   description="Shape of the 'tiny' preset model.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(

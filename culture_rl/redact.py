@@ -24,8 +24,10 @@ _SECRET_WORD = re.compile(r"(token|secrets?|passwords?|passwd|apikeys?|accesskey
 _SECRET_EXACT = {"auth", "authorization"}
 _SECRET_PAIRS = {("api", "key"), ("access", "key"), ("private", "key")}
 # ... unless the last word says the value only *names* or *locates* a secret, or describes it:
-# ``auth_token_path``, ``RAY_AUTH_MODE``, ``pad_token_id``, ``secret_name`` are safe to show.
-_HARMLESS_LAST = {"id", "ids", "path", "file", "dir", "mode", "type", "name", "env", "count"}
+# ``auth_token_path``, ``RAY_AUTH_MODE``, ``pad_token_id``, ``secret_name`` are safe to show,
+# and so is a metric over tokens (TRL logs ``mean_token_accuracy`` every step).
+_HARMLESS_LAST = {"id", "ids", "path", "file", "dir", "mode", "type", "name", "env", "count",
+                  "accuracy"}
 
 _CAMEL = re.compile(r"([a-z0-9])([A-Z])")
 _NON_ALNUM = re.compile(r"[^A-Za-z0-9]+")

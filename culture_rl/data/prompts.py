@@ -46,6 +46,19 @@ def culture_preamble(culture: str, language: Language = "en") -> str:
     return _CULTURE_PREAMBLE[language].format(culture=culture)
 
 
+def split_preamble(text: str) -> tuple[str | None, str]:
+    """(the culture preamble's sentence, the rest) of a prompt that opens with
+    :func:`culture_preamble` in either language, else (None, text): a chat model reads the
+    preamble as its system message (culture_rl.models.chat)."""
+    for template in _CULTURE_PREAMBLE.values():
+        head, tail = template.split("{culture}")
+        if text.startswith(head):
+            end = text.find(tail, len(head))
+            if end > len(head) and "\n" not in text[len(head):end]:
+                return text[:end + len(tail)].rstrip("\n"), text[end + len(tail):]
+    return None, text
+
+
 def ranking_prompt(cue: str, words: Sequence[str], language: Language = "en") -> str:
     return _RANKING[language].format(cue=cue, words=_LIST_SEPARATOR[language].join(words))
 

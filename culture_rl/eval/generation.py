@@ -11,6 +11,8 @@ from typing import Sequence
 
 import torch
 
+from culture_rl.models.chat import answer_text, chat_prompts, stop_token_ids
+
 
 def _right_padded(rows: Sequence[Sequence[int]], pad_id: int
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,7 +36,8 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], *, max_new_tokens
                      batch_size: int = 16, synced_gpus: bool = False, sample: bool = False,
                      temperature: float = 1.0) -> list[str]:
     """Greedy (or, with ``sample``, sampled) completions of ``prompts`` (new text only,
-    special tokens dropped).
+    special tokens dropped). A chat model reads each prompt through its chat template and stops
+    at its end-of-turn (culture_rl.models.chat).
 
     ``synced_gpus`` must be true under ZeRO-3, where every rank has to join every forward pass
     (their shards are gathered on the fly): ranks then keep stepping until all have finished.
@@ -44,16 +47,17 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], *, max_new_tokens
     padding_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     device = next(model.parameters()).device
+    stops = stop_token_ids(tokenizer, model)
     answers: list[str] = []
     try:
-        for batch in _batches(list(prompts), batch_size):
+        for batch in _batches(chat_prompts(tokenizer, prompts), batch_size):
             encoded = tokenizer(batch, return_tensors="pt", padding=True,
                                 add_special_tokens=False).to(device)
             decoding = ({"do_sample": True, "temperature": temperature, "top_k": 0} if sample
                         else {"do_sample": False})
             output = model.generate(**encoded, max_new_tokens=max_new_tokens, **decoding,
-                                    pad_token_id=tokenizer.pad_token_id,
-                                    eos_token_id=tokenizer.eos_token_id, synced_gpus=synced_gpus)
+                                    pad_token_id=tokenizer.pad_token_id, eos_token_id=stops,
+                                    synced_gpus=synced_gpus)
             new_tokens = output[:, encoded["input_ids"].shape[1]:]
             answers.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
     finally:
@@ -101,8 +105,11 @@ def option_distributions(model, tokenizer, prompts: Sequence[str],
                          labels: Sequence[Sequence[str]], *, batch_size: int = 32
                          ) -> list[list[float]]:
     """For each prompt, a probability distribution over its option labels (softmax of the
-    labels' log-probabilities, i.e. renormalised over the offered options)."""
-    pairs = [(p, label) for p, options in zip(prompts, labels) for label in options]
+    labels' log-probabilities, i.e. renormalised over the offered options). A chat model reads
+    the prompt through its template and each label as the start of its answer."""
+    pairs = [(prompt, answer_text(tokenizer, label))
+             for prompt, options in zip(chat_prompts(tokenizer, prompts), labels)
+             for label in options]
     flat = continuation_logprobs(model, tokenizer, pairs, batch_size=batch_size)
     distributions, offset = [], 0
     for options in labels:

@@ -1,4 +1,5 @@
-"""Loading causal LMs: any Hugging Face model from local files, the 'tiny' preset, LoRA, export.
+"""Loading causal LMs: any Hugging Face model from local files, the 'tiny' preset, the real
+models that install offline (:mod:`culture_rl.models.presets`), LoRA, export.
 
 Nothing is downloaded: ``from_pretrained`` runs with ``local_files_only=True``, and a model that
 is not there is a :class:`ConfigError` naming ``model.path``. The tiny preset is a small Llama
@@ -61,7 +62,13 @@ def build_tiny_model(config: ModelConfig, corpus: list[str], out_dir: str | Path
 
 def check_available(path: str) -> None:
     """ConfigError (field model.path) unless ``path`` is a saved model folder or could be a
-    hub name already in the local cache."""
+    hub name already in the local cache; a preset (culture_rl.models.presets) needs its
+    package, and is converted when first loaded."""
+    from culture_rl.models import presets
+
+    if presets.is_preset(path):
+        presets.gguf_location(str(path))
+        return
     local = Path(path).expanduser()
     if local.exists():
         if not (local / "config.json").is_file() and not (local / "adapter_config.json").is_file():
@@ -79,10 +86,25 @@ def check_available(path: str) -> None:
                           field="model.path")
 
 
+def prepare_model(path: str) -> str:
+    """:func:`check_available`, and a preset converted now (once, in the driver) rather than by
+    every worker that loads it at the same time; returns ``path`` unchanged (a preset keeps its
+    name, so each node resolves it in its own cache)."""
+    from culture_rl.models import presets
+
+    check_available(path)
+    if presets.is_preset(path):
+        presets.resolve(path)
+    return path
+
+
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    from culture_rl.models import presets
+
     check_available(str(path))
+    path = presets.resolve(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True,
                                                   trust_remote_code=trust_remote_code)
@@ -101,7 +123,10 @@ def load_model(path: str | Path, dtype: str = "float32", trust_remote_code: bool
     import torch
     from transformers import AutoModelForCausalLM
 
+    from culture_rl.models import presets
+
     check_available(str(path))
+    path = presets.resolve(path)
     torch_dtype = getattr(torch, dtype)
     adapter_config = Path(path) / "adapter_config.json"
     try:

@@ -19,6 +19,7 @@ import torch
 
 from culture_rl.distributed.weight_sync import WeightReceiver
 from culture_rl.errors import ConfigError
+from culture_rl.models.chat import chat_prompts, stop_token_ids
 from culture_rl.ppo_config import VLLM_GPU_MEMORY_UTILIZATION
 
 
@@ -46,9 +47,12 @@ class Rollout:
     pad_token_id: int
 
 
-def response_mask(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """1 for every token up to and including the first EOS (all tokens when there is none)."""
-    is_eos = response_ids == eos_token_id
+def response_mask(response_ids: torch.Tensor, eos_token_id: int | Sequence[int]) -> torch.Tensor:
+    """1 for every token up to and including the first EOS, or the first of several stop ids
+    (all tokens when there is none)."""
+    stops = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
+                         dtype=response_ids.dtype)
+    is_eos = torch.isin(response_ids, stops)
     after_first_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
     return (~after_first_eos).long()
 
@@ -77,7 +81,9 @@ class GenerationBackend(Protocol):
 
 class HFBackend:
     """``transformers`` generate: batched, KV cache, sampling log-probs from the processed
-    scores (so they are the probabilities the tokens were actually drawn with)."""
+    scores (so they are the probabilities the tokens were actually drawn with). A chat model
+    reads each prompt through its chat template and stops at its end-of-turn; the rollout's
+    prompt ids are the templated ones, so the trainer scores exactly what was sampled."""
 
     def __init__(self, model_path: str, dtype: str = "float32", trust_remote_code: bool = False):
         from culture_rl.models.loading import load_model, load_tokenizer
@@ -106,24 +112,25 @@ class HFBackend:
                  progress: Callable[[int], None] | None = None) -> Rollout:
         torch.manual_seed(seed)
         tok = self.tokenizer
+        stops = stop_token_ids(tok, self.model)
         parts = []
         for start in range(0, len(prompts), params.batch_size):
             if progress is not None:
                 progress(len(prompts) - start)
-            batch = list(prompts[start:start + params.batch_size])
+            batch = chat_prompts(tok, prompts[start:start + params.batch_size])
             encoded = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
             encoded = encoded.to(self.device)
             output = self.model.generate(
                 **encoded, **_decoding(params), max_new_tokens=params.max_new_tokens,
                 num_return_sequences=params.samples_per_prompt, output_scores=True,
                 return_dict_in_generate=True, pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id)
+                eos_token_id=stops)
             prompt_width = encoded["input_ids"].shape[1]
             responses = output.sequences[:, prompt_width:].cpu()
             scores = torch.stack(output.scores, dim=1).float().cpu()  # [N, T, V]
             log_probs = torch.log_softmax(scores, dim=-1).gather(
                 -1, responses.unsqueeze(-1)).squeeze(-1)
-            mask = response_mask(responses, tok.eos_token_id)
+            mask = response_mask(responses, stops)
             log_probs = torch.where(mask.bool(), log_probs, torch.zeros_like(log_probs))
             n = params.samples_per_prompt
             parts.append((encoded["input_ids"].cpu().repeat_interleave(n, 0),

@@ -165,6 +165,11 @@ class VLLMBackend:
             params.temperature, params.top_p, params.max_new_tokens, params.samples_per_prompt,
             params.greedy, prompt_seed))
             for prompt_seed in prompt_seeds(seed, len(prompts), params.samples_per_prompt)]
-        outputs = self.engine.generate(list(prompts), sampling, use_tqdm=False)
+        from culture_rl.models.chat import chat_prompts
+
+        # A chat model reads its template, as the HF backend's prompts do; vLLM stops at the
+        # model's generation-config EOS ids (its end-of-turn) by itself.
+        outputs = self.engine.generate(chat_prompts(self.tokenizer, prompts), sampling,
+                                       use_tqdm=False)
         pad = self.tokenizer.pad_token_id
         return rollout_from_outputs(outputs, 0 if pad is None else pad)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import random
 
+from culture_rl.models.chat import answer_text, chat_prompt
+
 IGNORE = -100
 
 
@@ -79,9 +81,11 @@ class _Rows:
         self.lm = lm
         self.items = []
         for row in rows:
-            if "prompt" in row:
-                prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
-                completion = tokenizer(row["completion"], add_special_tokens=False)["input_ids"]
+            if "prompt" in row:  # a chat model reads it through its template
+                prompt = tokenizer(chat_prompt(tokenizer, row["prompt"]),
+                                   add_special_tokens=False)["input_ids"]
+                completion = tokenizer(answer_text(tokenizer, row["completion"]),
+                                       add_special_tokens=False)["input_ids"]
                 ids = (prompt + completion + [tokenizer.eos_token_id])[:max_len]
                 labels = ([IGNORE] * len(prompt) + completion + [tokenizer.eos_token_id])[:max_len]
             else:

@@ -252,9 +252,8 @@ def train_worker(loop_config: dict) -> None:
     tokenizer = load_tokenizer(job.model_path, job.trust_remote_code)
     model = load_model(job.model_path, job.dtype, job.trust_remote_code)
     args = sft_args(job, world_size, use_gpu, loop_config["scratch_dir"])
-    columns = [job.text_field] if job.text_field else ["prompt", "completion"]
-    train_set = Dataset.from_list([{c: row[c] for c in columns} for row in job.train_rows])
-    eval_set = (Dataset.from_list([{c: row[c] for c in columns} for row in job.eval_rows])
+    train_set = Dataset.from_list(sft_rows(job, tokenizer, job.train_rows))
+    eval_set = (Dataset.from_list(sft_rows(job, tokenizer, job.eval_rows))
                 if args.eval_strategy != "no" else None)
 
     callbacks = [ProgressLogger(job.stage, job.metrics_path)]
@@ -381,6 +380,16 @@ def run_stage(job: TrainJob, resources: ResourcesConfig, callbacks: list | None 
     if not (job.export_dir / FINISHED).is_file():
         raise TrainingError(f"{job.stage} ended without an export in {job.export_dir}")
     return _result_of(job, already_finished=False)
+
+
+def sft_rows(job: TrainJob, tokenizer, rows: list[dict]) -> list[dict]:
+    """The rows TRL trains on: the text field (language modelling), or prompt/completion pairs,
+    as chat messages when the model has a chat template (culture_rl.models.chat)."""
+    from culture_rl.models.chat import sft_example
+
+    if job.text_field:
+        return [{job.text_field: row[job.text_field]} for row in rows]
+    return [sft_example(tokenizer, row["prompt"], row["completion"]) for row in rows]
 
 
 def _root_cause(err: BaseException) -> str:

