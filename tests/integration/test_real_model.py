@@ -102,3 +102,35 @@ def test_sft_rows_train_only_on_the_assistants_tokens(smollm2, tmp_path):
     # The answer and its end-of-turn (the template's newline after it too), nothing else.
     assert tokenizer.decode(trained) == "cat, bone<|im_end|>\n"
     assert tokenizer.decode(example["input_ids"]).startswith("<|im_start|>system\n")
+
+
+def test_align_sft_trains_the_real_model_on_ray_train_with_chat_rows(smollm2, quickstart_run,
+                                                                     tmp_path):
+    """ALIGN SFT on the real model as a user runs it: 2 Ray Train workers, DeepSpeed ZeRO-2,
+    LoRA, the quickstart's Borenia norms as chat rows (the converted folder as model.path, as
+    a folder on shared storage would be given)."""
+    import json
+    import math
+
+    from culture_rl.config import load_config
+    from culture_rl.train.sft import run_stage, sft_rows
+    from culture_rl.workflows.align_data import load_align_data
+    from culture_rl.workflows.align_sft import build_sft_job
+
+    folder, tokenizer, _ = smollm2
+    session, _ = quickstart_run
+    config = load_config(None, [
+        f"run.storage_path={tmp_path}", "run.name=real", f"model.path={folder}",
+        f"world.num_cues={session.world.num_cues}", f"data.culture={session.data.culture}",
+        "sft.micro_batch_size=2", "sft.max_steps=3", "sft.logging_steps=1",
+        "sft.warmup_ratio=0", "sft.eval_each_epoch=false", "lora.merge_on_export=false"])
+    job = build_sft_job(config, load_align_data(config, write_world=False))
+    (row,) = sft_rows(job, tokenizer, job.train_rows[:1])
+    assert row["completion"][0]["role"] == "assistant"  # what TRL trains on: chat rows
+    result = run_stage(job, config.resources)
+    records = [json.loads(line) for line in
+               (result.export_dir.parent / "metrics.jsonl").read_text("utf-8").splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    assert all(r["tokens_per_s"] > 0 for r in records if "tokens_per_s" in r)
+    assert (result.export_dir / "adapter" / "adapter_config.json").is_file()
