@@ -67,6 +67,11 @@ class ModelConfig(_Section):
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", description="Weights dtype when loading; CPUs want float32.")
     trust_remote_code: bool = Field(False, description="Pass trust_remote_code to from_pretrained.")
+    chat_template: Literal["auto", "none"] = Field(
+        "auto", description="How the model reads prompts: 'auto' through the tokenizer's chat "
+        "template when it has one (instruct models; the culture preamble is the system "
+        "message), 'none' as raw text whatever the tokenizer. An export's tokenizer keeps the "
+        "choice its model was trained with.")
 
 
 class LoraConfig(_Section):

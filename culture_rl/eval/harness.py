@@ -207,7 +207,10 @@ def cache_key(config: ExperimentConfig, evaluations: list[str], model_path: str)
                        "world": config.world.model_dump(mode="json"), "seed": config.run.seed,
                        "ppo_words": config.ppo.ranking_words,
                        "ranking_tokens": config.rollout.max_new_tokens,
-                       "model": model_path, "files": _model_stamp(model_path)}, sort_keys=True)
+                       "model": model_path, "files": _model_stamp(model_path),
+                       # Only when set, so that the keys of earlier evaluations stay the same.
+                       **({"chat_template": config.model.chat_template}
+                          if config.model.chat_template != "auto" else {})}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -252,7 +255,8 @@ class EvaluationGroup:
             self.group = ActorGroup(
                 role, RolloutWorker,
                 lambda rank: ((model_path, "hf", model.dtype, model.trust_remote_code, threads),
-                              {}), self.config.ppo_resources.placement_timeout_s)
+                              {"chat_template": model.chat_template}),
+                self.config.ppo_resources.placement_timeout_s)
             self.inference = ActorInference(self.group, settings.batch_size,
                                             settings.call_timeout_s, model_path)
             # The constructors load the first model; a failed load surfaces here.

@@ -17,6 +17,16 @@ from typing import Sequence
 from culture_rl.data.prompts import split_preamble
 
 
+def apply_choice(tokenizer, chat_template: str = "auto"):
+    """``model.chat_template`` on a loaded tokenizer: 'none' drops its template, so the model
+    reads raw text everywhere and an export saves the tokenizer without it; 'auto' keeps it."""
+    if chat_template not in ("auto", "none"):
+        raise ValueError(f"chat_template must be 'auto' or 'none', not {chat_template!r}")
+    if chat_template == "none":
+        tokenizer.chat_template = None
+    return tokenizer
+
+
 def uses_chat(tokenizer) -> bool:
     """True when the tokenizer has a chat template (an instruction-tuned model)."""
     return bool(getattr(tokenizer, "chat_template", None))

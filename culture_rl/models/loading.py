@@ -98,10 +98,14 @@ def prepare_model(path: str) -> str:
     return path
 
 
-def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False,
+                   chat_template: str = "auto"):
+    """The tokenizer of a model (``chat_template``: ``model.chat_template``, see
+    culture_rl.models.chat.apply_choice)."""
     from transformers import AutoTokenizer
 
     from culture_rl.models import presets
+    from culture_rl.models.chat import apply_choice
 
     check_available(str(path))
     path = presets.resolve(path)
@@ -114,7 +118,7 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
                           field="model.path") from None
     if tokenizer.pad_token is None:  # Llama-family tokenizers ship without one
         tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return apply_choice(tokenizer, chat_template)
 
 
 def load_model(path: str | Path, dtype: str = "float32", trust_remote_code: bool = False):

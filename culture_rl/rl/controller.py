@@ -137,7 +137,8 @@ class PPOController:
             role, RolloutWorker,
             lambda rank: ((self.job.policy_path, config.rollout.backend, config.model.dtype,
                            config.model.trust_remote_code, threads),
-                          {"gpu_memory_utilization": config.rollout.vllm_gpu_memory_utilization}),
+                          {"gpu_memory_utilization": config.rollout.vllm_gpu_memory_utilization,
+                           "chat_template": config.model.chat_template}),
             res.placement_timeout_s)
         self.pool = RewardPool(reward, num_scorers=res.reward_scorers,
                                cpus_per_scorer=res.cpus_per_scorer, timeout_s=res.call_timeout_s)

@@ -85,7 +85,9 @@ class HFBackend:
     reads each prompt through its chat template and stops at its end-of-turn; the rollout's
     prompt ids are the templated ones, so the trainer scores exactly what was sampled."""
 
-    def __init__(self, model_path: str, dtype: str = "float32", trust_remote_code: bool = False):
+    def __init__(self, model_path: str, dtype: str = "float32", trust_remote_code: bool = False,
+                 chat_template: str = "auto"):
+        from culture_rl.models.chat import apply_choice
         from culture_rl.models.loading import load_model, load_tokenizer
         from culture_rl.spa.adapters import is_adapter_set, load_adapter_set, read_adapter_set
 
@@ -93,12 +95,13 @@ class HFBackend:
 
         if is_calm_export(model_path):  # CALM: the LM with its identity state injected
             self.model, self.tokenizer, _ = load_calm_policy(model_path)
+            apply_choice(self.tokenizer, chat_template)
         elif is_adapter_set(model_path):  # per-culture adapters, kept apart and routed
             base = read_adapter_set(model_path)["base_model"]
-            self.tokenizer = load_tokenizer(base, trust_remote_code)
+            self.tokenizer = load_tokenizer(base, trust_remote_code, chat_template)
             self.model = load_adapter_set(model_path, dtype, trust_remote_code)
         else:
-            self.tokenizer = load_tokenizer(model_path, trust_remote_code)
+            self.tokenizer = load_tokenizer(model_path, trust_remote_code, chat_template)
             self.model = load_model(model_path, dtype, trust_remote_code)
             if hasattr(self.model, "merge_and_unload"):  # an adapter: serve merged weights
                 self.model = self.model.merge_and_unload()
@@ -158,15 +161,19 @@ class HFBackend:
 
 
 def _vllm_backend(model_path: str, dtype: str, trust_remote_code: bool,
-                  gpu_memory_utilization: float):
+                  gpu_memory_utilization: float, chat_template: str):
+    from culture_rl.models.chat import apply_choice
     from culture_rl.rl.vllm_backend import VLLMBackend  # imports vLLM only when chosen
 
-    return VLLMBackend(model_path, dtype, trust_remote_code, gpu_memory_utilization)
+    backend = VLLMBackend(model_path, dtype, trust_remote_code, gpu_memory_utilization)
+    apply_choice(backend.tokenizer, chat_template)
+    return backend
 
 
 def _hf_backend(model_path: str, dtype: str, trust_remote_code: bool,
-                gpu_memory_utilization: float):
-    return HFBackend(model_path, dtype, trust_remote_code)  # takes what the device leaves
+                gpu_memory_utilization: float, chat_template: str):
+    # takes what the device leaves
+    return HFBackend(model_path, dtype, trust_remote_code, chat_template)
 
 
 BACKENDS = {"hf": _hf_backend, "vllm": _vllm_backend}
@@ -178,13 +185,15 @@ class RolloutWorker(WeightReceiver):
 
     def __init__(self, model_path: str, backend: str = "hf", dtype: str = "float32",
                  trust_remote_code: bool = False, threads: int = 1,
-                 gpu_memory_utilization: float = VLLM_GPU_MEMORY_UTILIZATION):
+                 gpu_memory_utilization: float = VLLM_GPU_MEMORY_UTILIZATION,
+                 chat_template: str = "auto"):
         from culture_rl.distributed.metrics import RayGauges
 
         torch.set_num_threads(max(1, threads))
         self.gauges = RayGauges(workflow="rollout", worker=str(os.getpid()))
         self.backend_name, self.dtype, self.trust_remote_code = backend, dtype, trust_remote_code
         self.gpu_memory_utilization = gpu_memory_utilization  # vLLM's share of the GPU
+        self.chat_template = chat_template  # model.chat_template, for every model it loads
         self.load(model_path)
 
     def load(self, model_path: str) -> None:
@@ -192,7 +201,8 @@ class RolloutWorker(WeightReceiver):
         self.backend = None  # free the old weights before the new ones load
         self.backend = BACKENDS[self.backend_name](model_path, self.dtype,
                                                    self.trust_remote_code,
-                                                   self.gpu_memory_utilization)
+                                                   self.gpu_memory_utilization,
+                                                   self.chat_template)
         self.model = self.backend.model
 
     def _hf(self, what: str) -> "HFBackend":

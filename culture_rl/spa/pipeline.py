@@ -180,7 +180,7 @@ def _train(config: ExperimentConfig, name: str, folder: Path, rows: list[dict], 
     job = TrainJob(stage=name, stage_dir=str(folder), model_path=base, train=config.spa.train,
                    deepspeed=config.deepspeed, lora=config.lora, train_rows=rows,
                    dtype=config.model.dtype, trust_remote_code=config.model.trust_remote_code,
-                   seed=config.run.seed)
+                   chat_template=config.model.chat_template, seed=config.run.seed)
     return run_stage(job, config.resources)
 
 

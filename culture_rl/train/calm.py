@@ -131,6 +131,7 @@ class CalmJob(StageFolders):
     culture_names: list[str]
     dtype: str = "float32"
     trust_remote_code: bool = False
+    chat_template: str = "auto"  # model.chat_template
     seed: int = 42
     variants: list[str] = field(default_factory=list)  # set: a comparison stage
     variant_epochs: int = 0
@@ -394,7 +395,7 @@ def calm_worker(loop_config: dict) -> None:
     torch.set_num_threads(loop_config["threads"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    tokenizer = load_tokenizer(job.model_path, job.trust_remote_code)
+    tokenizer = load_tokenizer(job.model_path, job.trust_remote_code, job.chat_template)
     micro = job.train.per_culture * len(job.culture_names)
 
     def strategy_for():

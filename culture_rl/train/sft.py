@@ -70,6 +70,7 @@ class TrainJob(StageFolders):
     heldout_human: list[list[str]] = field(default_factory=list)
     dtype: str = "float32"
     trust_remote_code: bool = False
+    chat_template: str = "auto"  # model.chat_template
     seed: int = 42
     eval_max_new_tokens: int = 40
     eval_batch_size: int = 16
@@ -249,7 +250,7 @@ def train_worker(loop_config: dict) -> None:
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
 
-    tokenizer = load_tokenizer(job.model_path, job.trust_remote_code)
+    tokenizer = load_tokenizer(job.model_path, job.trust_remote_code, job.chat_template)
     model = load_model(job.model_path, job.dtype, job.trust_remote_code)
     args = sft_args(job, world_size, use_gpu, loop_config["scratch_dir"])
     train_set = Dataset.from_list(sft_rows(job, tokenizer, job.train_rows))

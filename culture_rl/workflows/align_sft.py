@@ -55,7 +55,8 @@ def build_pretrain_job(config: ExperimentConfig, data: AlignData) -> TrainJob:
                     train=config.pretrain, deepspeed=config.deepspeed, lora=None,
                     train_rows=[{"text": doc} for doc in data.corpus], text_field="text",
                     heldout_prompts=prompts_, heldout_human=human, dtype=config.model.dtype,
-                    trust_remote_code=config.model.trust_remote_code, seed=config.run.seed,
+                    trust_remote_code=config.model.trust_remote_code,
+                    chat_template=config.model.chat_template, seed=config.run.seed,
                     eval_max_new_tokens=config.eval.max_new_tokens,
                     eval_batch_size=config.eval.batch_size)
 
@@ -91,7 +92,8 @@ def build_sft_job(config: ExperimentConfig, data: AlignData) -> TrainJob:
                     lora=config.lora if config.lora.enabled else None,
                     train_rows=train_rows, eval_rows=eval_rows, heldout_prompts=prompts_,
                     heldout_human=human, dtype=config.model.dtype,
-                    trust_remote_code=config.model.trust_remote_code, seed=config.run.seed,
+                    trust_remote_code=config.model.trust_remote_code,
+                    chat_template=config.model.chat_template, seed=config.run.seed,
                     eval_max_new_tokens=config.eval.max_new_tokens,
                     eval_batch_size=config.eval.batch_size)
 

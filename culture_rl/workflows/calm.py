@@ -164,6 +164,7 @@ def build_calm_job(config: ExperimentConfig, data: AlignData, model_path: str | 
                    lora=config.lora if config.lora.enabled else None, train_rows=train,
                    eval_rows=heldout, label_names=labels, culture_names=cultures,
                    dtype=config.model.dtype, trust_remote_code=config.model.trust_remote_code,
+                   chat_template=config.model.chat_template,
                    seed=config.run.seed)
 
 

@@ -84,6 +84,16 @@ def test_rollouts_read_the_chat_template_and_stop_at_end_of_turn(smollm2):
     assert all(split_answer(text) for text in out.texts[:short]), out.texts
 
 
+def test_chat_template_none_gives_the_raw_prompt_to_the_same_model(smollm2):
+    from culture_rl.rl.rollout import HFBackend, SamplingParams
+
+    folder, tokenizer, _ = smollm2
+    backend = HFBackend(folder, chat_template="none")  # model.chat_template: none
+    text = prompts.association_prompt("dog")
+    out = backend.generate([text], SamplingParams(greedy=True, max_new_tokens=4), seed=0)
+    assert out.prompt_ids[0].tolist() == tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def test_sft_rows_train_only_on_the_assistants_tokens(smollm2, tmp_path):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from culture_rl.data import prompts
-from culture_rl.models.chat import (answer_text, chat_prompt, messages, sft_example,
-                                    stop_token_ids, uses_chat)
+from culture_rl.models.chat import (answer_text, apply_choice, chat_prompt, messages,
+                                    sft_example, stop_token_ids, uses_chat)
 from culture_rl.models.loading import train_tokenizer
 from culture_rl.rl.rollout import response_mask
 
@@ -53,6 +53,17 @@ def test_the_culture_preamble_becomes_the_system_message(chat_tokenizer, languag
                         f"{question.strip()}<|im_end|>\n<|im_start|>assistant\n")
     # Without a preamble there is no system message.
     assert chat_prompt(chat_tokenizer, question).startswith("<|im_start|>user\n")
+
+
+def test_chat_template_none_reads_raw_text_whatever_the_tokenizer():
+    tokenizer = train_tokenizer(["Cue: dog\nAnswer: cat"] * 20, 300)
+    tokenizer.chat_template = CHATML
+    text = prompts.culture_preamble("Borenia") + prompts.association_prompt("dog")
+    assert apply_choice(tokenizer, "auto") is tokenizer and uses_chat(tokenizer)
+    apply_choice(tokenizer, "none")
+    assert not uses_chat(tokenizer) and chat_prompt(tokenizer, text) == text
+    with pytest.raises(ValueError, match="'auto' or 'none'"):
+        apply_choice(tokenizer, "chatml")
 
 
 def test_answers_start_the_assistants_turn(chat_tokenizer):
