@@ -40,12 +40,27 @@ def messages(text: str) -> list[dict]:
     return turns + [{"role": "user", "content": user.strip()}]
 
 
+def template_messages(tokenizer, text: str) -> list[dict]:
+    """:func:`messages` as this tokenizer's template takes them: a template that refuses a
+    system message (Gemma's raises "System role not supported") gets the preamble at the start
+    of the user's turn instead."""
+    turns = messages(text)
+    if turns[0]["role"] != "system":
+        return turns
+    try:
+        tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    except Exception:  # jinja2's TemplateError, raised by the template's own raise_exception
+        return [{"role": "user", "content": f"{turns[0]['content']}\n{turns[1]['content']}"}]
+    return turns
+
+
 def chat_prompt(tokenizer, text: str) -> str:
     """``text`` as the model reads it before its answer: unchanged without a chat template;
-    else the template's rendering of :func:`messages` with the assistant's turn opened."""
+    else the template's rendering of :func:`template_messages` with the assistant's turn
+    opened."""
     if not uses_chat(tokenizer):
         return text
-    return tokenizer.apply_chat_template(messages(text), tokenize=False,
+    return tokenizer.apply_chat_template(template_messages(tokenizer, text), tokenize=False,
                                          add_generation_prompt=True)
 
 
@@ -66,7 +81,7 @@ def sft_example(tokenizer, prompt: str, completion: str) -> dict:
     tokens, end-of-turn included) for a chat model."""
     if not uses_chat(tokenizer):
         return {"prompt": prompt, "completion": completion}
-    return {"prompt": messages(prompt),
+    return {"prompt": template_messages(tokenizer, prompt),
             "completion": [{"role": "assistant", "content": completion.strip()}]}
 
 

@@ -66,6 +66,21 @@ def test_chat_template_none_reads_raw_text_whatever_the_tokenizer():
         apply_choice(tokenizer, "chatml")
 
 
+def test_a_template_without_a_system_role_gets_the_preamble_in_the_users_turn():
+    tokenizer = train_tokenizer(["Cue: dog\nAnswer: cat"] * 20, 300)
+    tokenizer.chat_template = (  # as Gemma's: a system message is an error
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}"
+        "<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+        "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+    text = prompts.culture_preamble("Borenia") + prompts.association_prompt("dog")
+    assert chat_prompt(tokenizer, text) == (
+        "<start_of_turn>user\nYou are a person from Borenia.\n"
+        f"{prompts.association_prompt('dog')}<end_of_turn>\n<start_of_turn>model\n")
+    (turn,) = sft_example(tokenizer, text, " cat")["prompt"]  # SFT rows alike
+    assert turn["role"] == "user" and turn["content"].startswith("You are a person from")
+
+
 def test_answers_start_the_assistants_turn(chat_tokenizer):
     assert answer_text(chat_tokenizer, " 1") == "1"
     row = sft_example(chat_tokenizer, prompts.association_prompt("dog"), " cat, bone")
