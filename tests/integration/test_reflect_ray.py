@@ -97,7 +97,11 @@ def test_a_calm_policy_reflects_with_its_identity_state_and_exports_a_calm_model
     config = load_config(os.path.join(REPO, "configs", "reflect_quickstart.yaml"),
                          [f"run.storage_path={tmp_path}", "run.name=reflect_calm",
                           f"reflect.policy_path={start}", *SMALL, "reflect.rounds=1",
-                          "reflect.prompts_per_round=16", "reflect.revisions_per_answer=4"])
+                          "reflect.prompts_per_round=16", "reflect.revisions_per_answer=4",
+                          # Revisions cut at the 24-token limit count too: with only those that
+                          # finished, seeds 1-3 gave 1, 0 and 2 pairs (a verdict left to the
+                          # sampled tokens, so to the machine); with all, 2-8 over 5 seeds.
+                          "reflect.require_finished=false"])
     result = run_reflect(config, load_align_data(config))
     (record,) = [r for r in result.rounds if r["step"] == 1]
     assert record["pairs"] > 0, record
