@@ -40,28 +40,43 @@ def messages(text: str) -> list[dict]:
     return turns + [{"role": "user", "content": user.strip()}]
 
 
-def template_messages(tokenizer, text: str) -> list[dict]:
-    """:func:`messages` as this tokenizer's template takes them: a template that refuses a
+def _preamble_in_user_turn(turns: list[dict]) -> list[dict]:
+    return [{"role": "user", "content": f"{turns[0]['content']}\n{turns[1]['content']}"}]
+
+
+def _render(tokenizer, turns: list[dict]) -> str:
+    """The template's rendering with the assistant's turn opened; a template that refuses a
     system message (Gemma's raises "System role not supported") gets the preamble at the start
     of the user's turn instead."""
+    try:
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    except Exception:  # jinja2's TemplateError, raised by the template's own raise_exception
+        if turns[0]["role"] != "system":
+            raise
+        return tokenizer.apply_chat_template(_preamble_in_user_turn(turns), tokenize=False,
+                                             add_generation_prompt=True)
+
+
+def template_messages(tokenizer, text: str) -> list[dict]:
+    """:func:`messages` as this tokenizer's template takes them (see :func:`_render`), for TRL,
+    which applies the template itself."""
     turns = messages(text)
     if turns[0]["role"] != "system":
         return turns
     try:
         tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-    except Exception:  # jinja2's TemplateError, raised by the template's own raise_exception
-        return [{"role": "user", "content": f"{turns[0]['content']}\n{turns[1]['content']}"}]
+    except Exception:  # as in _render
+        return _preamble_in_user_turn(turns)
     return turns
 
 
 def chat_prompt(tokenizer, text: str) -> str:
     """``text`` as the model reads it before its answer: unchanged without a chat template;
-    else the template's rendering of :func:`template_messages` with the assistant's turn
-    opened."""
+    else the template's rendering of :func:`messages` (one rendering per prompt: this runs
+    for every prompt of every rollout and evaluation)."""
     if not uses_chat(tokenizer):
         return text
-    return tokenizer.apply_chat_template(template_messages(tokenizer, text), tokenize=False,
-                                         add_generation_prompt=True)
+    return _render(tokenizer, messages(text))
 
 
 def chat_prompts(tokenizer, texts: Sequence[str]) -> list[str]:
