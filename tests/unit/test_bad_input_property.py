@@ -1067,9 +1067,25 @@ def _option_strings(parser) -> set[str]:
     return found
 
 
+def _choices(parser, *path: str) -> list[str]:
+    """The words argparse accepts after ``culture-rl *path``: subcommands, or the choices of a
+    positional. Read from the parser so that a new command is never drawn as "unknown" (a
+    hand-kept list missed ``spa`` and a drawn 'spa' ran the real command)."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            if not path:
+                return sorted(action.choices)
+            return _choices(action.choices[path[0]], *path[1:])
+        if not path and action.choices and not action.option_strings:
+            return sorted(action.choices)
+    raise AssertionError(f"no choices after {path}")
+
+
 OPTIONS = _option_strings(build_parser())
-TOP_COMMANDS = ["config", "synth", "pretrain", "sft", "ppo", "sweep", "eval", "demo", "report",
-                "submit", "jobs"]
+TOP_COMMANDS = _choices(build_parser())
+GROUP_CHOICES = {group: _choices(build_parser(), group) for group in ("config", "jobs", "submit")}
 CONFIG_COMMANDS = [["sft"], ["ppo"], ["eval"], ["synth"], ["pretrain"], ["sweep"], ["demo"],
                    ["config", "show"]]
 NEED_CONFIG = [["sft"], ["ppo"], ["eval"], ["synth"], ["pretrain"], ["sweep"],
@@ -1097,10 +1113,7 @@ def cli_faults(draw) -> tuple[list[str], tuple[str, ...]]:
         word = draw(NAME.filter(lambda w: w not in TOP_COMMANDS))
         return [word, *config], ("invalid choice", repr(word))
     if kind == "unknown subcommand":
-        group, choices = draw(st.sampled_from([("config", ["show", "fields"]),
-                                               ("jobs", ["list", "status", "logs", "stop"]),
-                                               ("submit", ["align_sft", "align_ppo", "eval",
-                                                           "quickstart", "sweep"])]))
+        group, choices = draw(st.sampled_from(sorted(GROUP_CHOICES.items())))
         word = draw(NAME.filter(lambda w: w not in choices))
         rest = config if group == "submit" else []
         return [group, word, *rest], (f"error: {group}: ", "invalid choice", repr(word))
