@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from culture_rl.models.chat import answer_text, chat_prompts, stop_token_ids
+from culture_rl.models.chat import AnswerBegun, Prompt, answer_text, chat_prompts, stop_token_ids
 
 
 def _right_padded(rows: Sequence[Sequence[int]], pad_id: int
@@ -32,7 +32,7 @@ def _batches(items: Sequence, size: int):
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 40,
+def generate_answers(model, tokenizer, prompts: Sequence[Prompt], *, max_new_tokens: int = 40,
                      batch_size: int = 16, synced_gpus: bool = False, sample: bool = False,
                      temperature: float = 1.0) -> list[str]:
     """Greedy (or, with ``sample``, sampled) completions of ``prompts`` (new text only,
@@ -101,14 +101,15 @@ def continuation_logprobs(model, tokenizer, prompt_continuations: Sequence[tuple
     return scores
 
 
-def option_distributions(model, tokenizer, prompts: Sequence[str],
+def option_distributions(model, tokenizer, prompts: Sequence[Prompt],
                          labels: Sequence[Sequence[str]], *, batch_size: int = 32
                          ) -> list[list[float]]:
     """For each prompt, a probability distribution over its option labels (softmax of the
     labels' log-probabilities, i.e. renormalised over the offered options). A chat model reads
-    the prompt through its template and each label as the start of its answer."""
-    pairs = [(prompt, answer_text(tokenizer, label))
-             for prompt, options in zip(chat_prompts(tokenizer, prompts), labels)
+    the prompt through its template and each label as the start of its answer, or after what
+    an :class:`AnswerBegun` has written of it."""
+    pairs = [(text, answer_text(tokenizer, label, isinstance(prompt, AnswerBegun)))
+             for prompt, text, options in zip(prompts, chat_prompts(tokenizer, prompts), labels)
              for label in options]
     flat = continuation_logprobs(model, tokenizer, pairs, batch_size=batch_size)
     distributions, offset = [], 0

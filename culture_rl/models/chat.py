@@ -12,9 +12,23 @@ same way (``tokenizer.apply_chat_template``; OpenRLHF's ``--apply_chat_template`
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence, Union
 
 from culture_rl.data.prompts import split_preamble
+
+
+class AnswerBegun(NamedTuple):
+    """A prompt whose answer the model has already begun: ``written`` (CCoT's thoughts and
+    "Answer:") continues the assistant's turn, so a chat model reads its own thoughts as its
+    own words, not as the user's. A base model reads ``prompt + written``, the raw text it
+    always read. CultureSPA's authors prompt CCoT this way: the system and the question are the
+    template's turns, and the model thinks and answers in one assistant turn."""
+
+    prompt: str
+    written: str
+
+
+Prompt = Union[str, AnswerBegun]
 
 
 def apply_choice(tokenizer, chat_template: str = "auto"):
@@ -70,24 +84,27 @@ def template_messages(tokenizer, text: str) -> list[dict]:
     return turns
 
 
-def chat_prompt(tokenizer, text: str) -> str:
-    """``text`` as the model reads it before its answer: unchanged without a chat template;
+def chat_prompt(tokenizer, prompt: Prompt) -> str:
+    """``prompt`` as the model reads it before its answer: unchanged without a chat template;
     else the template's rendering of :func:`messages` (one rendering per prompt: this runs
-    for every prompt of every rollout and evaluation)."""
+    for every prompt of every rollout and evaluation), followed by what an
+    :class:`AnswerBegun` has already written of the answer."""
+    text, written = (prompt, "") if isinstance(prompt, str) else prompt
     if not uses_chat(tokenizer):
-        return text
-    return _render(tokenizer, messages(text))
+        return text + written
+    return _render(tokenizer, messages(text)) + written
 
 
-def chat_prompts(tokenizer, texts: Sequence[str]) -> list[str]:
-    return [chat_prompt(tokenizer, text) for text in texts]
+def chat_prompts(tokenizer, prompts: Sequence[Prompt]) -> list[str]:
+    return [chat_prompt(tokenizer, prompt) for prompt in prompts]
 
 
-def answer_text(tokenizer, completion: str) -> str:
+def answer_text(tokenizer, completion: str, begun: bool = False) -> str:
     """An answer as the model writes it after the prompt: the raw completion (with its leading
-    space) for a base model; stripped at the start of the assistant's turn for a chat model
-    (an option label " 1" is "1" there)."""
-    return completion.lstrip() if uses_chat(tokenizer) else completion
+    space) for a base model, or after an answer already ``begun`` (" 1" after "Answer:");
+    stripped at the start of the assistant's turn for a chat model (an option label " 1" is
+    "1" there)."""
+    return completion.lstrip() if uses_chat(tokenizer) and not begun else completion
 
 
 def sft_example(tokenizer, prompt: str, completion: str) -> dict:

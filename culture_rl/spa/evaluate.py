@@ -15,6 +15,7 @@ from typing import Sequence
 
 from culture_rl.config import ExperimentConfig
 from culture_rl.data import prompts
+from culture_rl.models.chat import AnswerBegun
 from culture_rl.spa.stages import MANIFEST, stage_key
 from culture_rl.workflows.align_data import AlignData
 
@@ -28,7 +29,9 @@ def ccot_distributions(config, questions, culture, inference, routes=None):
     heads = [prompts.ccot_prompt(question, options, culture, language)
              for question, options in items]
     thoughts = inference.generate(heads, config.spa.ccot_max_new_tokens, routes=routes)
-    full = [h + t.split("\n")[0] + prompts.ccot_answer_suffix(language)
+    # The answer is read after the thoughts, in the same assistant turn (a base model reads
+    # the same text it always read: head + thoughts + "Answer:").
+    full = [AnswerBegun(h, t.split("\n")[0] + prompts.ccot_answer_suffix(language))
             for h, t in zip(heads, thoughts)]
     return inference.option_distributions(
         full, [prompts.survey_option_labels(len(options)) for _, options in items],

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from culture_rl.data import prompts
-from culture_rl.models.chat import (answer_text, apply_choice, chat_prompt, messages,
-                                    sft_example, stop_token_ids, uses_chat)
+from culture_rl.models.chat import (AnswerBegun, answer_text, apply_choice, chat_prompt,
+                                    messages, sft_example, stop_token_ids, uses_chat)
 from culture_rl.models.loading import train_tokenizer
 from culture_rl.rl.rollout import response_mask
 
@@ -86,6 +86,43 @@ def test_answers_start_the_assistants_turn(chat_tokenizer):
     row = sft_example(chat_tokenizer, prompts.association_prompt("dog"), " cat, bone")
     assert row["prompt"] == [{"role": "user", "content": prompts.association_prompt("dog")}]
     assert row["completion"] == [{"role": "assistant", "content": "cat, bone"}]
+
+
+@pytest.mark.parametrize("language, culture", [("en", "Borenia"), ("zh", "博雷尼亚")])
+def test_ccot_thoughts_continue_the_assistants_turn(raw_tokenizer, chat_tokenizer, language,
+                                                    culture):
+    head = prompts.ccot_prompt("Is family important?", ["yes", "no"], culture, language)
+    written = "They value family." + prompts.ccot_answer_suffix(language)
+    begun = AnswerBegun(head, written)
+    # A base model reads the text it always read: head + thoughts + "Answer:".
+    assert chat_prompt(raw_tokenizer, begun) == head + written
+    # A chat model: the question in the user's turn, the thoughts in its own turn, and the
+    # option label after "Answer:" keeps its space.
+    rendered = chat_prompt(chat_tokenizer, begun)
+    assert rendered == chat_prompt(chat_tokenizer, head) + written
+    assert rendered.endswith("<|im_start|>assistant\n" + written)
+    assert answer_text(chat_tokenizer, " 1", begun=True) == " 1"
+
+
+def test_option_scores_read_the_label_where_the_answer_stands(chat_tokenizer):
+    """A begun answer scores " 1" after "Answer:"; a fresh turn scores "1" at its start: the
+    two differ, so the label is read where the prompt leaves it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from culture_rl.eval.generation import option_distributions
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(chat_tokenizer), hidden_size=16,
+                                         num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=32))
+    chat_tokenizer.pad_token = chat_tokenizer.pad_token or chat_tokenizer.eos_token
+    head = prompts.ccot_prompt("Is family important?", ["yes", "no"], "Borenia")
+    written = "They value family." + prompts.ccot_answer_suffix()
+    labels = [prompts.survey_option_labels(2)]
+    begun = option_distributions(model, chat_tokenizer, [AnswerBegun(head, written)], labels)
+    joined = option_distributions(model, chat_tokenizer, [head + written], labels)
+    assert begun != joined  # the thoughts sit in another turn
+    assert abs(sum(begun[0]) - 1) < 1e-6
 
 
 def test_stop_ids_add_the_models_end_of_turn(chat_tokenizer):
