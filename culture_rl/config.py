@@ -435,6 +435,12 @@ class SpaConfig(_Section):
                                           "question generation.")
     generation_max_new_tokens: int = Field(96, gt=0, description="Longest generated question "
                                            "with its options.")
+    question_prompt: Literal["auto", "continuation", "instruction"] = Field(
+        "auto", description="How the model is asked for a question: 'continuation' (a "
+        "questionnaire of seed questions it continues: a base model), 'instruction' (a social "
+        "scientist's role, the topic and numbered examples, a new question asked for as JSON: "
+        "a chat model, as in the paper), or 'auto' (instruction when the model's tokenizer has "
+        "a chat template).")
     aware_prompting: Literal["culture", "ccot"] = Field(
         "culture", description="How the culture-aware answers are read: 'culture' with the "
         "culture preamble only, 'ccot' after the model's own cultural chain of thought (it "

@@ -6,6 +6,7 @@ The synthetic base corpus is written with these same templates, so the tiny base
 
 from __future__ import annotations
 
+import json
 from typing import Literal, Sequence
 
 Language = Literal["en", "zh"]
@@ -47,9 +48,13 @@ def culture_preamble(culture: str, language: Language = "en") -> str:
 
 
 def split_preamble(text: str) -> tuple[str | None, str]:
-    """(the culture preamble's sentence, the rest) of a prompt that opens with
-    :func:`culture_preamble` in either language, else (None, text): a chat model reads the
-    preamble as its system message (culture_rl.models.chat)."""
+    """(the preamble's sentence, the rest) of a prompt that opens with :func:`culture_preamble`
+    or the question writer's role (:func:`question_request`) in either language, else
+    (None, text): a chat model reads the preamble as its system message
+    (culture_rl.models.chat)."""
+    for role in _QUESTION_WRITER.values():
+        if text.startswith(role):
+            return role.rstrip("\n"), text[len(role):]
     for template in _CULTURE_PREAMBLE.values():
         head, tail = template.split("{culture}")
         if text.startswith(head):
@@ -95,6 +100,39 @@ def questionnaire(topic: str, questions: Sequence[tuple[str, Sequence[str]]],
 def questionnaire_heading(language: Language = "en") -> str:
     """Where a question begins in a survey prompt ("Question:")."""
     return _QUESTION_HEADING[language]
+
+
+# CultureSPA's question generation for chat models, after the authors' convention (a WVS social
+# scientist as the system role; the topic, a few numbered example questions, "a new question
+# unlike the examples", the answer as JSON with Question and Options); our own wording.
+_QUESTION_WRITER = {
+    "en": "You are a social scientist who designs World Values Survey questions to study how "
+          "people's values differ across countries.\n",
+    "zh": "你是一位为世界价值观调查设计问题、研究各国人们价值观差异的社会科学家。\n",
+}
+_QUESTION_REQUEST = {
+    "en": 'Write one new survey question on the topic "{topic}".\nExample questions:\n'
+          "{examples}\nYour question must be clearly different from the examples and about "
+          '"{topic}". Reply with JSON only, in the form {{"Question": "...", "Options": '
+          '["...", "..."]}}.',
+    "zh": "请就“{topic}”这一主题写一个新的调查问题。\n示例问题：\n{examples}\n"
+          "你的问题必须与示例明显不同，且关于“{topic}”。只用 JSON 回复，格式为"
+          '{{"Question": "...", "Options": ["...", "..."]}}。',
+}
+_QUESTION_EXAMPLE = {"en": "#Example {n}:\nQuestion: {question}\nOptions: {options}\n",
+                     "zh": "#示例{n}：\n问题：{question}\n选项：{options}\n"}
+
+
+def question_request(topic: str, questions: Sequence[tuple[str, Sequence[str]]],
+                     language: Language = "en") -> str:
+    """An instruction to write a new survey question on ``topic`` as JSON, with the examples'
+    options as JSON lists: the question writer's role (a chat model's system message), then the
+    request (its user turn)."""
+    examples = "".join(_QUESTION_EXAMPLE[language].format(
+        n=i + 1, question=q, options=json.dumps(list(o), ensure_ascii=False))
+        for i, (q, o) in enumerate(questions))
+    return _QUESTION_WRITER[language] + _QUESTION_REQUEST[language].format(
+        topic=topic, examples=examples)
 
 
 def survey_option_labels(num_options: int) -> list[str]:

@@ -129,7 +129,8 @@ def mean_js(rows: Sequence[dict]) -> dict[str, float]:
 def render_report(results: dict, stats: dict) -> str:
     lines = ["# CultureSPA", "",
              f"Questions: {stats['questions']['kept']} generated of "
-             f"{stats['questions']['attempts']} attempts (dropped: "
+             f"{stats['questions']['attempts']} attempts by "
+             f"{stats['questions'].get('form', 'continuation')} (dropped: "
              f"{stats['questions']['dropped'] or 'none'}); culture-related instances: "
              f"{stats['related']['related']}.", "",
              "| culture | questions | related |", "|---|---|---|"]

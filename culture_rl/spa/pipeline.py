@@ -33,7 +33,7 @@ from culture_rl.errors import ConfigError
 from culture_rl.spa.evaluate import ccot_distributions, evaluate_step, render_report
 from culture_rl.spa.instances import related_instances, training_rows
 from culture_rl.spa.stages import run_step, stage_key
-from culture_rl.spa.questions import collect, generation_prompt
+from culture_rl.spa.questions import QUESTION_FORMS, collect, question_form
 from culture_rl.workflows.align_data import AlignData, resolve_cultures
 
 PROGRESS_CHUNK = 64  # prompts per actor between progress lines
@@ -119,16 +119,29 @@ def _labels(questions: Sequence[dict]) -> list[list[str]]:
     return [prompts.survey_option_labels(len(q["options"])) for q in questions]
 
 
-def generate_questions(config: ExperimentConfig, plan: SpaPlan, inference, workers: int
-                       ) -> tuple[list[dict], dict]:
+def resolved_question_form(config: ExperimentConfig, model_path: str) -> str:
+    """``spa.question_prompt`` for this model ('auto' reads its tokenizer, in the driver)."""
+    from culture_rl.models.chat import uses_chat
+    from culture_rl.models.loading import load_tokenizer
+
+    if config.spa.question_prompt != "auto":
+        return config.spa.question_prompt
+    tokenizer = load_tokenizer(model_path, config.model.trust_remote_code,
+                               config.model.chat_template)
+    return question_form("auto", uses_chat(tokenizer))
+
+
+def generate_questions(config: ExperimentConfig, plan: SpaPlan, inference, workers: int,
+                       form: str = "continuation") -> tuple[list[dict], dict]:
     spa, language = config.spa, config.data.language
     rng = random.Random(config.run.seed)
+    write_prompt = QUESTION_FORMS[form].prompt
     jobs = []
     for topic, seeds in plan.topics.items():
         for _ in range(spa.questions_per_topic):
             shots = rng.sample(seeds, min(spa.seed_questions, len(seeds)))
-            jobs.append((topic, generation_prompt(topic, [(q.question, q.options)
-                                                          for q in shots], language)))
+            jobs.append((topic, write_prompt(topic, [(q.question, q.options) for q in shots],
+                                             language)))
     completions = in_chunks(
         "question generation", jobs,
         lambda a, b: inference.generate([p for _, p in jobs[a:b]],
@@ -136,7 +149,8 @@ def generate_questions(config: ExperimentConfig, plan: SpaPlan, inference, worke
                                         temperature=spa.generation_temperature,
                                         seed=config.run.seed + a), workers)
     seeds_text = [q.question for qs in plan.topics.values() for q in qs]
-    kept, dropped = collect([(t, c) for (t, _), c in zip(jobs, completions)], seen=seeds_text)
+    kept, dropped = collect([(t, c) for (t, _), c in zip(jobs, completions)], seen=seeds_text,
+                            form=form)
     rows = [{"id": f"gen{i}", "topic": q.topic, "question": q.question,
              "options": list(q.options), "source": "generated"} for i, q in enumerate(kept)]
     if spa.include_seed_questions:
@@ -144,9 +158,10 @@ def generate_questions(config: ExperimentConfig, plan: SpaPlan, inference, worke
                   "options": list(q.options), "source": "seed"}
                  for topic, qs in plan.topics.items() for q in qs]
     by_topic = {t: sum(r["topic"] == t for r in rows) for t in plan.topics}
-    stats = {"attempts": len(jobs), "kept": len(kept), "dropped": dropped, "by_topic": by_topic,
+    stats = {"form": form, "attempts": len(jobs), "kept": len(kept), "dropped": dropped,
+             "by_topic": by_topic,
              "samples": [c.strip()[:200] for c in completions[:3]]}
-    print(f"[spa] questions: {len(kept)} new of {len(jobs)} attempts; dropped "
+    print(f"[spa] questions ({form}): {len(kept)} new of {len(jobs)} attempts; dropped "
           f"{sum(dropped.values())} ({', '.join(f'{k} {v}' for k, v in dropped.items())})",
           flush=True)
     if not rows:
@@ -255,9 +270,13 @@ def run_spa(config: ExperimentConfig, data: AlignData) -> dict:
                                                       "samples_per_instance",
                                                       "target_temperature",
                                                       "specific_culture_in_prompt",
-                                                      "aware_prompting"})
+                                                      "aware_prompting",
+                                                      "question_prompt"})
+    form = resolved_question_form(config, plan.model_path)
+    # The form is keyed only when it is not the continuation every earlier run used.
     base_key = stage_key(spa, plan.model_path, _model_stamp(plan.model_path),
-                    config.world.model_dump(), config.data.model_dump(), config.run.seed)
+                    config.world.model_dump(), config.data.model_dump(), config.run.seed,
+                    *([form] if form != "continuation" else []))
     group = EvaluationGroup(config)
     stats: dict = {}
     try:
@@ -271,7 +290,7 @@ def run_spa(config: ExperimentConfig, data: AlignData) -> dict:
 
         questions, stats["questions"] = run_step(
             out / "questions", base_key,
-            lambda: generate_questions(config, plan, base_inference(), workers))
+            lambda: generate_questions(config, plan, base_inference(), workers, form))
         unaware, _ = run_step(out / "unaware", stage_key(base_key, "unaware"), lambda: (
             [{"id": q["id"], "dist": d} for q, d in zip(questions, answer_distributions(
                 config, questions, None, base_inference(), workers))], {}))

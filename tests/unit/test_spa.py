@@ -13,7 +13,8 @@ from culture_rl.data import prompts
 from culture_rl.eval.metrics import js_distance
 from culture_rl.spa.instances import (answer_labels, culture_related, proportional_counts,
                                       related_instances, target_distribution, training_rows)
-from culture_rl.spa.questions import collect, generation_prompt, parse_question
+from culture_rl.spa.questions import (QUESTION_FORMS, collect, continuation_prompt,
+                                      parse_json_question, parse_question, question_form)
 
 GOOD = (" On trust: most people can be trusted (item 3).\nOptions:\n1. Strongly agree\n"
         "2. Agree\n3. Disagree\nAnswer: 2")
@@ -58,9 +59,64 @@ def test_collect_deduplicates_and_counts():
 
 
 def test_generation_prompt_shows_the_examples_and_ends_at_the_heading():
-    prompt = generation_prompt("trust", [("Q1?", ["a", "b"]), ("Q2?", ["c", "d"])])
+    prompt = continuation_prompt("trust", [("Q1?", ["a", "b"]), ("Q2?", ["c", "d"])])
     assert prompt.endswith("Question:") and "Q1?" in prompt and "2. d" in prompt
-    assert "trust" in generation_prompt("trust", [], "zh")
+    assert "trust" in continuation_prompt("trust", [], "zh")
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_the_instruction_asks_a_social_scientist_for_json(language):
+    prompt = prompts.question_request("Migration", [("Q1?", ["a", "b"]), ("问题二？", ["是", "否"])],
+                                      language)
+    role, request = prompts.split_preamble(prompt)
+    # The role is the chat model's system message; the request its user turn.
+    assert role is not None and "\n" not in role and not request.startswith(role)
+    assert request.count("Migration") == 2 and '"Options"' in request
+    assert '["a", "b"]' in request and '["是", "否"]' in request  # JSON lists, CJK unescaped
+    assert "Q1?" in request and "问题二？" in request
+
+
+@pytest.mark.parametrize("completion, question, options", [
+    ('{"Question": "Is work important?", "Options": ["Very", "Rather", "Not"]}',
+     "Is work important?", ("Very", "Rather", "Not")),
+    ('Sure! ```json\n{"question": "How often  do you pray?",\n "options": ["Daily", "Never"]}'
+     '\n```', "How often do you pray?", ("Daily", "Never")),
+    ('{"QUESTION": "你信任邻居吗？", "Options": ["信任", "不信任", 3]}', "你信任邻居吗？",
+     ("信任", "不信任", "3")),
+    # the examples' labelled form, which SmolLM2-135M-Instruct copies instead of the JSON
+    ('#Example 3:\nQuestion: Do you vote?\nOptions: ["Always", "Never"]\n#Example 4:',
+     "Do you vote?", ("Always", "Never")),
+    ("问题：你常去寺庙吗？\n选项：[\"常去\", \"不去\"]", "你常去寺庙吗？", ("常去", "不去")),
+])
+def test_json_questions_parse(completion, question, options):
+    result = parse_json_question("t", completion)
+    assert result.reason is None, result.reason
+    assert (result.question.question, result.question.options) == (question, options)
+
+
+@pytest.mark.parametrize("completion, reason", [
+    ("Question: Is it good?\n1. yes\n2. no", "not JSON"),
+    ('{"Question": "Is it good?", "Options": ["yes", "no"]', "not JSON"),  # cut at the limit
+    ('["yes", "no"]', "not JSON"),
+    ("Question: Is it good?\nOptions: [yes, no]", "not JSON"),  # the list is not JSON
+    ('{"Question": "", "Options": ["yes", "no"]}', "no question text"),
+    ('{"Question": "Good?", "Options": "yes or no"}', "fewer than two options"),
+    ('{"Question": "Good?", "Options": ["yes"]}', "fewer than two options"),
+    ('{"Question": "Good?", "Options": ["Yes", "yes!"]}', "repeated option"),
+])
+def test_malformed_json_questions_are_dropped_with_a_reason(completion, reason):
+    result = parse_json_question("t", completion)
+    assert result.question is None and result.reason == reason
+
+
+def test_the_question_form_follows_the_chat_template():
+    assert question_form("auto", True) == "instruction"
+    assert question_form("auto", False) == "continuation"
+    assert question_form("continuation", True) == "continuation"
+    completion = '{"Question": "New q?", "Options": ["a", "b"]}'
+    kept, dropped = collect([("t", completion), ("t", completion)], form="instruction")
+    assert [q.question for q in kept] == ["New q?"] and dropped == {"duplicate": 1}
+    assert set(QUESTION_FORMS) == {"continuation", "instruction"}
 
 
 def test_culture_related_by_option_or_by_distance():
