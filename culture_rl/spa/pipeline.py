@@ -30,6 +30,8 @@ from typing import Callable, Sequence
 from culture_rl.config import ExperimentConfig
 from culture_rl.data import prompts
 from culture_rl.errors import ConfigError
+from culture_rl.models.chat import uses_chat
+from culture_rl.models.loading import load_tokenizer
 from culture_rl.spa.evaluate import ccot_distributions, evaluate_step, render_report
 from culture_rl.spa.instances import related_instances, training_rows
 from culture_rl.spa.stages import run_step, stage_key
@@ -121,9 +123,6 @@ def _labels(questions: Sequence[dict]) -> list[list[str]]:
 
 def resolved_question_form(config: ExperimentConfig, model_path: str) -> str:
     """``spa.question_prompt`` for this model ('auto' reads its tokenizer, in the driver)."""
-    from culture_rl.models.chat import uses_chat
-    from culture_rl.models.loading import load_tokenizer
-
     if config.spa.question_prompt != "auto":
         return config.spa.question_prompt
     tokenizer = load_tokenizer(model_path, config.model.trust_remote_code,
