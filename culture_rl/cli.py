@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     config_commands.add_parser("fields", help="list every field with its default and help")
 
     for name, text in (("synth", "write the synthetic culture world in the real file formats"),
+                       ("elicit", "write world.base_associations: the base model's own "
+                                  "associations to the world's cues, the dominant culture's "
+                                  "norms"),
                        ("pretrain", "train the tiny base model on the synthetic corpus"),
                        ("sft", "ALIGN stage 1: LoRA SFT on association norms (Ray Train + "
                                "DeepSpeed)"),
@@ -139,6 +142,14 @@ def run_command(args, config) -> int:
             print(config_to_yaml(config), end="")
         return 0
 
+    if args.command == "elicit":  # before the world is loaded: the world reads its output
+        from culture_rl.workflows.elicit import elicit_base_associations
+
+        done = elicit_base_associations(config)
+        print(f"base associations: {done.path} ({'written' if done.written else 'already there'}"
+              f"): {done.cues_with_words} of {done.cues} cues named, {done.mean_words:.1f} "
+              "words a cue")
+        return 0
     from culture_rl.workflows.align_data import load_align_data
 
     if args.command == "synth":

@@ -22,6 +22,7 @@ from culture_rl.calm_config import CalmConfig  # noqa: E402
 from culture_rl.reflect_config import ReflectConfig  # noqa: E402
 from culture_rl.ppo_config import (PPOConfig, PPOResourcesConfig,  # noqa: E402,F401
                                    RolloutConfig)  # (re-exported)
+from culture_rl.world_config import WorldConfig  # noqa: E402,F401  (re-exported)
 
 
 def _culture_key(value: Any) -> Any:
@@ -103,55 +104,6 @@ class DeepSpeedConfig(_Section):
             raise FieldProblem("offload_optimizer", "offload_optimizer needs zero_stage >= 1 "
                                "(got zero_stage 0)")
         return self
-
-
-class WorldConfig(_Section):
-    num_cultures: int = Field(3, ge=2, le=8, description="Cultures in the synthetic world; "
-                              "culture 0 dominates the base corpus.")
-    num_cues: int = Field(60, ge=10, description="Cue words with association norms.")
-    num_topics: int = Field(6, ge=1, le=40, description="Topics of cues; a topic's cues share "
-                            "response words, so preferences transfer to held-out cues.")
-    shared_responses_per_cue: int = Field(8, ge=2, description="Candidate responses every "
-                                          "culture can give to a cue.")
-    specific_responses_per_cue: int = Field(3, ge=1, description="Responses only one culture "
-                                            "gives to a cue.")
-    participants_per_cue: int = Field(100, ge=10, description="Simulated SWOW participants per "
-                                      "cue and culture (three responses each).")
-    num_value_dims: int = Field(4, ge=2, le=8, description="Latent value dimensions.")
-    num_survey_questions: int = Field(40, ge=4, description="WVS-style questions.")
-    statements_per_dim: int = Field(30, ge=1, description="Labelled value statements per "
-                                    "value dimension and culture.")
-    base_docs_per_cue: int = Field(6, ge=1, description="Untagged association documents per cue "
-                                   "from the dominant culture in the base corpus.")
-    tagged_docs_per_cue: int = Field(2, ge=0, description="Culture-tagged association documents "
-                                     "per cue and culture in the base corpus.")
-    ranking_docs_per_cue: int = Field(2, ge=0, description="Untagged ranking answers per cue "
-                                      "(the dominant culture's frequency order of 4-10 of the "
-                                      "cue's associations) in the base corpus, so the base "
-                                      "model knows the ranking format PPO rewards.")
-    questionnaire_docs_per_topic: int = Field(
-        0, ge=0, description="Questionnaires per WVS topic area in the base corpus: two or "
-        "three of the topic's survey questions listed without answers, the format CultureSPA's "
-        "question generation prompts with. A base trained on whole documents (pretrain.packing "
-        "'none' or 'bfd') never sees one question follow another without them, and answers the "
-        "prompt instead of writing a new question.")
-    ccot_docs_per_question: int = Field(
-        0, ge=0, description="Culture-tagged survey answers per question and culture written as "
-        "a cultural chain of thought (CCoT): the question, a thought that recalls where the "
-        "culture stands on the question's value dimension, then the answer. They teach the "
-        "base what each culture values in words, beside its answers.")
-    ccot_communities: int = Field(
-        0, ge=0, description="Further communities, each with its own values, that appear only "
-        "in CCoT survey answers (one per question each) in the base corpus: many examples of "
-        "how where people stand on a value shapes their answer, so a base can reason from a "
-        "culture's values to an answer it has not read.")
-    withheld_survey_share: float = Field(
-        0.0, ge=0, lt=1, description="Share of the (question, culture) pairs of the cultures "
-        "other than the dominant one that get no culture-tagged survey answer in the base "
-        "corpus, neither direct nor CCoT: there the base knows the culture's answer only "
-        "through what the culture values (the CCoT thoughts of its other questions), as a "
-        "real model knows a country's values but has not read its survey answers.")
-    seed: int = Field(7, description="Seed of the world (independent of run.seed).")
 
 
 class DataConfig(_Section):

