@@ -144,3 +144,39 @@ def test_align_sft_trains_the_real_model_on_ray_train_with_chat_rows(smollm2, qu
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
     assert all(r["tokens_per_s"] > 0 for r in records if "tokens_per_s" in r)
     assert (result.export_dir / "adapter" / "adapter_config.json").is_file()
+
+
+def test_elicit_reads_the_real_models_own_associations_into_the_dominant_culture(smollm2,
+                                                                                 tmp_path):
+    """culture-rl elicit on the real model (a short run: 10 cues, 2 sampled answers each): the
+    file holds rated English words other than the cue, a second run keeps it, and the English
+    world built on it gives the dominant culture the model's words."""
+    from culture_rl.config import load_config
+    from culture_rl.data.english_words import brysbaert_concreteness
+    from culture_rl.data.swow import load_swow
+    from culture_rl.data.synthetic import generate_world
+    from culture_rl.workflows.elicit import elicit_base_associations
+
+    out = tmp_path / "base.csv"
+    config = load_config(None, [
+        f"run.storage_path={tmp_path}", f"model.path={PRESET}", "world.vocabulary=english",
+        "world.num_cues=10", "world.num_topics=8", f"world.base_associations={out}",
+        "world.elicit_samples=2", "world.base_association_min_count=1",
+        "eval.max_new_tokens=24"])
+    first = elicit_base_associations(config)
+    assert first.written and first.cues == 10 and first.cues_with_words >= 1
+    elicited = load_swow(out)
+    rated = brysbaert_concreteness()
+    assert all(w in rated and w != cue for cue, pairs in elicited.items() for w, _ in pairs)
+    assert all(1 <= n <= 2 for pairs in elicited.values() for _, n in pairs)
+    before = out.read_text("utf-8")
+    assert not elicit_base_associations(config).written and out.read_text("utf-8") == before
+    from culture_rl.data.english_words import TOPICS
+
+    world = generate_world(config.world)
+    dominant = world.norms[world.cultures[0].name]
+    shipped = {w for cues, responses in TOPICS.values() for w in cues + responses}
+    # Words of the model's own, outside the shipped vocabulary: only the elicitation puts them
+    # into the dominant culture's norms.
+    assert any(({w for w, _ in pairs} - shipped) & {w for w, _ in dominant[cue]}
+               for cue, pairs in elicited.items())
