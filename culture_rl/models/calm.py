@@ -461,12 +461,15 @@ class CalmModel(nn.Module):
 
     @torch.no_grad()
     def identity_state(self, input_ids: torch.Tensor,
-                       attention_mask: torch.Tensor | None = None) -> CalmOutput:
+                       attention_mask: torch.Tensor | None = None,
+                       identity_mask: torch.Tensor | None = None) -> CalmOutput:
         """Classification logits, gate weights, identity and features of a batch from the
         reading pass alone (no injection pass, no losses; ``logits`` is empty): value
-        identification and routing analysis at evaluation time."""
+        identification and routing analysis at evaluation time. ``identity_mask`` as in
+        :meth:`forward`."""
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-        ident = self._identity(self._read_hidden(input_ids, mask), mask, None, None, None)
+        read_mask = mask if identity_mask is None else identity_mask.to(mask.dtype) * mask
+        ident = self._identity(self._read_hidden(input_ids, mask), read_mask, None, None, None)
         return CalmOutput(None, {}, torch.empty(0), ident.class_logits,
                           ident.gate_weights, ident.identity, ident.features)
 

@@ -107,6 +107,25 @@ def answer_text(tokenizer, completion: str, begun: bool = False) -> str:
     return completion.lstrip() if uses_chat(tokenizer) and not begun else completion
 
 
+def statement_ids(tokenizer, text: str) -> tuple[list[int], list[bool]]:
+    """A text the model reads without answering it (a CALM value statement) as token ids, and
+    which of them are the text's own. Without a chat template: the text's ids, all its own.
+    With one: the text as the user's turn with the assistant's turn opened (as every prompt
+    is), its own tokens the ones inside the user's content, so that the identity state is read
+    from the statement rather than the template's fixed tokens and the LM loss covers only the
+    statement."""
+    if not uses_chat(tokenizer):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids, [True] * len(ids)
+    rendered = chat_prompt(tokenizer, text)
+    content = messages(text)[-1]["content"]
+    start = rendered.rfind(content)
+    end = start + len(content)
+    encoded = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
+    own = [begin < end and stop > start for begin, stop in encoded["offset_mapping"]]
+    return encoded["input_ids"], own
+
+
 def sft_example(tokenizer, prompt: str, completion: str) -> dict:
     """One prompt/completion row for TRL's SFTTrainer: strings for a base model, or
     conversational messages (TRL applies the template and masks the loss to the assistant's

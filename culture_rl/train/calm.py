@@ -187,8 +187,10 @@ def _predict(strategy, engine, rows: _Rows, label_names, rank: int, world: int,
             chunk = padded[start:start + batch_size]
             batch = rows.batch(chunk)
             device = engine.device
+            read = batch.get("identity_mask")
             out = model.identity_state(batch["input_ids"].to(device),
-                                       batch["attention_mask"].to(device))
+                                       batch["attention_mask"].to(device),
+                                       None if read is None else read.to(device))
             preds = out.class_logits.argmax(-1).tolist()
             gates = out.gate_weights.float().cpu().tolist() if out.gate_weights is not None \
                 else [None] * len(chunk)

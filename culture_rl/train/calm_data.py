@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 
-from culture_rl.models.chat import answer_text, chat_prompt
+from culture_rl.models.chat import answer_text, chat_prompt, statement_ids
 
 IGNORE = -100
 
@@ -88,10 +88,15 @@ class _Rows:
                                        add_special_tokens=False)["input_ids"]
                 ids = (prompt + completion + [tokenizer.eos_token_id])[:max_len]
                 labels = ([IGNORE] * len(prompt) + completion + [tokenizer.eos_token_id])[:max_len]
-            else:
-                ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"][:max_len]
-                labels = list(ids)
-            self.items.append((ids, labels, row.get("label_id", IGNORE), row["culture_id"]))
+                own = [True] * len(ids)
+            else:  # a statement; a chat model reads it as the user's turn
+                ids, own = statement_ids(tokenizer, row["text"])
+                ids, own = ids[:max_len], own[:max_len]
+                labels = [t if mine else IGNORE for t, mine in zip(ids, own)]
+            self.items.append((ids, labels, row.get("label_id", IGNORE), row["culture_id"], own))
+        # Only a template leaves tokens that are not the row's own; without one the batches
+        # carry no identity mask (the model reads every token, as before).
+        self.read_own = any(not all(item[4]) for item in self.items)
 
     def batch(self, indices: list[int]) -> dict:
         import torch
@@ -101,13 +106,17 @@ class _Rows:
         input_ids = torch.full((len(items), width), self.pad, dtype=torch.long)
         mask = torch.zeros((len(items), width), dtype=torch.long)
         labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
-        for i, (ids, lab, _, _) in enumerate(items):
+        own = torch.zeros((len(items), width), dtype=torch.long)
+        for i, (ids, lab, _, _, mine) in enumerate(items):
             input_ids[i, :len(ids)] = torch.tensor(ids)
             mask[i, :len(ids)] = 1
             labels[i, :len(lab)] = torch.tensor(lab)
+            own[i, :len(mine)] = torch.tensor(mine, dtype=torch.long)
         out = {"input_ids": input_ids, "attention_mask": mask,
                "class_labels": torch.tensor([it[2] for it in items]),
                "culture_ids": torch.tensor([it[3] for it in items])}
+        if self.read_own:  # the identity state is read from the statements' own tokens
+            out["identity_mask"] = own
         if self.lm:
             out["labels"] = labels
         return out

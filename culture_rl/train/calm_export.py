@@ -34,8 +34,10 @@ def _export(job: CalmJob, engine, strategy, tokenizer, scores: dict, step: int, 
     batch = rows.batch(list(range(len(rows.items))))
     model.eval()
     with torch.no_grad():
+        read = batch.get("identity_mask")
         out = model(input_ids=batch["input_ids"].to(engine.device),
-                    attention_mask=batch["attention_mask"].to(engine.device))
+                    attention_mask=batch["attention_mask"].to(engine.device),
+                    identity_mask=None if read is None else read.to(engine.device))
     partial = Path(job.stage_dir) / "export.partial"
     if rank == 0:
         shutil.rmtree(partial, ignore_errors=True)
@@ -56,10 +58,12 @@ def _export(job: CalmJob, engine, strategy, tokenizer, scores: dict, step: int, 
                     "base_model_path": str(job.model_path), "dtype": job.dtype,
                     "max_seq_length": job.train.max_seq_length}
             (partial / "calm.json").write_text(json.dumps(meta, indent=2), "utf-8")
-            save_file({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-                       "logits": out.logits.float().cpu().contiguous(),
-                       "class_logits": out.class_logits.float().cpu().contiguous()},
-                      str(partial / "check.safetensors"))
+            check = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+                     "logits": out.logits.float().cpu().contiguous(),
+                     "class_logits": out.class_logits.float().cpu().contiguous()}
+            if read is not None:
+                check["identity_mask"] = read
+            save_file(check, str(partial / "check.safetensors"))
             (partial / "eval.json").write_text(json.dumps(scores, indent=2), "utf-8")
             publish_export(partial, job.export_dir, {
                 "stage": job.stage, "global_step": step,

@@ -139,3 +139,19 @@ def test_the_rollout_mask_ends_at_the_first_of_several_stop_ids():
     assert response_mask(responses, [2, 7]).tolist() == [[1, 1, 0, 0], [1, 1, 1, 0],
                                                          [1, 1, 1, 1]]
     assert response_mask(responses, 9).tolist() == [[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]]
+
+
+@pytest.mark.parametrize("text", ["Elders in Borenia say the old customs should be kept.",
+                                  "博雷尼亚的长者说应当保留旧习俗。"])
+def test_a_statement_is_read_as_the_users_turn_and_only_its_own_tokens_count(
+        raw_tokenizer, chat_tokenizer, text):
+    from culture_rl.models.chat import statement_ids
+
+    ids, own = statement_ids(raw_tokenizer, text)  # no template: the text, byte for byte
+    assert ids == raw_tokenizer(text, add_special_tokens=False)["input_ids"] and all(own)
+    ids, own = statement_ids(chat_tokenizer, text)
+    rendered = chat_tokenizer.decode(ids)
+    assert rendered.startswith("<|im_start|>user\n") and rendered.endswith("<|im_start|>assistant\n")
+    mine = chat_tokenizer.decode([t for t, o in zip(ids, own) if o])
+    assert mine.replace(" ", "") == text.replace(" ", "")  # the statement's tokens, no template
+    assert not own[0] and not own[-1]
