@@ -19,6 +19,11 @@ K cultures each hold a latent value vector. One vocabulary of made-up words serv
   answers, as a real model does. A model trained on it knows the other cultures but answers
   like culture 0 by default — the bias ALIGN, CultureSPA and CALM set out to correct.
 
+The words are made up by default; ``world.vocabulary: english`` deals real English words
+(culture_rl/data/english_words.py) into the same structure for a pretrained model, and
+``world.base_associations`` makes the base model's own associations (``culture-rl elicit``) the
+dominant culture's responses.
+
 ``CultureWorld.write(folder)`` writes everything in the real published formats, so the loaders
 are exercised on the same path users' files take.
 """
@@ -39,7 +44,8 @@ from culture_rl.data import english_words, prompts
 from culture_rl.data.examples import human_order, resample_associations
 from culture_rl.data.lexicons import write_brysbaert, write_warriner
 from culture_rl.data.surveys import SurveyQuestion, write_survey_goqa_csv, write_survey_jsonl
-from culture_rl.data.swow import AssociationNorms, write_swow_aggregated
+from culture_rl.data.swow import AssociationNorms, load_swow, write_swow_aggregated
+from culture_rl.errors import ConfigError
 
 CULTURE_NAMES = ["Avalor", "Borenia", "Calyxa", "Dravonia", "Elunia", "Fenmark", "Galdoria",
                  "Hestara"]
@@ -262,9 +268,6 @@ def _base_associations(cfg: WorldConfig, cues: list[str]) -> dict[str, list[str]
     ``world.base_association_min_count`` times, most frequent first (empty when unset)."""
     if cfg.base_associations is None:
         return {}
-    from culture_rl.data.swow import load_swow
-    from culture_rl.errors import ConfigError
-
     path = Path(cfg.base_associations).expanduser()
     if not path.is_file():
         raise ConfigError(f"{path} does not exist; `culture-rl elicit` writes it from the base "

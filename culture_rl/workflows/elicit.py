@@ -28,9 +28,17 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from culture_rl.config import ExperimentConfig
 from culture_rl.data import prompts
+from culture_rl.data.english_words import brysbaert_concreteness
+from culture_rl.data.swow import load_swow, write_swow_aggregated
+from culture_rl.data.synthetic import generate_world
 from culture_rl.errors import ConfigError
+from culture_rl.eval.generation import generate_answers
+from culture_rl.eval.metrics import split_answer
+from culture_rl.models.loading import load_model, load_tokenizer, prepare_model
 
 _SINGLE_WORD = re.compile(r"^[a-z][a-z'-]*$")
 
@@ -71,9 +79,6 @@ def count_associations(cues: list[str], answers: list[list[str]], samples: int,
 
 def elicit_base_associations(config: ExperimentConfig) -> Elicited:
     """Write ``world.base_associations`` from ``model.path`` (kept as it is when it exists)."""
-    from culture_rl.data.swow import load_swow, write_swow_aggregated
-    from culture_rl.data.synthetic import generate_world
-
     target = config.world.base_associations
     if target is None:
         raise ConfigError("set world.base_associations to the CSV file to write",
@@ -88,11 +93,7 @@ def elicit_base_associations(config: ExperimentConfig) -> Elicited:
         norms = load_swow(path)
         return _summary(path, world.cues, norms, written=False)
     answers = _sampled_answers(config, world.cues)
-    vocabulary = None
-    if config.world.vocabulary == "english":
-        from culture_rl.data.english_words import brysbaert_concreteness
-
-        vocabulary = set(brysbaert_concreteness())
+    vocabulary = set(brysbaert_concreteness()) if config.world.vocabulary == "english" else None
     norms = count_associations(world.cues, answers, config.world.elicit_samples, vocabulary,
                                config.data.language)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,12 +104,6 @@ def elicit_base_associations(config: ExperimentConfig) -> Elicited:
 
 
 def _sampled_answers(config: ExperimentConfig, cues: list[str]) -> list[list[str]]:
-    import torch
-
-    from culture_rl.eval.generation import generate_answers
-    from culture_rl.eval.metrics import split_answer
-    from culture_rl.models.loading import load_model, load_tokenizer, prepare_model
-
     model_path = prepare_model(config.model.path)
     tokenizer = load_tokenizer(model_path, config.model.trust_remote_code,
                                config.model.chat_template)
