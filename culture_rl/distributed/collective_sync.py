@@ -23,8 +23,8 @@ from typing import Iterable, Iterator
 
 import torch
 
-from culture_rl.distributed.weight_sync import BroadcastBucket, WeightSyncError, _await_acks, \
-    _dtype_name, _unwrap
+from culture_rl.distributed.weight_sync import BroadcastBucket, WeightSyncError, await_acks, \
+    dtype_name, unwrap_model
 
 
 # ------------------------------------------------------------------------------- process groups
@@ -202,7 +202,7 @@ def pack_broadcast_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]],
     buffer = torch.empty(0, dtype=torch.uint8)
 
     def bucket() -> tuple[BroadcastBucket, torch.Tensor]:
-        return (BroadcastBucket(list(names), list(shapes), _dtype_name(dtype), used),
+        return (BroadcastBucket(list(names), list(shapes), dtype_name(dtype), used),
                 buffer[:used])
 
     for name, tensor in named_tensors:
@@ -285,7 +285,7 @@ _GROUPS: dict[tuple[str, ...], _SyncGroup] = {}  # receiver actor ids -> this en
 
 
 def _export_device(model: torch.nn.Module) -> torch.device:
-    parameter = next(_unwrap(model).parameters(), None)
+    parameter = next(unwrap_model(model).parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
@@ -394,7 +394,7 @@ def close_sync_groups(timeout_s: float = 10) -> None:
         ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
 
 
-def _sync_collective(model: torch.nn.Module, tensors: Iterator[tuple[str, torch.Tensor]],
+def sync_collective(model: torch.nn.Module, tensors: Iterator[tuple[str, torch.Tensor]],
                      receivers: list, bucket_bytes: int, timeout_s: float, backend: str,
                      start: float) -> dict:
     """Per bucket: one small RPC per receiver (names, shapes, dtype; the receivers then wait in
@@ -431,7 +431,7 @@ def _sync_collective(model: torch.nn.Module, tensors: Iterator[tuple[str, torch.
             sent_bytes += bucket.nbytes
             sent_tensors += len(bucket.names)
         staging.drain()
-        _await_acks(acks, receivers, sent_tensors, timeout_s, time.perf_counter() - start)
+        await_acks(acks, receivers, sent_tensors, timeout_s, time.perf_counter() - start)
     except BaseException:
         # Whatever went wrong (a timeout, a receiver's error, an export that failed half-way),
         # the group may be mid-broadcast: drop it, so the receivers' pending broadcasts fail at

@@ -14,7 +14,7 @@ from typing import Iterator
 import torch
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     """The model inside a DeepSpeed engine (or DDP): both keep it in ``.module``."""
     while isinstance(getattr(model, "module", None), torch.nn.Module):
         model = model.module
@@ -68,7 +68,7 @@ def iter_export_tensors(model: torch.nn.Module,
     ZeRO-3, of gathered buffers that are freed when the generator moves on): copy each one
     before asking for the next, as :func:`~culture_rl.distributed.weight_sync.make_buckets` does.
     """
-    root = _unwrap(model)
+    root = unwrap_model(model)
     lora_layer = modules_to_save = ()  # isinstance against () is always False
     peft = sys.modules.get("peft")  # a model can only be a PeftModel if peft is imported
     if peft is not None and isinstance(root, peft.PeftModel):

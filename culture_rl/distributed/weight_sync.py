@@ -42,7 +42,7 @@ from typing import Iterable, Iterator, Literal
 import numpy as np
 import torch
 
-from culture_rl.distributed.weight_export import (_unwrap, iter_export_tensors,  # noqa: F401
+from culture_rl.distributed.weight_export import (unwrap_model, iter_export_tensors,  # noqa: F401
                                                   state_fingerprint)  # (re-exported)
 from culture_rl.errors import CultureRLError
 
@@ -148,7 +148,7 @@ class BroadcastBucket:
     received: torch.Tensor | None = None
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
@@ -197,10 +197,10 @@ def make_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes
 
     def bucket() -> Bucket | SharedBucket:
         if shared is not None:
-            return SharedBucket(list(names), list(shapes), _dtype_name(dtype), path, used,
+            return SharedBucket(list(names), list(shapes), dtype_name(dtype), path, used,
                                 share_pages)
         flat = staging[:used].view(_transport_dtype(dtype)).numpy()
-        return Bucket(list(names), list(shapes), _dtype_name(dtype), flat)
+        return Bucket(list(names), list(shapes), dtype_name(dtype), flat)
 
     for name, tensor in named_tensors:
         nbytes = tensor.numel() * tensor.element_size()
@@ -212,7 +212,7 @@ def make_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes
         if (transient and shared is None and nbytes >= bucket_bytes
                 and tensor.device.type == "cpu" and tensor.is_contiguous()):
             flat = tensor.detach().reshape(-1).view(_transport_dtype(tensor.dtype)).numpy()
-            yield Bucket([name], [tuple(tensor.shape)], _dtype_name(tensor.dtype), flat)
+            yield Bucket([name], [tuple(tensor.shape)], dtype_name(tensor.dtype), flat)
             continue
         if not names:
             dtype, capacity = tensor.dtype, max(bucket_bytes, nbytes)
@@ -246,7 +246,7 @@ def _lookup(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     Tied weights answer to every name (``remove_duplicate=False``). A model whose parameters are
     *replaced* (``load_state_dict(assign=True)``) needs ``_LOOKUPS.pop(model)``.
     """
-    model = _unwrap(model)
+    model = unwrap_model(model)
     table = _LOOKUPS.get(model)
     if table is None:
         table = dict(model.named_buffers(remove_duplicate=False))
@@ -335,7 +335,7 @@ class WeightReceiver:
     def sync_device(self) -> torch.device:
         """Where an NCCL group's broadcasts land: the model's device. Override it for an
         engine whose model has no parameters of its own."""
-        return next(_unwrap(self.model).parameters()).device
+        return next(unwrap_model(self.model).parameters()).device
 
     def sync_peer(self, backend: str) -> dict:
         """What the trainer checks before it builds a collective group: this actor's node and
@@ -403,7 +403,7 @@ def close_shared_staging() -> None:
         _SHARED = None
 
 
-def _await_acks(acks: list[list], receivers: list, sent_tensors: int, timeout_s: float,
+def await_acks(acks: list[list], receivers: list, sent_tensors: int, timeout_s: float,
                 waited_s: float) -> None:
     """Wait for every receiver's reply to every bucket; a late one is a WeightSyncError, a
     receiver's own error (unknown name, shape mismatch) is re-raised."""
@@ -473,12 +473,12 @@ def sync_weights(model: torch.nn.Module, receivers: list, bucket_mb: float,
                 "tensors": 0, "rpcs": 0, "transport": "none"}
     bucket_bytes = int(bucket_mb * 2 ** 20) if mode == "bucketed" else 0
     if transport == "collective":
-        from culture_rl.distributed.collective_sync import _sync_collective, \
+        from culture_rl.distributed.collective_sync import sync_collective, \
             default_collective_backend
 
         backend = (default_collective_backend(model) if collective_backend == "auto"
                    else collective_backend)
-        return _sync_collective(model, tensors, receivers, bucket_bytes, timeout_s, backend,
+        return sync_collective(model, tensors, receivers, bucket_bytes, timeout_s, backend,
                                 start)
     if transport == "auto":
         usable = os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)
@@ -496,7 +496,7 @@ def sync_weights(model: torch.nn.Module, receivers: list, bucket_mb: float,
         acks.append([receiver.receive_bucket.remote(ref) for receiver in receivers])
         sent_bytes += bucket.nbytes
         sent_tensors += len(bucket.names)
-    _await_acks(acks, receivers, sent_tensors, timeout_s, 0)
+    await_acks(acks, receivers, sent_tensors, timeout_s, 0)
     return {"seconds": time.perf_counter() - start, "bytes": sent_bytes, "buckets": len(acks),
             "tensors": sent_tensors, "rpcs": len(acks) * len(receivers),
             "transport": transport}

@@ -190,7 +190,7 @@ def plan_evaluation(config: ExperimentConfig, data: AlignData,
 # ------------------------------------------------------------------------------ running
 
 
-def _model_stamp(path: str) -> list:
+def model_stamp(path: str) -> list:
     """Names, sizes and modification times of a model folder's files: a re-exported model
     gets a new cache key. (A hub name is keyed by its name.)"""
     folder = Path(path)
@@ -207,7 +207,7 @@ def cache_key(config: ExperimentConfig, evaluations: list[str], model_path: str)
                        "world": config.world.model_dump(mode="json"), "seed": config.run.seed,
                        "ppo_words": config.ppo.ranking_words,
                        "ranking_tokens": config.rollout.max_new_tokens,
-                       "model": model_path, "files": _model_stamp(model_path),
+                       "model": model_path, "files": model_stamp(model_path),
                        # Only when set, so that the keys of earlier evaluations stay the same.
                        **({"chat_template": config.model.chat_template}
                           if config.model.chat_template != "auto" else {})}, sort_keys=True)

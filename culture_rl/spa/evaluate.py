@@ -159,9 +159,9 @@ def render_report(results: dict, stats: dict) -> str:
 
 def evaluate_step(config, data, plan, models, group, upstream_key, folder) -> dict:
     """The evaluation, or its results when its manifest matches (same data, models, settings)."""
-    from culture_rl.eval.harness import _model_stamp
+    from culture_rl.eval.harness import model_stamp
 
-    key = stage_key(upstream_key, {n: _model_stamp(p) for n, p in models.items()},
+    key = stage_key(upstream_key, {n: model_stamp(p) for n, p in models.items()},
                config.spa.ccot, config.spa.ccot_max_new_tokens, config.spa.lm_guard_docs,
                config.spa.specific_culture_in_prompt,
                config.spa.lm_guard_margin)

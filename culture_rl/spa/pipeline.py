@@ -259,7 +259,7 @@ def run_spa(config: ExperimentConfig, data: AlignData) -> dict:
     if config.spa.model_path == "pretrain" and not Path(plan.model_path).is_dir():
         print("[spa] no base model in this run yet: pretraining it first", flush=True)
         run_pretrain(config, data)
-    from culture_rl.eval.harness import _model_stamp
+    from culture_rl.eval.harness import model_stamp
 
     workers = config.eval.workers
     # What the data stages depend on (the fine-tuning and evaluation settings are keyed later).
@@ -273,7 +273,7 @@ def run_spa(config: ExperimentConfig, data: AlignData) -> dict:
                                                       "question_prompt"})
     form = resolved_question_form(config, plan.model_path)
     # The form is keyed only when it is not the continuation every earlier run used.
-    base_key = stage_key(spa, plan.model_path, _model_stamp(plan.model_path),
+    base_key = stage_key(spa, plan.model_path, model_stamp(plan.model_path),
                     config.world.model_dump(), config.data.model_dump(), config.run.seed,
                     *([form] if form != "continuation" else []))
     group = EvaluationGroup(config)

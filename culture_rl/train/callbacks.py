@@ -61,7 +61,7 @@ class ProgressLogger(TrainerCallback):
         if state.is_world_process_zero:
             # Also at step 0: a worker group lost before Ray Train registered a checkpoint
             # starts again from scratch, and its first attempt's records must go.
-            _drop_records_after(self.metrics_path, state.global_step)
+            drop_records_after(self.metrics_path, state.global_step)
             where = f"resuming at step {state.global_step}" if state.global_step else "starting"
             worker_log.info(f"[{self.stage}] {where}: {state.max_steps} optimizer steps")
 
@@ -81,7 +81,7 @@ class ProgressLogger(TrainerCallback):
         worker_log.info(f"[{self.stage}] " + _format_progress(record, state.max_steps))
 
 
-def _drop_records_after(path: Path, step: int) -> None:
+def drop_records_after(path: Path, step: int) -> None:
     """On resume, forget what the interrupted attempt logged past the checkpoint: those steps
     are trained again, and metrics.jsonl must show each step once."""
     if not path.is_file():

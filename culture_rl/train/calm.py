@@ -45,11 +45,11 @@ from pathlib import Path
 
 from culture_rl.calm_config import CalmConfig, CalmTrainConfig
 from culture_rl.config import DeepSpeedConfig, LoraConfig, ResourcesConfig
-from culture_rl.train.calm_data import (IGNORE, _Rows,  # noqa: F401  (re-exported)
+from culture_rl.train.calm_data import (IGNORE, CalmRows,  # noqa: F401  (re-exported)
                                         per_culture_batches, rank_batches, split_statements,
                                         steps_per_epoch)
-from culture_rl.train.calm_export import _export, load_calm_export  # noqa: F401  (re-exported)
-from culture_rl.train.sft import FINISHED, StageFolders, TrainingError, _root_cause
+from culture_rl.train.calm_export import export_calm, load_calm_export  # noqa: F401  (re-exported)
+from culture_rl.train.sft import FINISHED, StageFolders, TrainingError, root_cause
 
 LOSS_TERMS = ("lm", "classification", "contrastive", "prototype", "orthogonality",
               "load_balance", "culture")
@@ -167,7 +167,7 @@ def _param_groups(model, train: CalmTrainConfig) -> list[dict]:
     return groups
 
 
-def _predict(strategy, engine, rows: _Rows, label_names, rank: int, world: int,
+def _predict(strategy, engine, rows: CalmRows, label_names, rank: int, world: int,
              batch_size: int = 32) -> list[tuple[str, list[float] | None]]:
     """(predicted label, gate weights) of every row, on every rank: each rank runs its strided
     share (padded so all ranks run the same number of passes, as ZeRO-3 needs)."""
@@ -210,7 +210,7 @@ def _predict(strategy, engine, rows: _Rows, label_names, rank: int, world: int,
     return result
 
 
-def _evaluate(strategy, engine, rows: _Rows, job: CalmJob, rank: int, world: int) -> dict:
+def _evaluate(strategy, engine, rows: CalmRows, job: CalmJob, rank: int, world: int) -> dict:
     predictions = _predict(strategy, engine, rows, job.label_names, rank, world)
     y_true = [r["label"] for r in job.eval_rows]
     y_pred = [p for p, _ in predictions]
@@ -249,12 +249,12 @@ def _train(job: CalmJob, calm: CalmConfig, epochs: int, strategy, rank: int, wor
     import ray.train
     import torch
 
-    from culture_rl.train.callbacks import _drop_records_after, worker_log
+    from culture_rl.train.callbacks import drop_records_after, worker_log
 
     train = calm.train
     lm = train.lm_task and calm.heads.lm
-    rows = _Rows(tokenizer, job.train_rows, train.max_seq_length, lm)
-    eval_rows = _Rows(tokenizer, job.eval_rows, train.max_seq_length, False)
+    rows = CalmRows(tokenizer, job.train_rows, train.max_seq_length, lm)
+    eval_rows = CalmRows(tokenizer, job.eval_rows, train.max_seq_length, False)
     culture_ids = [r["culture_id"] for r in job.train_rows]
     per = [culture_ids.count(c) for c in sorted(set(culture_ids))]
     spe = steps_per_epoch(per, train.per_culture, world, train.gradient_accumulation_steps)
@@ -287,7 +287,7 @@ def _train(job: CalmJob, calm: CalmConfig, epochs: int, strategy, rank: int, wor
                 random.setstate(state["python"])
     if rank == 0:
         if metrics_path is not None:
-            _drop_records_after(metrics_path, step)
+            drop_records_after(metrics_path, step)
         trainable = sum(p.numel() for p in engine.module.parameters() if p.requires_grad)
         where = f"resuming at step {step}" if resumed else "starting"
         worker_log.info(f"[{stage}] {where}: {total} optimizer steps ({spe} per epoch); micro "
@@ -381,9 +381,9 @@ def _train(job: CalmJob, calm: CalmConfig, epochs: int, strategy, rank: int, wor
 
 def calm_worker(loop_config: dict) -> None:
     """The per-worker loop Ray Train runs (one DeepSpeed rank per worker)."""
-    from culture_rl.train.sft import _quiet_ray_train_reports, _restore_builtin_print
+    from culture_rl.train.sft import quiet_ray_train_reports, restore_builtin_print
 
-    _restore_builtin_print()
+    restore_builtin_print()
     import ray.train
     import torch
 
@@ -391,7 +391,7 @@ def calm_worker(loop_config: dict) -> None:
     from culture_rl.models.loading import load_tokenizer
     from culture_rl.train.callbacks import worker_log
 
-    _quiet_ray_train_reports()
+    quiet_ray_train_reports()
     job: CalmJob = loop_config["job"]
     use_gpu: bool = loop_config["use_gpu"]
     torch.set_num_threads(loop_config["threads"])
@@ -412,7 +412,7 @@ def calm_worker(loop_config: dict) -> None:
         engine, scores, step = _train(job, job.calm, job.train.epochs, strategy, rank, world,
                                       tokenizer, metrics_path=job.metrics_path,
                                       checkpointing=True, use_gpu=use_gpu, stage=job.stage)
-        _export(job, engine, strategy, tokenizer, scores, step, rank)
+        export_calm(job, engine, strategy, tokenizer, scores, step, rank)
         return
 
     folder = Path(job.stage_dir)
@@ -479,7 +479,7 @@ def _fit(job: CalmJob, resources: ResourcesConfig, name: str) -> None:
         with ray_train_settings(resources):
             trainer.fit()
     except Exception as err:
-        raise TrainingError(f"{job.stage} failed: {_root_cause(err)} (rerun the same command "
+        raise TrainingError(f"{job.stage} failed: {root_cause(err)} (rerun the same command "
                             f"to resume from the last checkpoint in {job.stage_dir})") from err
 
 

@@ -1,6 +1,6 @@
 """CALM training data: the held-out split, the per-culture sampler (every micro batch holds
 ``calm.train.per_culture`` rows of every culture), each rank's share of the batches, and the
-tokenisation and collation of rows into CalmModel inputs (:class:`_Rows`). Used by the worker
+tokenisation and collation of rows into CalmModel inputs (:class:`CalmRows`). Used by the worker
 loop in :mod:`culture_rl.train.calm` (which re-exports these names)."""
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def steps_per_epoch(num_rows_per_culture: list[int], per_culture: int, world_siz
     return (batches // world_size) // accumulation
 
 
-class _Rows:
+class CalmRows:
     """Tokenised rows and their collation into CalmModel inputs."""
 
     def __init__(self, tokenizer, rows: list[dict], max_len: int, lm: bool):

@@ -1,4 +1,4 @@
-"""CALM export and reload: :func:`_export` writes ``<run>/calm/export/`` at the end of the
+"""CALM export and reload: :func:`export_calm` writes ``<run>/calm/export/`` at the end of the
 worker loop (``adapter/`` or ``model/``, ``tokenizer/``, ``calm.safetensors``, ``calm.json``,
 ``check.safetensors``, ``eval.json`` and the finished marker) and :func:`load_calm_export`
 rebuilds the CALM model from it. Both are re-exported by :mod:`culture_rl.train.calm`."""
@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from culture_rl.calm_config import CalmConfig
-from culture_rl.train.calm_data import _Rows
+from culture_rl.train.calm_data import CalmRows
 from culture_rl.checkpoints import publish_export
 
 if TYPE_CHECKING:
     from culture_rl.train.calm import CalmJob
 
 
-def _export(job: CalmJob, engine, strategy, tokenizer, scores: dict, step: int, rank: int
+def export_calm(job: CalmJob, engine, strategy, tokenizer, scores: dict, step: int, rank: int
             ) -> None:
     import torch
     import torch.distributed as dist
@@ -30,7 +30,7 @@ def _export(job: CalmJob, engine, strategy, tokenizer, scores: dict, step: int, 
     model = engine.module
     # Reference logits of a few held-out inputs (the LM's and the classifier's), on every rank:
     # under ZeRO-3 a forward pass is a collective.
-    rows = _Rows(tokenizer, job.eval_rows[:4], job.train.max_seq_length, False)
+    rows = CalmRows(tokenizer, job.eval_rows[:4], job.train.max_seq_length, False)
     batch = rows.batch(list(range(len(rows.items))))
     model.eval()
     with torch.no_grad():

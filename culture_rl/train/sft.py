@@ -204,7 +204,7 @@ def use_dense_lm_head(trainer) -> bool:
     return True
 
 
-def _restore_builtin_print() -> None:
+def restore_builtin_print() -> None:
     """Ray Train V2 routes print() in workers through logging. dill (which datasets uses to
     fingerprint map functions) reads a function's globals by capturing stdout around dis.dis();
     with the patched print, whole bytecode listings leaked into the run's logs instead."""
@@ -217,7 +217,7 @@ def _restore_builtin_print() -> None:
     builtins.print = getattr(patch_print, "_original_print", builtins.print)
 
 
-def _quiet_ray_train_reports() -> None:
+def quiet_ray_train_reports() -> None:
     """Ray Train logs every report with all its metrics at INFO (twice per epoch per rank);
     our progress lines already say it. Its logger is named after the module's file path."""
     try:
@@ -229,7 +229,7 @@ def _quiet_ray_train_reports() -> None:
 
 def train_worker(loop_config: dict) -> None:
     """The per-worker loop Ray Train runs (one DeepSpeed rank per worker)."""
-    _restore_builtin_print()
+    restore_builtin_print()
     import ray.train
     import torch
     import torch.distributed as dist
@@ -243,7 +243,7 @@ def train_worker(loop_config: dict) -> None:
     from culture_rl.train.callbacks import (FaultInjection, HeldOutPrecision, ProgressLogger,
                                             StopOnRequest, checkpoint_report, worker_log)
 
-    _quiet_ray_train_reports()
+    quiet_ray_train_reports()
     job: TrainJob = loop_config["job"]
     use_gpu: bool = loop_config["use_gpu"]
     torch.set_num_threads(loop_config["threads"])
@@ -376,7 +376,7 @@ def run_stage(job: TrainJob, resources: ResourcesConfig, callbacks: list | None 
         with ray_train_settings(resources):
             trainer.fit()
     except Exception as err:  # Ray wraps worker errors; surface the root cause in one line
-        raise TrainingError(f"{job.stage} failed: {_root_cause(err)} (rerun the same command "
+        raise TrainingError(f"{job.stage} failed: {root_cause(err)} (rerun the same command "
                             f"to resume from the last checkpoint in {job.stage_dir})") from err
     if not (job.export_dir / FINISHED).is_file():
         raise TrainingError(f"{job.stage} ended without an export in {job.export_dir}")
@@ -393,7 +393,7 @@ def sft_rows(job: TrainJob, tokenizer, rows: list[dict]) -> list[dict]:
     return [sft_example(tokenizer, row["prompt"], row["completion"]) for row in rows]
 
 
-def _root_cause(err: BaseException) -> str:
+def root_cause(err: BaseException) -> str:
     text = str(err).strip()
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     # Ray's error text ends with the worker's exception line ("RuntimeError: ...").

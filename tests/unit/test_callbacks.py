@@ -10,7 +10,7 @@ from culture_rl.config import ModelConfig, TinyModelConfig
 from culture_rl.eval.generation import generate_answers
 from culture_rl.eval.metrics import precision_at_k
 from culture_rl.models.loading import build_tiny_model, load_model, load_tokenizer
-from culture_rl.train.callbacks import HeldOutPrecision, _drop_records_after, _format_progress
+from culture_rl.train.callbacks import HeldOutPrecision, drop_records_after, _format_progress
 
 
 def test_held_out_precision_is_the_mean_p_at_k(tmp_path):
@@ -30,7 +30,7 @@ def test_held_out_precision_is_the_mean_p_at_k(tmp_path):
 def test_resume_drops_records_past_the_checkpoint(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 7)))
-    _drop_records_after(path, 4)
+    drop_records_after(path, 4)
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3, 4]
 
 

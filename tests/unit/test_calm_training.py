@@ -132,13 +132,13 @@ def test_zero3_with_two_gradient_passes_is_refused_before_ray():
 
 def test_statement_rows_of_a_chat_model_read_and_learn_only_the_statements_tokens():
     from culture_rl.models.loading import train_tokenizer
-    from culture_rl.train.calm_data import IGNORE, _Rows
+    from culture_rl.train.calm_data import IGNORE, CalmRows
 
     texts = ["Elders in Avalor say festivals bind us.", "Neighbours in Borenia say change is good."]
     rows = [{"text": t, "label_id": i, "culture_id": i} for i, t in enumerate(texts)]
     raw = train_tokenizer(texts * 20, 300)
     raw.pad_token = raw.eos_token = raw.unk_token or "<unk>"
-    plain = _Rows(raw, rows, 64, lm=True).batch([0, 1])
+    plain = CalmRows(raw, rows, 64, lm=True).batch([0, 1])
     assert "identity_mask" not in plain  # no template: every token read, as before
     assert _labels_are_ids_where(plain["labels"], plain["input_ids"], plain["attention_mask"])
 
@@ -148,7 +148,7 @@ def test_statement_rows_of_a_chat_model_read_and_learn_only_the_statements_token
                           "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>"
                           "assistant\n{% endif %}")
     chat.pad_token = chat.eos_token = "<|im_end|>"
-    batch = _Rows(chat, rows, 64, lm=True).batch([0, 1])
+    batch = CalmRows(chat, rows, 64, lm=True).batch([0, 1])
     read, labels, ids = batch["identity_mask"], batch["labels"], batch["input_ids"]
     for i, text in enumerate(texts):
         assert chat.decode(ids[i][read[i].bool()]).replace(" ", "") == text.replace(" ", "")
