@@ -150,14 +150,14 @@ def run_command(args, config) -> int:
               f"): {done.cues_with_words} of {done.cues} cues named, {done.mean_words:.1f} "
               "words a cue")
         return 0
-    from culture_rl.workflows.align_data import load_align_data
+    from culture_rl.data.align_data import load_align_data
 
     if args.command == "synth":
         data = load_align_data(config)  # also validates data.culture and any user files
         if data.world_files is not None:
             world, paths = data.world, data.world_files
         else:  # both data paths are the user's, so loading did not need the world
-            from culture_rl.workflows.align_data import synthesise_world
+            from culture_rl.data.align_data import synthesise_world
 
             world, paths = synthesise_world(config)
         print(f"synthetic world: {len(world.cultures)} cultures "

@@ -32,7 +32,7 @@ from culture_rl.errors import ConfigError
 from culture_rl.eval.evaluate import (EVALUATIONS, EvalInputs, evaluate, lexical_comparisons,
                                       sample_statements)
 from culture_rl.redact import redact_text
-from culture_rl.workflows.align_data import AlignData, resolve_cultures
+from culture_rl.data.align_data import AlignData, resolve_cultures
 
 SCHEMA = 1
 # Default label -> stage folder. A CALM export is evaluated with its identity state injected

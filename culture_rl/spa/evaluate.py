@@ -17,7 +17,7 @@ from culture_rl.config import ExperimentConfig
 from culture_rl.data import prompts
 from culture_rl.models.chat import AnswerBegun
 from culture_rl.spa.stages import MANIFEST, stage_key
-from culture_rl.workflows.align_data import AlignData
+from culture_rl.data.align_data import AlignData
 
 
 def ccot_distributions(config, questions, culture, inference, routes=None):

@@ -36,7 +36,7 @@ from culture_rl.spa.evaluate import ccot_distributions, evaluate_step, render_re
 from culture_rl.spa.instances import related_instances, training_rows
 from culture_rl.spa.stages import run_step, stage_key
 from culture_rl.spa.questions import QUESTION_FORMS, collect, question_form
-from culture_rl.workflows.align_data import AlignData, resolve_cultures
+from culture_rl.data.align_data import AlignData, resolve_cultures
 
 PROGRESS_CHUNK = 64  # prompts per actor between progress lines
 
@@ -59,7 +59,7 @@ def load_spa_data(config: ExperimentConfig) -> AlignData:
     """Your survey (``data.survey_path``; no association norms needed), else the synthetic
     world with its survey and base corpus."""
     from culture_rl.data.surveys import load_survey
-    from culture_rl.workflows.align_data import load_align_data
+    from culture_rl.data.align_data import load_align_data
 
     if config.data.survey_path is None:
         return load_align_data(config)

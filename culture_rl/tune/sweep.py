@@ -406,7 +406,7 @@ def run_sweep(config: ExperimentConfig) -> SweepResult:
     import ray
 
     from culture_rl.distributed.cluster import connect
-    from culture_rl.workflows.align_data import load_align_data
+    from culture_rl.data.align_data import load_align_data
 
     validate(config)
     config = with_absolute_paths(config)

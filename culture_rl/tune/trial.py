@@ -50,7 +50,7 @@ class SweepTrial(tune.Trainable):
         from ray.util.queue import Queue
 
         from culture_rl.train.sft import FINISHED
-        from culture_rl.workflows.align_data import load_align_data
+        from culture_rl.data.align_data import load_align_data
         from culture_rl.workflows.align_sft import build_sft_job
 
         self.point = normalise_point(config)

@@ -18,7 +18,7 @@ from culture_rl.data import examples
 from culture_rl.errors import ConfigError
 from culture_rl.rl.controller import FINISHED, PPOController, PPOJob
 from culture_rl.rl.plan import batch_plan, check_ppo_plan
-from culture_rl.workflows.align_data import AlignData
+from culture_rl.data.align_data import AlignData
 from culture_rl.workflows.align_sft import stage_dir
 
 SFT = "sft"

@@ -14,7 +14,7 @@ from culture_rl.data import examples, prompts
 from culture_rl.errors import ConfigError
 from culture_rl.models.loading import build_tiny_model, check_available, prepare_model
 from culture_rl.train.sft import StageResult, TrainJob, run_stage
-from culture_rl.workflows.align_data import AlignData
+from culture_rl.data.align_data import AlignData
 
 TINY = "tiny"
 

@@ -23,7 +23,7 @@ from culture_rl.config import ExperimentConfig
 from culture_rl.errors import ConfigError
 from culture_rl.train.calm import (CalmJob, run_calm_stage, run_compare_stage,
                                    split_statements)
-from culture_rl.workflows.align_data import AlignData
+from culture_rl.data.align_data import AlignData
 from culture_rl.workflows.align_sft import TINY, pretrained_tiny_path, stage_dir
 
 MODULES = ("disentangle", "contrastive", "prototypes", "cross_attention", "moe", "fusion")

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from culture_rl.config import ExperimentConfig, write_run_config
-from culture_rl.workflows.align_data import load_align_data
+from culture_rl.data.align_data import load_align_data
 from culture_rl.workflows.align_ppo import run_ppo
 from culture_rl.workflows.align_sft import run_pretrain, run_sft
 

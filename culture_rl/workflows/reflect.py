@@ -19,7 +19,7 @@ from culture_rl.config import ExperimentConfig
 from culture_rl.data import examples, prompts as templates
 from culture_rl.errors import ConfigError
 from culture_rl.rl.controller import FINISHED, PPOJob
-from culture_rl.workflows.align_data import AlignData
+from culture_rl.data.align_data import AlignData
 from culture_rl.workflows.align_sft import TINY, pretrained_tiny_path, stage_dir
 
 TASK_REWARDS = {"associations": "association_overlap", "ranking": "ranking_spearman"}

@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
     from culture_rl.models.loading import build_tiny_model
     from culture_rl.rl.controller import PPOController
     from culture_rl.rl.plan import batch_plan
-    from culture_rl.workflows.align_data import load_align_data
+    from culture_rl.data.align_data import load_align_data
     from culture_rl.workflows.align_ppo import build_ppo_job, resolve_policy_path
     from ray_jobs.benchmarks.sft_throughput import detect_device
 

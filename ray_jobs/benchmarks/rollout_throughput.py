@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     from culture_rl.data import prompts as templates
     from culture_rl.models.loading import build_tiny_model
     from culture_rl.rl.rollout import RolloutWorker, SamplingParams
-    from culture_rl.workflows.align_data import load_align_data
+    from culture_rl.data.align_data import load_align_data
 
     folder = Path(tempfile.mkdtemp(prefix="culture_rl_rollout_bench_"))
     config = load_config(QUICKSTART, [f"run.storage_path={folder}", "run.name=bench"])

@@ -13,7 +13,7 @@ from culture_rl.eval.evaluate import evaluate
 from culture_rl.eval.harness import plan_evaluation, resolve_models, run_evaluation
 from culture_rl.eval.inference import LocalInference
 from culture_rl.train.calm import load_calm_export
-from culture_rl.workflows.align_data import load_align_data
+from culture_rl.data.align_data import load_align_data
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import pytest
 
 from culture_rl.config import load_config
 from culture_rl.train.calm import LOSS_TERMS, TrainingError, load_calm_export
-from culture_rl.workflows.align_data import load_align_data
+from culture_rl.data.align_data import load_align_data
 from culture_rl.workflows.calm import build_calm_job, run_calm
 
 pytestmark = pytest.mark.integration

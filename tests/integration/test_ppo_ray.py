@@ -17,7 +17,7 @@ from culture_rl.config import load_config
 from culture_rl.distributed.metrics import StepMetrics
 from culture_rl.errors import ResourceError
 from culture_rl.rl.controller import PPOController, PPORunError, latest_checkpoint
-from culture_rl.workflows.align_data import load_align_data
+from culture_rl.data.align_data import load_align_data
 from culture_rl.workflows.align_ppo import build_ppo_job
 
 pytestmark = pytest.mark.integration

@@ -124,7 +124,7 @@ def test_align_sft_trains_the_real_model_on_ray_train_with_chat_rows(smollm2, qu
 
     from culture_rl.config import load_config
     from culture_rl.train.sft import run_stage, sft_rows
-    from culture_rl.workflows.align_data import load_align_data
+    from culture_rl.data.align_data import load_align_data
     from culture_rl.workflows.align_sft import build_sft_job
 
     folder, tokenizer, _ = smollm2

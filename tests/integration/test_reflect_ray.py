@@ -16,7 +16,7 @@ import pytest
 
 from culture_rl.config import load_config
 from culture_rl.errors import CultureRLError
-from culture_rl.workflows.align_data import load_align_data
+from culture_rl.data.align_data import load_align_data
 from culture_rl.workflows.reflect import run_reflect
 
 pytestmark = pytest.mark.integration

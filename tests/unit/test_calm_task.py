@@ -108,7 +108,7 @@ def test_too_small_settings_are_refused(world):
 
 def test_workflow_keeps_the_tasks_split_and_subsets():
     from culture_rl.config import load_config
-    from culture_rl.workflows.align_data import load_align_data
+    from culture_rl.data.align_data import load_align_data
     from culture_rl.workflows.calm import build_calm_job
 
     config = load_config(None, ["calm.task.name=culture_dependent", "calm.task.seed=5"])
@@ -125,7 +125,7 @@ def test_workflow_keeps_the_tasks_split_and_subsets():
 
 def test_workflow_errors_name_the_field(tmp_path):
     from culture_rl.config import load_config
-    from culture_rl.workflows.align_data import load_align_data
+    from culture_rl.data.align_data import load_align_data
     from culture_rl.workflows.calm import build_calm_job
 
     config = load_config(None, ["calm.task.name=culture_dependent",

@@ -118,7 +118,7 @@ def test_report_shows_learning_curves():
 
 def test_zero3_with_two_gradient_passes_is_refused_before_ray():
     from culture_rl.config import load_config
-    from culture_rl.workflows.align_data import load_align_data
+    from culture_rl.data.align_data import load_align_data
     from culture_rl.workflows.calm import build_calm_job
 
     config = load_config(None, ["deepspeed.zero_stage=3", "model.path=/nonexistent"])

@@ -148,7 +148,7 @@ def test_reflect_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsy
 
 def test_task_prompts_name_the_culture_and_carry_what_the_reward_needs():
     from culture_rl.rl.rewards import score_batch
-    from culture_rl.workflows.align_data import load_align_data
+    from culture_rl.data.align_data import load_align_data
     from culture_rl.workflows.reflect import build_job, reward_of, seen_prompts
 
     for task in ("associations", "ranking"):
@@ -172,7 +172,7 @@ def test_task_prompts_name_the_culture_and_carry_what_the_reward_needs():
 
 def test_a_world_written_before_a_new_world_option_still_matches():
     from culture_rl.config import WorldConfig
-    from culture_rl.workflows.align_data import same_world_settings
+    from culture_rl.data.align_data import same_world_settings
 
     world = WorldConfig()
     written = world.model_dump()

@@ -1,0 +1,84 @@
+"""The package's layering, read from its source: subpackages import each other one way only.
+
+Counted are module-level imports (what runs when a module is imported). Imports inside
+functions still close loops between subpackages (issue 24 lists them); this test keeps the
+module-level graph acyclic while they are taken apart.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "culture_rl"
+
+
+def _subpackage(module: str) -> str | None:
+    """The subpackage of a dotted module name under culture_rl (None for a root module)."""
+    parts = module.split(".")
+    if len(parts) >= 2 and (PACKAGE / parts[1]).is_dir():
+        return parts[1]
+    return None
+
+
+def _module_level_imports(path: Path) -> list[str]:
+    names = []
+    for node in ast.parse(path.read_text("utf-8")).body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+        elif isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+    return [n for n in names if n.startswith("culture_rl.")]
+
+
+def subpackage_graph() -> dict[str, dict[str, list[str]]]:
+    """subpackage -> {imported subpackage: [files that import it]} (module level)."""
+    graph: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        mine = _subpackage(module)
+        for imported in _module_level_imports(path):
+            other = _subpackage(imported)
+            if mine and other and other != mine:
+                graph[mine][other].append(str(path.relative_to(PACKAGE.parent)))
+    return graph
+
+
+def find_cycle(graph: dict[str, dict[str, list[str]]]) -> list[str] | None:
+    """One cycle of subpackages (first node repeated at the end), or None."""
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, {})):
+            if state.get(nxt) == "open":
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        state[node] = "done"
+        stack.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_import_cycle_between_subpackages_at_module_level():
+    graph = subpackage_graph()
+    cycle = find_cycle(graph)
+    where = ([f"{a} -> {b}: {', '.join(graph[a][b])}" for a, b in zip(cycle, cycle[1:])]
+             if cycle else [])
+    assert cycle is None, "module-level import cycle: " + "; ".join(where)
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    # The check above can fail: a loop through three subpackages is reported as one.
+    graph = {"eval": {"workflows": ["e.py"]}, "workflows": {"rl": ["w.py"]},
+             "rl": {"eval": ["r.py"]}, "data": {}}
+    assert find_cycle(graph) == ["eval", "workflows", "rl", "eval"]
+    assert find_cycle({"eval": {"data": ["e.py"]}, "data": {}}) is None
