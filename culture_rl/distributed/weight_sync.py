@@ -1,4 +1,4 @@
-"""Bucketed weight sync from the policy trainer to the rollout generators (issue 4, part 7).
+"""Bucketed weight sync from the policy trainer to the rollout generators.
 
 The trainer walks its weights as the *plain Hugging Face model* names them (LoRA merged in,
 ZeRO-3 shards gathered), packs consecutive same-dtype tensors into flat buckets of about

@@ -1,4 +1,4 @@
-"""The PPO controller (issue 4, part 8): one process drives the actor groups, step by step.
+"""The PPO controller: one process drives the actor groups, step by step.
 
     rollout -> reward -> reference log-probs and values -> advantages -> PPO epochs on policy
     and critic -> weight sync to the generators

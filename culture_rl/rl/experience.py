@@ -1,4 +1,4 @@
-"""One batch type for the PPO loop (issue 4, part 2), split and concatenated for fan-out.
+"""One batch type for the PPO loop, split and concatenated for fan-out.
 
 Prompts are left-padded (they end where generation starts), responses right-padded (they start
 there); per-token tensors are ``[B, T]`` over response positions. Optional fields are filled in

@@ -1,4 +1,4 @@
-"""PPO maths as pure functions on tensors (issue 4, part 1).
+"""PPO maths as pure functions on tensors.
 
 Shapes: ``[B, T]`` per response token (B responses, T response positions, right-padded), with a
 0/1 ``mask`` marking real tokens; ``[B]`` per response. Advantage estimators, policy losses and

@@ -1,4 +1,4 @@
-"""Self-prompted reflective learning (CALM, issue 5): the pure parts of a round.
+"""Self-prompted reflective learning (CALM): the pure parts of a round.
 
 A round: the model answers prompts that name a culture; it is then prompted, by its own
 template, to reflect on each answer from that culture's perspective and revise it; the scorers

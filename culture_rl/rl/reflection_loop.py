@@ -1,4 +1,4 @@
-"""The reflection loop on Ray actors (CALM's self-prompted reflective learning, issue 5).
+"""The reflection loop on Ray actors (CALM's self-prompted reflective learning).
 
 Each round:
 

@@ -1,4 +1,4 @@
-"""Reward functions as plain functions registered by name (issue 4, part 3: the pure part).
+"""Reward functions as plain functions registered by name.
 
 A reward function takes the generated answer text and the sample's metadata (what the prompt
 builder put there: ``human_order`` for ranking prompts, ``human`` for association prompts,

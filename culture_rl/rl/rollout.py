@@ -1,4 +1,4 @@
-"""Rollout generators (issue 4, part 4): Ray actors that sample responses and their log-probs.
+"""Rollout generators: Ray actors that sample responses and their log-probs.
 
 A ``RolloutWorker`` holds one generation backend. The Hugging Face backend generates batched
 (left-padded prompts, KV cache) with temperature / top-p / max tokens and n samples per prompt,

@@ -1,4 +1,4 @@
-"""A pool of reward-scorer Ray actors (issue 4, part 3: the distributed part).
+"""A pool of reward-scorer Ray actors.
 
 Batches are split across the actors and scored in parallel. A scorer that dies mid-batch is
 replaced and its chunk retried on the new actor, so a PPO step is never lost to a crashed
