@@ -24,6 +24,9 @@ The words are made up by default; ``world.vocabulary: english`` deals real Engli
 ``world.base_associations`` makes the base model's own associations (``culture-rl elicit``) the
 dominant culture's responses.
 
+The parts live beside this module: ``invented_words`` / ``english_words`` (the vocabulary),
+``world_survey`` (the survey and its CCoT thoughts), ``world_corpus`` (the base corpus).
+
 ``CultureWorld.write(folder)`` writes everything in the real published formats, so the loaders
 are exercised on the same path users' files take.
 """
@@ -35,13 +38,13 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from culture_rl.config import WorldConfig
-from culture_rl.data import english_words, prompts
-from culture_rl.data.examples import human_order, resample_associations
+from culture_rl.data import english_words, invented_words
+from culture_rl.data.world_corpus import community_ccot_docs, make_corpus
+from culture_rl.data.world_survey import VALUE_PHRASES, make_survey
 from culture_rl.data.lexicons import write_brysbaert, write_warriner
 from culture_rl.data.surveys import SurveyQuestion, write_survey_goqa_csv, write_survey_jsonl
 from culture_rl.data.swow import AssociationNorms, load_swow, write_swow_aggregated
@@ -51,30 +54,7 @@ CULTURE_NAMES = ["Avalor", "Borenia", "Calyxa", "Dravonia", "Elunia", "Fenmark",
                  "Hestara"]
 VALUE_DIMENSIONS = ["tradition", "autonomy", "harmony", "achievement", "security", "openness",
                     "equality", "piety"]
-WVS_TOPICS = ["social values and norms", "happiness and well-being", "social capital and trust",
-              "economic values", "corruption", "migration", "security", "post-materialism",
-              "science and technology", "religious values", "ethical values",
-              "political interest and participation", "political culture and regimes"]
-_SCALES = [
-    ["Strongly agree", "Agree", "Disagree", "Strongly disagree"],
-    ["Very important", "Rather important", "Not very important", "Not at all important"],
-    ["Always", "Often", "Sometimes", "Rarely", "Never"],
-]
-_VALUE_PHRASES = {
-    "tradition": ["the old customs should be kept", "elders know best", "festivals bind us"],
-    "autonomy": ["each person should choose freely", "rules may be questioned",
-                 "one should think alone"],
-    "harmony": ["peace in the group comes first", "conflict should be avoided",
-                "we should agree with neighbours"],
-    "achievement": ["hard work brings success", "winning matters", "ambition is good"],
-    "security": ["order keeps us safe", "strangers bring danger", "the state must protect us"],
-    "openness": ["new ideas are welcome", "travel widens the mind", "change is good"],
-    "equality": ["all people deserve the same", "the rich should share", "no one is above others"],
-    "piety": ["faith guides a good life", "prayer matters", "the sacred must be honoured"],
-}
 _SUBJECTS = ["My family", "Our village", "The young", "The elders", "Most workers", "Neighbours"]
-_CONSONANTS = "bdfgklmnprstvz"
-_VOWELS = "aeiou"
 _MISSING_RATE = 0.05  # share of third responses coded #Missing, as in real SWOW data
 
 
@@ -156,18 +136,6 @@ def _write_raw_swow(rows: list[dict[str, str]], path: Path) -> None:
         writer.writerows(rows)
 
 
-def _make_words(rng: np.random.Generator, count: int, syllables: int, taken: set[str]
-                ) -> list[str]:
-    words: list[str] = []
-    while len(words) < count:
-        word = "".join(rng.choice(list(_CONSONANTS)) + rng.choice(list(_VOWELS))
-                       for _ in range(syllables))
-        if word not in taken:
-            taken.add(word)
-            words.append(word)
-    return words
-
-
 def _softmax(x: np.ndarray) -> np.ndarray:
     z = np.exp(x - x.max())
     return z / z.sum()
@@ -185,7 +153,7 @@ def generate_world(config: WorldConfig | None = None) -> CultureWorld:
         cultures.append(Culture(k, CULTURE_NAMES[k], tuple(float(v) for v in values)))
 
     taken: set[str] = set()
-    vocabulary = english_words.vocabulary if cfg.vocabulary == "english" else _invented_vocabulary
+    vocabulary = (english_words if cfg.vocabulary == "english" else invented_words).vocabulary
     cues, topic_of, shared_pools, specific_pools = vocabulary(rng, cfg, taken)
     shared_pool = [w for pool in shared_pools for w in pool]
     features = {w: rng.normal(size=len(dims)) for w in shared_pool}
@@ -230,37 +198,19 @@ def generate_world(config: WorldConfig | None = None) -> CultureWorld:
                                  "R1": responses[0], "R2": responses[1], "R3": responses[2]})
             norms[culture.name][cue] = sorted(counts.items(), key=lambda wc: (-wc[1], wc[0]))
 
-    survey, loadings = _make_survey(rng, cfg, cultures, dims)
+    survey, loadings = make_survey(rng, cfg, cultures, dims)
     lexicon = _make_lexicon(rng, cues + shared_pool + [w for topic in specific_pools
                                                         for pool in topic for w in pool],
                             features)
     if cfg.vocabulary == "english":
         _rate_english_words(cfg, lexicon, norms[cultures[0].name])
     statements = _make_statements(rng, cfg, cultures, dims)
-    corpus = _make_corpus(cfg, cultures, dims, cues, norms, survey, statements)
-    corpus += _community_ccot_docs(cfg, dims, survey, loadings, taken)
+    corpus = make_corpus(cfg, cultures, dims, cues, norms, survey, statements)
+    corpus += community_ccot_docs(cfg, dims, survey, loadings, taken)
     if cfg.ccot_communities:
         random.Random(cfg.seed + 4).shuffle(corpus)
     return CultureWorld(cfg, cultures, dims, cues, norms, raw_rows, survey, lexicon, statements,
                         corpus)
-
-
-def _invented_vocabulary(rng: np.random.Generator, cfg: WorldConfig, taken: set[str]):
-    """Made-up cues and response pools: (cues, topic of each cue, shared response pool per
-    topic, each culture's specific pool per topic)."""
-    # Cues belong to topics, marked by their last syllable (as words in a real language share
-    # roots): a topic's cues draw on the topic's response pool, and each culture has its own
-    # salient words per topic. What a culture prefers is therefore learnable across cues and
-    # transfers to held-out cues of the same topic, as in real association data.
-    markers = _make_words(rng, cfg.num_topics, 1, taken)
-    stems = _make_words(rng, cfg.num_cues, 2, taken)
-    cues = [stem + markers[i % cfg.num_topics] for i, stem in enumerate(stems)]
-    topic_of = {cue: i % cfg.num_topics for i, cue in enumerate(cues)}
-    shared_pools = [_make_words(rng, cfg.shared_responses_per_cue + 2, 2, taken)
-                    for _ in range(cfg.num_topics)]
-    specific_pools = [[_make_words(rng, cfg.specific_responses_per_cue + 1, 2, taken)
-                       for _ in range(cfg.num_cultures)] for _ in range(cfg.num_topics)]
-    return cues, topic_of, shared_pools, specific_pools
 
 
 def _base_associations(cfg: WorldConfig, cues: list[str]) -> dict[str, list[str]]:
@@ -296,56 +246,6 @@ def _rate_english_words(cfg: WorldConfig, lexicon: dict[str, dict[str, float]],
             entry["concreteness"] = rated[word]
 
 
-def _survey_dimension(index: int, dims: list[str]) -> str:
-    """The value dimension survey question ``index`` loads on most."""
-    return dims[index % len(dims)]
-
-
-def _stance(value: float) -> int:
-    """A culture's value on a dimension as a stance level of prompts.ccot_thought (values lie
-    around +-1: each culture's vector has norm 2)."""
-    return sum(value < edge for edge in (0.8, 0.25, -0.25, -0.8))
-
-
-def _ccot_thought(name: str, values: Sequence[float], question_index: int, dims: list[str]
-                  ) -> str:
-    """The CCoT thought the corpus writes for people ``name`` with ``values`` on survey
-    question ``question_index``: their stance on the question's value dimension."""
-    dim = _survey_dimension(question_index, dims)
-    return prompts.ccot_thought(name, dim, _stance(values[dims.index(dim)]))
-
-
-def _make_survey(rng: np.random.Generator, cfg: WorldConfig, cultures: list[Culture],
-                 dims: list[str]) -> tuple[list[SurveyQuestion], list[np.ndarray]]:
-    """The survey questions and each one's loading on the value dimensions."""
-    questions, loadings = [], []
-    for q in range(cfg.num_survey_questions):
-        dim = _survey_dimension(q, dims)
-        topic = WVS_TOPICS[q % len(WVS_TOPICS)]
-        scale = _SCALES[q % len(_SCALES)]
-        phrase = _VALUE_PHRASES[dim][(q // len(dims)) % len(_VALUE_PHRASES[dim])]
-        loading = rng.normal(size=len(dims)) * 0.5
-        loading[dims.index(dim)] += 1.5
-        loadings.append(loading)
-        distributions = {c.name: _answer_distribution(c.values, loading, len(scale))
-                         for c in cultures}
-        questions.append(SurveyQuestion(
-            id=f"q{q:03d}", question=f"On {topic}: {phrase} (item {q + 1}).",
-            options=tuple(scale), distributions=distributions, source="WVS", topic=topic))
-    return questions, loadings
-
-
-def _answer_distribution(values: Sequence[float], loading: np.ndarray, num_options: int
-                         ) -> tuple[float, ...]:
-    """How people with ``values`` answer a question with ``loading``: a discretised bell over
-    the ordered options around a centre their value score sets."""
-    score = float(np.array(values) @ loading)
-    center = (num_options - 1) / (1 + np.exp(score))  # high score -> first option
-    positions = np.arange(num_options)
-    dist = np.exp(-((positions - center) ** 2) / (2 * 0.8 ** 2)) + 0.02
-    return tuple(float(x) for x in dist / dist.sum())
-
-
 def _make_lexicon(rng: np.random.Generator, words: list[str], features: dict[str, np.ndarray]
                   ) -> dict[str, dict[str, float]]:
     lexicon = {}
@@ -367,94 +267,10 @@ def _make_statements(rng: np.random.Generator, cfg: WorldConfig, cultures: list[
         for dim in dims:
             for i in range(cfg.statements_per_dim):
                 subject = _SUBJECTS[int(rng.integers(len(_SUBJECTS)))]
-                phrase = _VALUE_PHRASES[dim][int(rng.integers(len(_VALUE_PHRASES[dim])))]
+                phrase = VALUE_PHRASES[dim][int(rng.integers(len(VALUE_PHRASES[dim])))]
                 statements.append({"id": f"{culture.name}-{dim}-{i}", "culture": culture.name,
                                    "text": f"{subject} in {culture.name} say {phrase}.",
                                    "label": dim})
     return statements
 
 
-def _community_ccot_docs(cfg: WorldConfig, dims: list[str], survey: list[SurveyQuestion],
-                         loadings: list[np.ndarray], taken: set[str]) -> list[str]:
-    """CCoT survey answers of ``world.ccot_communities`` further communities, one per question
-    each: many examples of how where people stand on a value shapes their answer, which a base
-    can carry over to a culture whose answer it has not read. Their own generator keeps a
-    world without them unchanged."""
-    if not cfg.ccot_communities:
-        return []
-    rng = np.random.default_rng(cfg.seed + 3)
-    names = [w.capitalize() for w in _make_words(rng, cfg.ccot_communities, 3, taken)]
-    docs = []
-    for name in names:
-        values = rng.normal(size=len(dims))
-        values = 2.0 * values / np.linalg.norm(values)  # as the cultures' values
-        for index, (question, loading) in enumerate(zip(survey, loadings)):
-            dist = _answer_distribution(values, loading, len(question.options))
-            answer = prompts.survey_option_labels(len(dist))[int(rng.choice(len(dist), p=dist))]
-            docs.append(prompts.ccot_prompt(question.question, question.options, name)
-                        + _ccot_thought(name, values, index, dims)
-                        + prompts.ccot_answer_suffix() + answer)
-    return docs
-
-
-def withheld_survey_pairs(cfg: WorldConfig, cultures: list[Culture],
-                          survey: list[SurveyQuestion]) -> set[tuple[str, str]]:
-    """The (question id, culture) pairs without culture-tagged survey answers in the corpus
-    (``world.withheld_survey_share`` of the non-dominant cultures' pairs, seeded)."""
-    pairs = [(q.id, c.name) for q in survey for c in cultures[1:]]
-    count = round(cfg.withheld_survey_share * len(pairs))
-    return set(random.Random(cfg.seed + 2).sample(pairs, count)) if count else set()
-
-
-def _make_corpus(cfg: WorldConfig, cultures: list[Culture], dims: list[str], cues: list[str],
-                 norms: dict[str, AssociationNorms], survey: list[SurveyQuestion],
-                 statements: list[dict]) -> list[str]:
-    rng = random.Random(cfg.seed)
-    dominant = cultures[0].name
-    docs = []
-    for cue in cues:
-        for _ in range(cfg.base_docs_per_cue):  # untagged: the dominant culture's answers
-            words = resample_associations(norms[dominant][cue], 0.7, rng, 10)
-            docs.append(prompts.association_prompt(cue) + prompts.association_completion(words))
-        for culture in cultures:
-            for _ in range(cfg.tagged_docs_per_cue):
-                words = resample_associations(norms[culture.name][cue], 0.7, rng, 10)
-                docs.append(prompts.culture_preamble(culture.name) + prompts.association_prompt(cue)
-                            + prompts.association_completion(words))
-        associations = norms[dominant][cue]
-        for _ in range(cfg.ranking_docs_per_cue if len(associations) >= 4 else 0):
-            sampled = rng.sample(associations, rng.randint(4, min(10, len(associations))))
-            shown = [w for w, _ in sampled]
-            rng.shuffle(shown)
-            docs.append(prompts.ranking_prompt(cue, shown)
-                        + prompts.ranking_completion(human_order(sampled)))
-    withheld = withheld_survey_pairs(cfg, cultures, survey)
-    # The options below draw from their own generator, so a world without them is unchanged.
-    extra = random.Random(cfg.seed + 1)
-    for index, question in enumerate(survey):
-        labels = prompts.survey_option_labels(len(question.options))
-        prompt = prompts.survey_prompt(question.question, question.options)
-        for _ in range(cfg.base_docs_per_cue):
-            answer = rng.choices(labels, weights=question.distributions[dominant])[0]
-            docs.append(prompt + answer)
-        for culture in cultures:
-            if (question.id, culture.name) in withheld:
-                continue
-            for _ in range(cfg.tagged_docs_per_cue):
-                answer = rng.choices(labels, weights=question.distributions[culture.name])[0]
-                docs.append(prompts.culture_preamble(culture.name) + prompt + answer)
-            thought = _ccot_thought(culture.name, culture.values, index, dims)
-            head = prompts.ccot_prompt(question.question, question.options, culture.name)
-            for _ in range(cfg.ccot_docs_per_question):
-                answer = extra.choices(labels, weights=question.distributions[culture.name])[0]
-                docs.append(head + thought + prompts.ccot_answer_suffix() + answer)
-    by_topic: dict[str, list[SurveyQuestion]] = {}
-    for question in survey:
-        by_topic.setdefault(question.topic or "", []).append(question)
-    for topic, questions in by_topic.items():
-        for _ in range(cfg.questionnaire_docs_per_topic if len(questions) >= 2 else 0):
-            listed = rng.sample(questions, min(len(questions), rng.randint(2, 3)))
-            docs.append(prompts.questionnaire(topic, [(q.question, q.options) for q in listed]))
-    docs.extend(s["text"] for s in statements)
-    rng.shuffle(docs)
-    return docs

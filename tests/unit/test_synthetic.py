@@ -108,7 +108,7 @@ def _tagged_survey_pairs(world) -> set[tuple[str, str]]:
 
 
 def test_withheld_pairs_get_no_tagged_answer_and_the_rest_keep_theirs():
-    from culture_rl.data.synthetic import withheld_survey_pairs
+    from culture_rl.data.world_corpus import withheld_survey_pairs
 
     config = SMALL.model_copy(update={"withheld_survey_share": 0.5, "ccot_docs_per_question": 1})
     world = generate_world(config)
