@@ -26,9 +26,10 @@ from culture_rl.data.surveys import SurveyQuestion
 from culture_rl.data.swow import AssociationNorms
 from culture_rl.eval.inference import Inference
 from culture_rl.eval.metrics import (accuracy, closer_to, concrete_share, distribution_scores,
-                                     high_tension_items, lexical_norms, macro_f1, parse_ranking,
-                                     precision_at_k, spearman_ranking_reward, split_answer,
-                                     tension_score, wilcoxon_paired)
+                                     high_tension_items, length_summary, lexical_norms,
+                                     macro_f1, parse_ranking, precision_at_k,
+                                     spearman_ranking_reward, split_answer, tension_score,
+                                     wilcoxon_paired)
 
 
 def association_scores(answers: Sequence[str], human: Sequence[Sequence[str]],
@@ -40,6 +41,12 @@ def association_scores(answers: Sequence[str], human: Sequence[Sequence[str]],
     scores: dict[str, float] = {f"p@{k}": sum(precision_at_k(a, h, k) for a, h in
                                               zip(answers, human)) / n for k in k_values}
     scores["parse_failure_rate"] = sum(not split_answer(a) for a in answers) / n
+    # How long the answers are (parsed words; characters): a chat model that talks around its
+    # list parses into long, mostly wrong word lists, which P@k alone does not show.
+    for unit, sizes in (("words", [len(split_answer(a)) for a in answers]),
+                        ("chars", [len(a.strip()) for a in answers])):
+        for stat, value in length_summary(sizes).items():
+            scores[f"answer_{unit}_{stat}"] = value
     scores["n_cues"] = n
     return scores
 

@@ -82,6 +82,19 @@ def _norm(word: str) -> str:
     return word.strip().lower()
 
 
+def length_summary(lengths: Sequence[float], limit: int | None = None) -> dict[str, float]:
+    """The distribution of answer lengths: median, 90th percentile (nearest rank) and maximum,
+    and with ``limit`` (the generation's max_new_tokens, lengths in tokens) the share of answers
+    that reached it: those were cut off, not ended, so their parse is of a partial answer."""
+    if not lengths:
+        return {}
+    ordered = sorted(float(x) for x in lengths)
+    p90 = ordered[max(0, -(-9 * len(ordered) // 10) - 1)]  # nearest rank: ceil(0.9 n)
+    out = {"median": float(statistics.median(ordered)), "p90": p90, "max": ordered[-1]}
+    if limit is not None:
+        out["at_limit_share"] = sum(x >= limit for x in ordered) / len(ordered)
+    return out
+
 def precision_at_k(predicted: list[str] | str, human: Iterable[str], k: int) -> float:
     """Share of the first ``k`` distinct predicted words found among the human associations.
 

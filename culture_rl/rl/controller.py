@@ -25,6 +25,7 @@ from culture_rl.checkpoints import (FINISHED, latest_complete, prune,  # noqa: F
                                     publish_export, write_checkpoint)
 from culture_rl.errors import CultureRLError
 from culture_rl.eval.evaluate import ranking_parse_failure_rate
+from culture_rl.eval.metrics import length_summary
 from culture_rl.rl import ppo
 from culture_rl.rl.advantages import compute_step_advantages, sequence_kl
 from culture_rl.rl.experience import Experience
@@ -356,6 +357,9 @@ class PPOController:
             "parse_failure_rate": ranking_parse_failure_rate(texts, exp.meta),
             "kl": float(kl_per_sequence.mean()), "kl_coef": self.kl.value,
             "response_length": float(mask.sum(1).mean()),
+            # Responses that reached max_new_tokens were cut, not ended at a stop token.
+            **{f"response_length_{k}": v for k, v in length_summary(
+                mask.sum(1).tolist(), self.config.rollout.max_new_tokens).items()},
             # The generator's sampling log-probs against the trainer's for the same tokens:
             # near zero when the generators hold the trainer's weights (temperature 1, top-p 1).
             "logprob_gap": float(ppo.masked_mean((rollout_log_probs - exp.old_log_probs).abs(),

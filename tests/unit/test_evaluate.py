@@ -32,6 +32,10 @@ def test_association_scores_by_hand():
     assert scores["p@2"] == pytest.approx((0.5 + 0.5 + 0) / 3)
     assert scores["parse_failure_rate"] == pytest.approx(1 / 3)
     assert scores["n_cues"] == 3
+    # The answers' lengths: 3, 2 and 0 parsed words; 7, 4 and 0 characters.
+    assert (scores["answer_words_median"], scores["answer_words_p90"],
+            scores["answer_words_max"]) == (2, 3, 3)
+    assert scores["answer_chars_median"] == 4 and scores["answer_chars_max"] == 7
 
 
 def test_survey_scores_average_over_questions_with_the_culture():

@@ -313,3 +313,13 @@ def test_lexical_norms_no_words_and_missing_key():
     assert out["median_valence"] == pytest.approx(6.0)
     assert out["median_concreteness"] is None
     assert np.isclose(out["coverage"], 1.0)
+
+
+def test_length_summary_reports_the_spread_and_the_answers_cut_at_the_limit():
+    from culture_rl.eval.metrics import length_summary
+
+    lengths = [3, 40, 12, 40, 5, 7, 9, 11, 2, 8]  # two reached max_new_tokens = 40
+    summary = length_summary(lengths, limit=40)
+    assert summary == {"median": 8.5, "p90": 40.0, "max": 40.0, "at_limit_share": 0.2}
+    assert length_summary(list(range(1, 11)))["p90"] == 9.0  # nearest rank: the 9th of 10
+    assert "at_limit_share" not in length_summary([1, 2]) and length_summary([]) == {}
