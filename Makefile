@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test test-fast test-stability bench install clean gpu-bundle
+.PHONY: demo test test-fast test-stability bench install clean gpu-bundle docs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ bench: $(STAMP)
 # The GPU benchmarks' packages for the lent device machine (see ray_jobs/benchmarks/gpu_check.sh).
 gpu-bundle: $(STAMP)
 	$(PY) -m ray_jobs.benchmarks.gpu_bundle
+
+# docs/config.md, the config reference, from the schema's help text (tests/unit/test_docs.py
+# fails when it is out of date).
+docs: $(STAMP)
+	$(PY) -m culture_rl.config_docs --write docs/config.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
