@@ -12,10 +12,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from culture_rl.config_base import FieldProblem, _Section
+from culture_rl.config_base import FieldProblem, ConfigSection
 
 
-class DisentangleConfig(_Section):
+class DisentangleConfig(ConfigSection):
     enabled: bool = Field(True, description="Three projection heads (task semantics, explicit "
                           "cultural concepts, latent cultural signals) with the orthogonality "
                           "loss and the explicit part's culture (and concept) classifier. "
@@ -27,7 +27,7 @@ class DisentangleConfig(_Section):
                                             "semantics is kept apart from both).")
 
 
-class ContrastiveConfig(_Section):
+class ContrastiveConfig(ConfigSection):
     enabled: bool = Field(True, description="Supervised contrastive loss (Khosla et al. 2020) "
                           "over the explicit cultural representations, culture as the "
                           "positive key.")
@@ -35,7 +35,7 @@ class ContrastiveConfig(_Section):
                                "(Khosla et al.: 0.1).")
 
 
-class PrototypeConfig(_Section):
+class PrototypeConfig(ConfigSection):
     enabled: bool = Field(True, description="Learnable prototypes per culture (and per concept) "
                           "that define the cultural clusters, with the prototype loss; they "
                           "are also keys of the cross-attention.")
@@ -45,7 +45,7 @@ class PrototypeConfig(_Section):
                               "(when the data has concept labels).")
 
 
-class CrossAttentionConfig(_Section):
+class CrossAttentionConfig(ConfigSection):
     enabled: bool = Field(True, description="Explicit-concept features (queries) attend over "
                           "the prototypes and the latent signals (keys/values), with a "
                           "residual connection. False: the explicit features pass unchanged.")
@@ -55,7 +55,7 @@ class CrossAttentionConfig(_Section):
     dropout: float = Field(0.0, ge=0, lt=1, description="Attention dropout.")
 
 
-class MoEConfig(_Section):
+class MoEConfig(ConfigSection):
     enabled: bool = Field(True, description="Mixture-of-Experts with top-k gating and the "
                           "load-balancing loss. False: one dense projection (no gate weights, "
                           "no balance term).")
@@ -67,7 +67,7 @@ class MoEConfig(_Section):
                                     "(0: a linear expert).")
 
 
-class FusionConfig(_Section):
+class FusionConfig(ConfigSection):
     enabled: bool = Field(True, description="Gated fusion h' = h + g * W(z) of the MoE output "
                           "with the model's hidden state into the identity state, injected into "
                           "the LM (calm.injection). False: nothing is injected and the LM is "
@@ -79,7 +79,7 @@ class FusionConfig(_Section):
                                   "fusion weight gets a gradient from the first step.")
 
 
-class HeadsConfig(_Section):
+class HeadsConfig(ConfigSection):
     lm: bool = Field(True, description="LM (generation) loss of the wrapped model, with the "
                      "injection, when the batch has labels.")
     classification: bool = Field(True, description="Value identification / classification head "
@@ -89,7 +89,7 @@ class HeadsConfig(_Section):
                            "head.")
 
 
-class CalmTaskConfig(_Section):
+class CalmTaskConfig(ConfigSection):
     """``calm.task``: which value-identification task CALM, the baseline and the ablations are
     trained and scored on."""
 
@@ -128,7 +128,7 @@ class CalmTaskConfig(_Section):
                              "Settings were tuned on other seeds than the reported one.")
 
 
-class CalmTrainConfig(_Section):
+class CalmTrainConfig(ConfigSection):
     """``calm.train``: the `culture-rl calm` stage (Ray Train + the DeepSpeed strategy)."""
 
     epochs: int = Field(4, gt=0, description="Passes over the training statements.")
@@ -177,7 +177,7 @@ class CalmTrainConfig(_Section):
                                 "('calm_short') for a like-for-like ablation table.")
 
 
-class CalmConfig(_Section):
+class CalmConfig(ConfigSection):
     """``calm:``: CALM (Culturally Self-Aware Language Models, arXiv 2601.03483) modules."""
 
     dim: int = Field(64, gt=0, description="Width of the disentangled representations, "

@@ -17,7 +17,7 @@ from pydantic import (BeforeValidator, Field, PositiveFloat, PositiveInt, Valida
 
 # The section base class lives apart so that section modules such as calm_config.py can build
 # on it without importing this module (which imports them).
-from culture_rl.config_base import FieldProblem, _Section  # noqa: E402,F401  (re-exported)
+from culture_rl.config_base import ConfigSection, FieldProblem  # noqa: E402,F401  (re-exported)
 from culture_rl.calm_config import CalmConfig  # noqa: E402
 from culture_rl.reflect_config import ReflectConfig  # noqa: E402
 from culture_rl.ppo_config import (PPOConfig, PPOResourcesConfig,  # noqa: E402,F401
@@ -33,7 +33,7 @@ def _culture_key(value: Any) -> Any:
 CultureKey = Annotated[str, BeforeValidator(_culture_key)]
 
 
-class RunConfig(_Section):
+class RunConfig(ConfigSection):
     name: str = Field("quickstart", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$",
                       description="Run name; outputs go to <storage_path>/<name>/. Rerunning "
                                   "with the same name resumes from the latest checkpoint.")
@@ -42,7 +42,7 @@ class RunConfig(_Section):
     seed: int = Field(42, description="Seed for data splits, sampling and model initialisation.")
 
 
-class TinyModelConfig(_Section):
+class TinyModelConfig(ConfigSection):
     hidden_size: int = Field(128, gt=0, description="Width of the tiny Llama.")
     num_layers: int = Field(4, gt=0, description="Decoder layers of the tiny Llama.")
     num_heads: int = Field(4, gt=0, description="Attention heads (hidden_size must divide).")
@@ -58,7 +58,7 @@ class TinyModelConfig(_Section):
         return self
 
 
-class ModelConfig(_Section):
+class ModelConfig(ConfigSection):
     path: str = Field("tiny", description="Hugging Face model name or local folder (local files "
                       "only, nothing is downloaded), 'tiny' to build the tiny preset, or "
                       "'smollm2-135m-instruct': a real instruct model that installs offline "
@@ -75,7 +75,7 @@ class ModelConfig(_Section):
         "choice its model was trained with.")
 
 
-class LoraConfig(_Section):
+class LoraConfig(ConfigSection):
     enabled: bool = Field(True, description="Train a LoRA adapter instead of all weights.")
     r: int = Field(16, gt=0, description="LoRA rank.")
     alpha: int = Field(32, gt=0, description="LoRA alpha (scale = alpha / r).")
@@ -86,7 +86,7 @@ class LoraConfig(_Section):
                                   "the adapter.")
 
 
-class DeepSpeedConfig(_Section):
+class DeepSpeedConfig(ConfigSection):
     zero_stage: int = Field(2, ge=0, le=3, description="ZeRO stage 0-3.")
     offload_optimizer: bool = Field(False, description="Keep optimizer state on the CPU "
                                     "(ZeRO >= 1).")
@@ -106,7 +106,7 @@ class DeepSpeedConfig(_Section):
         return self
 
 
-class DataConfig(_Section):
+class DataConfig(ConfigSection):
     swow_path: str | None = Field(None, description="SWOW CSV (raw or aggregated). Empty: the "
                                   "synthetic world's norms for `culture`.")
     culture: CultureKey | None = Field(None, description="Target culture. For the synthetic "
@@ -146,7 +146,7 @@ class DataConfig(_Section):
         return None if isinstance(value, str) and not value.strip() else value
 
 
-class TrainConfig(_Section):
+class TrainConfig(ConfigSection):
     epochs: float = Field(3, gt=0, description="Passes over the training set.")
     max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: epochs "
                            "decide).")
@@ -182,7 +182,7 @@ class TrainConfig(_Section):
                                  "skips data).")
 
 
-class ResourcesConfig(_Section):
+class ResourcesConfig(ConfigSection):
     num_workers: int = Field(2, gt=0, description="Ray Train workers (one DeepSpeed rank each).")
     use_gpu: bool = Field(False, description="One GPU per worker when true (NCCL), else CPU "
                           "(gloo).")
@@ -209,7 +209,7 @@ class ResourcesConfig(_Section):
                                           "the variable, when set, wins).")
 
 
-class EvalConfig(_Section):
+class EvalConfig(ConfigSection):
     k_values: list[int] = Field([1, 3, 5, 10], min_length=1, description="k of P@k.")
     split: Literal["train", "val", "test", "heldout"] = Field(
         "heldout", description="Cue split evaluated ('heldout': validation + test cues).")
@@ -273,7 +273,7 @@ class EvalConfig(_Section):
         return value
 
 
-class SweepConfig(_Section):
+class SweepConfig(ConfigSection):
     """``culture-rl sweep``: Ray Tune over cultures x SFT hyper-parameters (culture_rl/tune)."""
 
     name: str = Field("sweep", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$",
@@ -366,7 +366,7 @@ WVS_TOPIC_AREAS = ["social values and norms", "happiness and well-being",
                    "political culture and regimes"]
 
 
-class SpaConfig(_Section):
+class SpaConfig(ConfigSection):
     """``culture-rl spa``: the CultureSPA pipeline (culture_rl/spa)."""
 
     model_path: str = Field("pretrain", description="Model the pipeline starts from (it "
@@ -435,7 +435,7 @@ class SpaConfig(_Section):
         "instances (lora.* sets the adapter).")
 
 
-class ExperimentConfig(_Section):
+class ExperimentConfig(ConfigSection):
     run: RunConfig = Field(default_factory=RunConfig, description="Name, storage and seed.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Base model.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapter.")

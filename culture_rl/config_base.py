@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 
-class _Section(BaseModel):
+class ConfigSection(BaseModel):
     # Unknown keys are errors (a typo must not silently fall back to a default); frozen so a
     # config object handed to Ray workers cannot drift from the one written in the run dir.
     # No float may be infinite or NaN: `epochs: .inf` would pass `gt=0` and train forever.

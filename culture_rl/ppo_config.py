@@ -11,14 +11,14 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from culture_rl.config_base import FieldProblem, _Section
+from culture_rl.config_base import FieldProblem, ConfigSection
 
 # vLLM's own default is 0.92 of the GPU; leave room for the CUDA context of the NCCL
 # weight-sync group.
 VLLM_GPU_MEMORY_UTILIZATION = 0.85
 
 
-class PPOConfig(_Section):
+class PPOConfig(ConfigSection):
     policy_path: str = Field("sft", description="Model PPO starts from: 'sft' (this run's SFT "
                              "export), a model folder, an SFT export folder (its model/ is "
                              "used) or a local Hugging Face name.")
@@ -93,7 +93,7 @@ class PPOConfig(_Section):
         return self
 
 
-class RolloutConfig(_Section):
+class RolloutConfig(ConfigSection):
     backend: Literal["hf", "vllm"] = Field("hf", description="Generation engine of the rollout "
                                            "workers; 'vllm' needs vLLM and a GPU.")
     vllm_gpu_memory_utilization: float = Field(
@@ -120,7 +120,7 @@ class RolloutConfig(_Section):
         "when the policy is on a GPU (each worker then needs a GPU of its own), gloo on CPUs.")
 
 
-class PPOResourcesConfig(_Section):
+class PPOResourcesConfig(ConfigSection):
     trainer_workers: int = Field(1, gt=0, description="Policy trainer ranks (DeepSpeed).")
     rollout_workers: int = Field(2, gt=0, description="Rollout generator actors.")
     reward_scorers: int = Field(2, gt=0, description="Reward scorer actors.")

@@ -12,12 +12,12 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from culture_rl.config_base import FieldProblem, _Section
+from culture_rl.config_base import FieldProblem, ConfigSection
 
 REFLECTION_TASKS = ("associations", "ranking")
 
 
-class ReflectConfig(_Section):
+class ReflectConfig(ConfigSection):
     policy_path: str = Field("sft", description="Model the loop starts from: 'sft' (this run's "
                              "SFT export, trained first when missing), 'pretrain' (this run's "
                              "base model), 'calm' (this run's CALM export: the CALM model, "

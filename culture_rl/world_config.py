@@ -9,10 +9,10 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from culture_rl.config_base import FieldProblem, _Section
+from culture_rl.config_base import FieldProblem, ConfigSection
 
 
-class WorldConfig(_Section):
+class WorldConfig(ConfigSection):
     num_cultures: int = Field(3, ge=2, le=8, description="Cultures in the synthetic world; "
                               "culture 0 dominates the base corpus.")
     num_cues: int = Field(60, ge=10, description="Cue words with association norms.")

@@ -82,3 +82,21 @@ def test_the_cycle_finder_finds_a_cycle():
              "rl": {"eval": ["r.py"]}, "data": {}}
     assert find_cycle(graph) == ["eval", "workflows", "rl", "eval"]
     assert find_cycle({"eval": {"data": ["e.py"]}, "data": {}}) is None
+
+
+def private_imports() -> list[str]:
+    """'file:line: module.name' for every private name (one leading underscore) imported from
+    another culture_rl module, at any depth of the file."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("culture_rl"):
+                found.extend(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: "
+                             f"{node.module}.{alias.name}" for alias in node.names
+                             if alias.name.startswith("_") and not alias.name.startswith("__"))
+    return found
+
+
+def test_no_private_name_is_imported_across_modules():
+    # A name another module needs is part of its module's interface: give it a public name.
+    assert private_imports() == []
