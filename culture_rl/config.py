@@ -10,27 +10,23 @@ dotted field path, e.g. ``configs/x.yaml: sft.learning_rate: Input should be gre
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import (BeforeValidator, Field, PositiveFloat, PositiveInt, ValidationInfo,
-                      field_validator, model_validator)
+from pydantic import Field, field_validator, model_validator
 
 # The section base class lives apart so that section modules such as calm_config.py can build
-# on it without importing this module (which imports them).
-from culture_rl.config_base import ConfigSection, FieldProblem  # noqa: E402,F401  (re-exported)
+# on it without importing this module (which imports them). The sections defined elsewhere are
+# re-exported here, so `from culture_rl.config import TrainConfig` keeps working.
+from culture_rl.config_base import (ConfigSection, CultureKey,  # noqa: E402,F401  (re-exported)
+                                    FieldProblem)
 from culture_rl.calm_config import CalmConfig  # noqa: E402
 from culture_rl.reflect_config import ReflectConfig  # noqa: E402
 from culture_rl.ppo_config import (PPOConfig, PPOResourcesConfig,  # noqa: E402,F401
                                    RolloutConfig)  # (re-exported)
-from culture_rl.world_config import WorldConfig  # noqa: E402,F401  (re-exported)
-
-
-def _culture_key(value: Any) -> Any:
-    # A culture may be named by its index in the synthetic world, and YAML reads `1` as an int.
-    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-CultureKey = Annotated[str, BeforeValidator(_culture_key)]
+from culture_rl.world_config import WorldConfig  # noqa: E402,F401
+from culture_rl.train_config import TrainConfig  # noqa: E402,F401
+from culture_rl.spa_config import SpaConfig  # noqa: E402,F401
+from culture_rl.sweep_config import SweepConfig  # noqa: E402,F401
 
 
 class RunConfig(ConfigSection):
@@ -146,42 +142,6 @@ class DataConfig(ConfigSection):
         return None if isinstance(value, str) and not value.strip() else value
 
 
-class TrainConfig(ConfigSection):
-    epochs: float = Field(3, gt=0, description="Passes over the training set.")
-    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: epochs "
-                           "decide).")
-    learning_rate: float = Field(1e-4, gt=0, description="Peak learning rate.")
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
-        "cosine", description="Learning-rate schedule.")
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps spent warming up.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    micro_batch_size: int = Field(8, gt=0, description="Sequences per worker per forward pass.")
-    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro batches per optimizer "
-                                             "step. Global batch = micro x accumulation x "
-                                             "workers.")
-    max_seq_length: int = Field(128, gt=8, description="Sequences are truncated to this many "
-                                "tokens.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in the "
-                                         "backward pass: less memory, ~30% more compute.")
-    packing: Literal["wrapped", "bfd", "none"] = Field(
-        "wrapped", description="Plain-LM jobs (pretrain) only: 'wrapped' concatenates documents "
-        "and cuts max_seq_length rows (fastest; a document split across rows loses its start, "
-        "e.g. its culture preamble); 'bfd' packs whole documents best-fit with per-document "
-        "attention (half the speed on CPU); 'none' trains one document per padded row.")
-    save_steps: int = Field(0, ge=0, description="Checkpoint every N steps (0: once per epoch).")
-    logging_steps: int = Field(5, gt=0, description="Log loss and tokens/s every N steps.")
-    eval_each_epoch: bool = Field(True, description="Validation loss and held-out P@5 after "
-                                  "every epoch.")
-    eval_max_cues: int = Field(32, gt=0, description="Validation cues used for P@5 per epoch.")
-    fault_injection_step: int = Field(0, ge=0, description="Testing aid: fail the run right "
-                                      "after the checkpoint of this step, unless it resumed "
-                                      "from a checkpoint (0: off).")
-    log_sample_ids: bool = Field(False, description="Append a hash of every sample each "
-                                 "optimizer step trains on to <stage dir>/samples/rank<r>.jsonl "
-                                 "(an audit that recovery after a failure neither replays nor "
-                                 "skips data).")
-
-
 class ResourcesConfig(ConfigSection):
     num_workers: int = Field(2, gt=0, description="Ray Train workers (one DeepSpeed rank each).")
     use_gpu: bool = Field(False, description="One GPU per worker when true (NCCL), else CPU "
@@ -273,166 +233,6 @@ class EvalConfig(ConfigSection):
         return value
 
 
-class SweepConfig(ConfigSection):
-    """``culture-rl sweep``: Ray Tune over cultures x SFT hyper-parameters (culture_rl/tune)."""
-
-    name: str = Field("sweep", min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$",
-                      description="Sweep folder: <run dir>/sweeps/<name>/. Rerunning the same "
-                                  "name resumes the sweep (Tune restore + per-trial SFT "
-                                  "checkpoints).")
-    cultures: list[CultureKey] = Field([], description="Cultures to sweep (grid over them), "
-                                       "names or indices of the synthetic world. Empty: every "
-                                       "culture of the world (with your own data.swow_path: "
-                                       "that one culture).")
-    search: Literal["grid", "random"] = Field("grid", description="'grid': every combination "
-                                              "of the lists below; 'random': num_samples "
-                                              "points per culture sampled from them.")
-    learning_rate: list[PositiveFloat] = Field([], description="grid: SFT learning rates to "
-                                               "try; random: [low, high], sampled "
-                                               "log-uniformly. Empty: sft.learning_rate.")
-    lora_r: list[PositiveInt] = Field([], description="LoRA ranks (random: choices). Empty: "
-                                      "lora.r.")
-    lora_alpha: list[PositiveInt] = Field([], description="LoRA alphas (random: choices). "
-                                          "Empty: lora.alpha.")
-    epochs: list[PositiveInt] = Field([], description="SFT epochs (random: choices). Empty: "
-                                      "sft.epochs.")
-    num_samples: int = Field(1, ge=1, description="random: points sampled per culture "
-                             "(grid: must stay 1).")
-    metric: Literal["eval_p@5", "eval_loss"] = Field(
-        "eval_p@5", description="Per-epoch metric the sweep optimises and ASHA compares: "
-        "held-out P@5 or validation loss.")
-    mode: Literal["max", "min"] = Field("max", validate_default=True,
-                                        description="Maximise or minimise the metric.")
-    scheduler: Literal["asha", "none"] = Field("asha", description="'asha': stop trials "
-                                               "early whose metric trails the others at a "
-                                               "rung; 'none': run every trial to the end.")
-    grace_period: int = Field(1, ge=1, description="ASHA: epochs before a trial can be stopped.")
-    reduction_factor: float = Field(2, gt=1, description="ASHA: keep the top 1/reduction_factor "
-                                    "of trials at each rung.")
-    max_t: int = Field(0, ge=0, description="ASHA: most epochs a trial runs (0: the largest "
-                       "epochs value).")
-    max_concurrent_trials: int = Field(0, ge=0, description="Trials running at once. 0: as "
-                                       "many as fit the cluster (resources per trial = "
-                                       "resources.num_workers x cpus_per_worker (+GPUs) + "
-                                       "trial_driver_cpus); required with "
-                                       "resources.autoscaling.")
-    trial_driver_cpus: float = Field(0.25, gt=0, description="CPUs reserved for each trial's "
-                                     "driver (the Tune function that starts and watches the "
-                                     "trial's Ray Train run; it mostly waits).")
-
-    @field_validator("learning_rate", "lora_r", "lora_alpha", "epochs")
-    @classmethod
-    def _each_value_once(cls, value: list) -> list:
-        if len(set(value)) != len(value):
-            raise ValueError("lists a value twice (each trial must be a different point)")
-        return value
-
-    @field_validator("learning_rate")
-    @classmethod
-    def _random_needs_a_range(cls, value: list[float], info: ValidationInfo) -> list[float]:
-        if info.data.get("search") == "random" and value and (
-                len(value) != 2 or value[0] >= value[1]):
-            raise ValueError("search 'random' takes [low, high] with low < high")
-        return value
-
-    @field_validator("num_samples")
-    @classmethod
-    def _grid_samples_once(cls, value: int, info: ValidationInfo) -> int:
-        if info.data.get("search") == "grid" and value != 1:
-            raise ValueError("search 'grid' runs every point once; num_samples is for "
-                             "search 'random'")
-        return value
-
-    @field_validator("mode")
-    @classmethod
-    def _loss_is_minimised(cls, value: str, info: ValidationInfo) -> str:
-        if info.data.get("metric") == "eval_loss" and value != "min":
-            raise ValueError("metric eval_loss is a loss: mode must be 'min'")
-        return value
-
-    @field_validator("max_t")
-    @classmethod
-    def _grace_within_max_t(cls, value: int, info: ValidationInfo) -> int:
-        grace = info.data.get("grace_period")
-        if value and grace is not None and grace > value:
-            raise ValueError(f"max_t {value} is below grace_period {grace}")
-        return value
-
-
-WVS_TOPIC_AREAS = ["social values and norms", "happiness and well-being",
-                   "social capital and trust", "economic values", "corruption", "migration",
-                   "security", "post-materialism", "science and technology",
-                   "religious values", "ethical values", "political interest and participation",
-                   "political culture and regimes"]
-
-
-class SpaConfig(ConfigSection):
-    """``culture-rl spa``: the CultureSPA pipeline (culture_rl/spa)."""
-
-    model_path: str = Field("pretrain", description="Model the pipeline starts from (it "
-                            "generates the data and is fine-tuned): 'pretrain' (this run's "
-                            "tiny base), a model folder or a local Hugging Face name.")
-    topics: list[str] = Field(WVS_TOPIC_AREAS, min_length=1, description="Culture topics "
-                              "questions are generated for (default: the 13 WVS topic areas).")
-    cultures: list[str] = Field([], description="Cultures to align to (names, or indices of the "
-                                "synthetic world). Empty: every culture of the survey.")
-    seed_questions: int = Field(2, ge=1, description="Example survey questions of the topic "
-                                "shown in each generation prompt.")
-    questions_per_topic: int = Field(8, ge=1, description="Generation attempts per topic "
-                                     "(sampled; duplicates and malformed ones are dropped).")
-    include_seed_questions: bool = Field(False, description="Also use the seed survey's own "
-                                         "questions as instances (False: only the generated "
-                                         "ones, as in the paper).")
-    generation_temperature: float = Field(1.0, gt=0, description="Sampling temperature of "
-                                          "question generation.")
-    generation_max_new_tokens: int = Field(96, gt=0, description="Longest generated question "
-                                           "with its options.")
-    question_prompt: Literal["auto", "continuation", "instruction"] = Field(
-        "auto", description="How the model is asked for a question: 'continuation' (a "
-        "questionnaire of seed questions it continues: a base model), 'instruction' (a social "
-        "scientist's role, the topic and numbered examples, a new question asked for as JSON: "
-        "a chat model, as in the paper), or 'auto' (instruction when the model's tokenizer has "
-        "a chat template).")
-    aware_prompting: Literal["culture", "ccot"] = Field(
-        "culture", description="How the culture-aware answers are read: 'culture' with the "
-        "culture preamble only, 'ccot' after the model's own cultural chain of thought (it "
-        "first writes what the culture values, then answers; CultureSPA combined with CCoT). "
-        "The fine-tuning prompts name the culture either way, so 'ccot' distils what the "
-        "model can recall into the answer it gives when just asked.")
-    js_threshold: float = Field(0.1, ge=0, le=1, description="A question is culture-related "
-                                "for a culture when the aware answer picks another option or "
-                                "its distribution is further than this JS distance from the "
-                                "unaware one.")
-    modes: list[Literal["joint", "specific"]] = Field(
-        ["joint", "specific"], min_length=1, description="Fine-tuning: 'joint' (one model, the "
-        "culture in the prompt) and/or 'specific' (one LoRA adapter per culture, saved and "
-        "served as one adapter set).")
-    specific_culture_in_prompt: bool = Field(True, description="Culture-specific adapters "
-                                             "also see the culture preamble in their prompts.")
-    target: Literal["sampled", "proportional", "argmax"] = Field(
-        "sampled", description="What an instance teaches: 'sampled' answers drawn from the "
-        "culture-aware distribution (its spread), 'proportional' the same number of answers "
-        "shared among the options in proportion to it (no sampling noise), or the 'argmax' "
-        "answer only.")
-    samples_per_instance: int = Field(8, ge=1, description="'sampled' / 'proportional': "
-                                      "training rows per instance.")
-    target_temperature: float = Field(1.0, gt=0, description="'sampled' / 'proportional': "
-                                      "temperature of the culture-aware distribution the "
-                                      "answers follow (<1 sharpens it toward its mode; 1: as "
-                                      "the model gave it).")
-    ccot: bool = Field(True, description="Also evaluate with cultural chain-of-thought "
-                       "prompting (think about the culture's values, then answer).")
-    ccot_max_new_tokens: int = Field(24, gt=0, description="Tokens of CCoT thoughts generated "
-                                     "before the answer is read.")
-    lm_guard_docs: int = Field(64, ge=1, description="Base-corpus documents (or eval rows) "
-                               "whose LM loss guards general ability.")
-    lm_guard_margin: float = Field(0.10, ge=0, description="The fine-tuned model's held-out LM "
-                                   "loss may rise at most this fraction above the base "
-                                   "model's (the report says whether it held).")
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(
-        epochs=4, learning_rate=1e-3, warmup_ratio=0.05, micro_batch_size=8, logging_steps=10,
-        eval_each_epoch=False), description="LoRA fine-tuning on the culture-related "
-        "instances (lora.* sets the adapter).")
 
 
 class ExperimentConfig(ConfigSection):

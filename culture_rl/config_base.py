@@ -3,7 +3,9 @@ that live in their own modules, e.g. calm_config.py)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict
 
 
 class ConfigSection(BaseModel):
@@ -20,3 +22,11 @@ class FieldProblem(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+def _culture_key(value: Any) -> Any:
+    # A culture may be named by its index in the synthetic world, and YAML reads `1` as an int.
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+CultureKey = Annotated[str, BeforeValidator(_culture_key)]
