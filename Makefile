@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test test-fast test-stability bench install clean gpu-bundle docs
+.PHONY: demo demo-real test test-fast test-stability bench install clean gpu-bundle docs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/culture-rl demo --config configs/quickstart.yaml
+
+# The quickstart's ALIGN stages on a real instruct model (SmolLM2-135M-Instruct, installed with
+# the rest): about 30 minutes on 2 CPU cores.
+demo-real: $(STAMP)
+	$(VENV)/bin/culture-rl demo --config configs/quickstart_smollm2.yaml
 
 # --durations: the suite must stay well inside CI's limit; the slowest tests say where it goes.
 test: $(STAMP)

@@ -1,6 +1,11 @@
 """The quickstart: synthesise the world, pretrain the biased base, ALIGN SFT, ALIGN PPO, CALM
 (unless ``calm.demo`` is false), evaluate, summarise, report.
 
+With a real model (``model.path`` other than ``tiny``) the base is that model as it is, not
+pretrained; with ``world.base_associations`` set, its own associations are elicited first
+(``culture-rl elicit``) and the world's dominant culture says what it says
+(configs/quickstart_smollm2.yaml).
+
 The CALM stage (:func:`culture_rl.workflows.calm.run_calm` on the demo's base model: CALM, the
 LoRA + linear-head baseline on the same budget and one ablation per module, ``<run>/calm/``)
 follows PPO. Then the models (base, SFT, PPO and the CALM export, its identity state injected)
@@ -18,7 +23,8 @@ from pathlib import Path
 from culture_rl.config import ExperimentConfig, write_run_config
 from culture_rl.data.align_data import load_align_data
 from culture_rl.workflows.align_ppo import run_ppo
-from culture_rl.workflows.align_sft import run_pretrain, run_sft
+from culture_rl.workflows.align_sft import TINY, base_model_path, run_pretrain, run_sft
+from culture_rl.workflows.elicit import elicit_base_associations
 
 SUMMARY_KEYS = ("p@1", "p@5", "p@10", "parse_failure_rate")
 SURVEY_KEYS = ("js", "emd", "argmax_agree")
@@ -134,14 +140,20 @@ def run_quickstart(config: ExperimentConfig) -> dict:
     from culture_rl.eval.harness import plan_evaluation, run_evaluation
     from culture_rl.eval.report import write_report
 
+    if config.world.base_associations is not None:  # the world reads them: elicit first
+        elicited = elicit_base_associations(config)
+        print(f"[quickstart] the base model's own associations: {elicited.path} "
+              f"({elicited.cues_with_words} of {elicited.cues} cues named)", flush=True)
     data = load_align_data(config)
     write_run_config(config)
     print(f"[quickstart] world written to {config.run_dir / 'world'}; target culture "
           f"{data.target_culture}; {len(data.split['train'])} training cues", flush=True)
-    base = run_pretrain(config, data)
+    # The tiny base is pretrained on the world's corpus; a real model is the base as it is.
+    base = (str(run_pretrain(config, data).model_dir) if config.model.path == TINY
+            else base_model_path(config))
     sft = run_sft(config, data)
     ppo = run_ppo(config, data)
-    models = {"base": str(base.model_dir), "sft": str(sft.model_dir), "ppo": str(ppo.model_dir)}
+    models = {"base": base, "sft": str(sft.model_dir), "ppo": str(ppo.model_dir)}
     calm = None
     if config.calm.demo:
         from culture_rl.workflows.calm import run_calm
