@@ -2,14 +2,15 @@
 figures in ``report_files/``, from ``<run dir>/eval/eval.json`` and the training runs'
 ``metrics.jsonl``.
 
-Both documents are rendered (``eval/render.py``) from one list of sections. Everything is built in memory, written to a temporary folder
-inside the run directory and renamed into place, so a failure leaves no half-written report.
+Both documents are rendered (``eval/render.py``) from one list of sections; what they read and
+how they tabulate is :mod:`culture_rl.eval.report_data`. Everything is built in memory, written
+to a temporary folder inside the run directory and renamed into place, so a failure leaves no
+half-written report.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -19,9 +20,10 @@ from pathlib import Path
 
 from culture_rl.errors import DataError
 from culture_rl.eval import plots
-from culture_rl.eval.render import Bold, Code, Image, Section, Table, to_html, to_markdown
+from culture_rl.eval.render import Code, Image, Section, Table, to_html, to_markdown
+from culture_rl.eval.report_data import (Records, fmt, grid, load_eval, load_metrics,
+                                         long_table, metrics_files, number)
 
-SCHEMA = 1  # of eval.json
 NOT_EVALUATED = "not evaluated"
 P_AT_K = ("p@1", "p@3", "p@5", "p@10")
 NORMS = ("valence", "arousal", "dominance", "concreteness")
@@ -32,139 +34,6 @@ SUMMARY = (("associations", "p@5"), ("wvs", "js"), ("ranking", "rho"),
 # controller's (reward_mean, kl, kl_coef, policy_loss, value_loss, eval_ranking_rho).
 CURVES = re.compile(r"loss|eval_loss|eval_p@\d+|reward_mean|kl|kl_coef|policy_loss|value_loss"
                     r"|eval_ranking_rho")
-STAGES = ("pretrain", "sft", "ppo")
-HIGHER = re.compile(r"p@\d+|rho|accuracy|macro_f1|argmax_agree|cosine")
-LOWER = re.compile(r"js|emd|kl_.*|gap_.*|parse_failure_rate")
-
-
-# ------------------------------------------------------------------ reading
-def load_eval(path: Path) -> dict:
-    if not path.is_file():
-        raise DataError("no evaluation results; run culture-rl eval first", path=path)
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except json.JSONDecodeError as error:
-        raise DataError(f"not valid JSON: {error.msg}", path=path, line=error.lineno) from None
-    if isinstance(data, dict) and data.get("schema", SCHEMA) != SCHEMA:
-        raise DataError(f"schema {data['schema']!r} is not the schema {SCHEMA} this version "
-                        "reads", path=path)
-    if not isinstance(data, dict) or not isinstance(data.get("records"), list):
-        raise DataError("no 'records' list; not an evaluation result of culture-rl eval",
-                        path=path)
-    for i, record in enumerate(data["records"]):
-        missing = [k for k in ("model", "culture", "evaluation", "metric", "value")
-                   if not isinstance(record, dict) or k not in record]
-        if missing:
-            raise DataError(f"records[{i}] lacks {', '.join(missing)}", path=path)
-    return data
-
-
-def load_metrics(path: Path) -> list[dict]:
-    rows = []
-    for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"not a JSON record: {error.msg}", path=path, line=number) from None
-        if not isinstance(row, dict):
-            raise DataError("not a JSON object", path=path, line=number)
-        rows.append(row)
-    return rows
-
-
-def metrics_files(run_dir: Path) -> list[Path]:
-    """Every training run's metrics.jsonl under the run folder, pipeline stages first."""
-    found = [p for p in run_dir.rglob("metrics.jsonl")
-             if p.relative_to(run_dir).parts[0] not in ("eval", "report_files")
-             and not p.relative_to(run_dir).parts[0].startswith(".")]
-    order = {stage: i for i, stage in enumerate(STAGES)}
-    return sorted(found, key=lambda p: (order.get(p.relative_to(run_dir).parts[0], len(order)),
-                                        p.as_posix()))
-
-
-def _number(value) -> float | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return float(value) if ok else None
-
-
-class Records:
-    def __init__(self, data: dict):
-        self.by_key = {(r["model"], r["culture"], r["evaluation"], r["metric"],
-                        r.get("subset", "all")): r for r in data["records"]}
-        self.models = list(dict.fromkeys([*data.get("models", {}),
-                                          *(r["model"] for r in data["records"])]))
-        self.cultures = list(dict.fromkeys([*data.get("cultures", []),
-                                            *(r["culture"] for r in data["records"])]))
-
-    def value(self, model, culture, evaluation, metric, subset="all") -> float | None:
-        record = self.by_key.get((model, culture, evaluation, metric, subset))
-        return None if record is None else _number(record["value"])
-
-    def n(self, model, culture, evaluation, subset="all") -> int | None:
-        return next((r["n"] for k, r in self.by_key.items() if k[:3] == (model, culture, evaluation)
-                     and k[4] == subset and r.get("n") is not None), None)
-
-    def has(self, evaluation, metric=None, culture=None, subset=None) -> bool:
-        return any(k[2] == evaluation and metric in (None, k[3]) and culture in (None, k[1])
-                   and subset in (None, k[4]) for k in self.by_key)
-
-    def has_model(self, model, culture, evaluation) -> bool:
-        return any(k[:3] == (model, culture, evaluation) for k in self.by_key)
-
-    def subsets(self, evaluation) -> list[str]:
-        return list(dict.fromkeys(k[4] for k in self.by_key if k[2] == evaluation))
-
-
-# ------------------------------------------------------------------ tables
-def fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
-    return str(value)
-
-
-def _bolden(metric: str, cells: list[float | None]) -> list[str]:
-    """Formatted cells, the best (max or min, by ``metric``) in bold; no bold when the metric
-    has no direction or all values are equal."""
-    present = [v for v in cells if v is not None]
-    best = None
-    if len(set(present)) > 1:  # else nothing to tell apart
-        best = max(present) if HIGHER.fullmatch(metric) else \
-            min(present) if LOWER.fullmatch(metric) else None
-    return [Bold(fmt(v)) if best is not None and v == best else fmt(v) for v in cells]
-
-
-def _grid(row_labels: list[list[str]], columns: list[tuple[str, list[float | None]]]
-          ) -> list[list[str]]:
-    """Table rows from per-column (metric, values), the best of each column in bold."""
-    formatted = [_bolden(metric, values) for metric, values in columns]
-    return [labels + [col[i] for col in formatted] for i, labels in enumerate(row_labels)]
-
-
-def long_table(rec: Records, evaluation: str, metrics, subsets=("all",)) -> Table | None:
-    """Rows culture x model (x subset when several), one column per metric present plus n;
-    the best value is bolded within each culture (and subset)."""
-    metrics = [m for m in metrics if any(rec.has(evaluation, m, subset=s) for s in subsets)]
-    if not metrics:
-        return None
-    lead = (["options"] if len(subsets) > 1 else []) + ["culture", "model"]
-    rows = []
-    for subset in subsets:
-        for culture in rec.cultures:
-            models = [m for m in rec.models if any(
-                rec.value(m, culture, evaluation, x, subset) is not None for x in metrics)]
-            if not models:
-                continue
-            label = [subset.removeprefix("options=")] if len(subsets) > 1 else []
-            block = _grid([label + [culture, m] for m in models],
-                          [(x, [rec.value(m, culture, evaluation, x, subset) for m in models])
-                           for x in metrics])
-            for model, row in zip(models, block):
-                rows.append(row + [fmt(rec.n(model, culture, evaluation, subset))])
-    return Table(lead + list(metrics) + ["n"], rows)
 
 
 # ------------------------------------------------------------------ sections
@@ -177,7 +46,7 @@ def summary(rec: Records, data: dict) -> Section:
     section.add(f"Run {data.get('run', '?')}; target culture {target or '-'}. Best value of "
                 "each column in bold (highest P@5, rho and accuracy; lowest JS distance).")
     return section.add(Table(["model"] + [f"{c} {m}" for c, _, m in columns],
-                             _grid([[m] for m in rec.models],
+                             grid([[m] for m in rec.models],
                                    [(m, [rec.value(x, c, e, m) for x in rec.models])
                                     for c, e, m in columns])))
 
@@ -246,7 +115,7 @@ def lexical_norms(rec: Records, data: dict) -> Section:
 
 
 def _clean(values) -> list[float]:
-    return [v for v in map(_number, values or []) if v is not None]
+    return [v for v in map(number, values or []) if v is not None]
 
 
 def wvs(rec: Records) -> Section:
@@ -274,7 +143,7 @@ def high_tension(rec: Records, data: dict) -> Section:
     for model, detail in data.get("details", {}).items():
         info = detail.get("high_tension") if isinstance(detail, dict) else None
         if info and info.get("items"):
-            points = [(_number(i.get("distance_a")), _number(i.get("distance_b")))
+            points = [(number(i.get("distance_a")), number(i.get("distance_b")))
                       for i in info["items"]]
             panels[model] = (info.get("pair", ["A", "B"]),
                              [p for p in points if None not in p])
@@ -334,18 +203,18 @@ def calm_comparison(path: Path) -> Section:
         text += (" 'seen': (act, culture) pairs trained on, in wording training never shows; "
                  "'unseen': the act's meaning in that culture was never trained (it has another "
                  "meaning in the other cultures).")
-    columns = [("accuracy", [_number(r["accuracy"]) for r in models.values()]),
-               ("macro_f1", [_number(r["macro_f1"]) for r in models.values()])]
+    columns = [("accuracy", [number(r["accuracy"]) for r in models.values()]),
+               ("macro_f1", [number(r["macro_f1"]) for r in models.values()])]
     for subset in subsets:
         for metric in ("accuracy", "macro_f1"):
-            columns.append((metric, [_number(r.get("by_subset", {}).get(subset, {}).get(metric))
+            columns.append((metric, [number(r.get("by_subset", {}).get(subset, {}).get(metric))
                                      for r in models.values()]))
     labels = [[CALM_LABELS.get(name, name.replace("no_", "w/o ").replace("_", "-")
                                .replace("moe", "MoE")),
                fmt(r.get("steps"))] for name, r in models.items()]
     header = ["model", "steps", "accuracy", "macro-F1",
               *(f"{s} {m}" for s in subsets for m in ("accuracy", "macro-F1"))]
-    return section.add(text, Table(header, _grid(labels, columns)),
+    return section.add(text, Table(header, grid(labels, columns)),
                        f"Results: {path}; learning curves and MoE routing per culture: "
                        f"{path.with_name('report.md')}")
 
@@ -359,9 +228,9 @@ def training_curves(run_dir: Path, files: list[Path]) -> tuple[Section, list[tup
         folder = path.parent.relative_to(run_dir).as_posix() or "."
         series: dict[str, tuple[list, list]] = {}
         for row in load_metrics(path):
-            step = _number(row.get("step"))
+            step = number(row.get("step"))
             for key, value in row.items():
-                if step is not None and CURVES.fullmatch(key) and _number(value) is not None:
+                if step is not None and CURVES.fullmatch(key) and number(value) is not None:
                     steps, values = series.setdefault(key, ([], []))
                     steps.append(step)
                     values.append(float(value))
