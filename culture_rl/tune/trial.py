@@ -21,7 +21,7 @@ from ray import tune
 from ray.train import UserCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from culture_rl.tune.sweep import epoch_results, normalise_point, trial_config
+from culture_rl.tune.plan import epoch_results, normalise_point, trial_config
 
 STOP_FILE = "stop_requested"
 POLL_S = 1.0

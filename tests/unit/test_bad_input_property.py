@@ -579,7 +579,7 @@ def test_plan_that_cannot_fit_is_a_resource_error_with_the_numbers(plan, section
 def test_sweep_trial_bigger_than_the_cluster_is_a_resource_error(workers, cpus, driver,
                                                                   use_gpu, data):
     from culture_rl.config import ResourcesConfig, SweepConfig
-    from culture_rl.tune.sweep import max_concurrent
+    from culture_rl.tune.plan import max_concurrent
 
     resources = ResourcesConfig(num_workers=workers, cpus_per_worker=cpus / 4, use_gpu=use_gpu)
     sweep = SweepConfig(trial_driver_cpus=driver / 4)

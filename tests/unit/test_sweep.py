@@ -12,6 +12,7 @@ import pytest
 from culture_rl.cli import main
 from culture_rl.config import ResourcesConfig, SweepConfig, load_config
 from culture_rl.errors import ConfigError, ResourceError
+from culture_rl.tune import plan as sweep_plan
 from culture_rl.tune import report, sweep
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,18 +29,18 @@ def config_with(*overrides):
 def test_unswept_hyper_parameters_take_the_base_values():
     config = load_config(None, ["sft.learning_rate=2e-4", "lora.r=4", "lora.alpha=8",
                                 "sft.epochs=2.5"])
-    assert sweep.search_values(config) == {"learning_rate": [2e-4], "lora_r": [4],
+    assert sweep_plan.search_values(config) == {"learning_rate": [2e-4], "lora_r": [4],
                                            "lora_alpha": [8], "epochs": [3]}
 
 
 def test_grid_space_is_a_grid_over_cultures_and_the_varied_lists():
     config = config_with()
-    space = sweep.param_space(config, ["Borenia", "Calyxa"])
+    space = sweep_plan.param_space(config, ["Borenia", "Calyxa"])
     assert space["culture"] == {"grid_search": ["Borenia", "Calyxa"]}
     assert space["learning_rate"] == {"grid_search": [1e-3, 3e-3]}
     assert space["lora_r"] == {"grid_search": [8, 16]}
     assert space["lora_alpha"] == 32 and space["epochs"] == 4  # one value: a constant
-    assert sweep.count_trials(config, ["Borenia", "Calyxa"]) == 8
+    assert sweep_plan.count_trials(config, ["Borenia", "Calyxa"]) == 8
 
 
 def test_random_space_samples_the_learning_rate_log_uniformly():
@@ -47,20 +48,20 @@ def test_random_space_samples_the_learning_rate_log_uniformly():
 
     config = config_with("sweep.search=random", "sweep.num_samples=3",
                          "sweep.learning_rate=[1e-4, 1e-2]", "sweep.epochs=[2, 3]")
-    space = sweep.param_space(config, ["Borenia"])
+    space = sweep_plan.param_space(config, ["Borenia"])
     assert isinstance(space["learning_rate"], Float)
     assert (space["learning_rate"].lower, space["learning_rate"].upper) == (1e-4, 1e-2)
     assert isinstance(space["epochs"], Categorical) and space["epochs"].categories == [2, 3]
-    assert sweep.count_trials(config, ["Borenia", "Calyxa"]) == 6
+    assert sweep_plan.count_trials(config, ["Borenia", "Calyxa"]) == 6
 
 
 def test_trial_id_is_deterministic_and_rounds_the_learning_rate():
     point = {"culture": "Borenia", "learning_rate": 0.0031234567, "lora_r": 16.0,
              "lora_alpha": 32, "epochs": 4}
-    assert sweep.trial_id(point) == "Borenia_lr0.00312_r16_a32_e4"
-    assert sweep.trial_id(dict(point)) == sweep.trial_id(point)
-    assert sweep.normalise_point(point)["learning_rate"] == 0.00312
-    assert sweep.trial_id({**point, "learning_rate": 1e-5}) == "Borenia_lr1e-05_r16_a32_e4"
+    assert sweep_plan.trial_id(point) == "Borenia_lr0.00312_r16_a32_e4"
+    assert sweep_plan.trial_id(dict(point)) == sweep_plan.trial_id(point)
+    assert sweep_plan.normalise_point(point)["learning_rate"] == 0.00312
+    assert sweep_plan.trial_id({**point, "learning_rate": 1e-5}) == "Borenia_lr1e-05_r16_a32_e4"
 
 
 def test_trial_names_for_grid_and_random_search():
@@ -69,14 +70,14 @@ def test_trial_names_for_grid_and_random_search():
                   "epochs": 2}
         trial_id = "3f2a1_00007"
 
-    assert sweep.grid_trial_name(FakeTrial()) == "Calyxa_lr0.001_r8_a16_e2"
+    assert sweep_plan.grid_trial_name(FakeTrial()) == "Calyxa_lr0.001_r8_a16_e2"
     # Random samples may repeat a point; the (seeded) sampling order keeps names apart.
-    assert sweep.random_trial_name(FakeTrial()) == "Calyxa_lr0.001_r8_a16_e2_00007"
+    assert sweep_plan.random_trial_name(FakeTrial()) == "Calyxa_lr0.001_r8_a16_e2_00007"
 
 
 def test_asha_max_t_defaults_to_the_longest_epochs():
-    assert sweep.asha_max_t(config_with("sweep.epochs=[2, 5]")) == 5
-    assert sweep.asha_max_t(config_with("sweep.epochs=[2, 5]", "sweep.max_t=3")) == 3
+    assert sweep_plan.asha_max_t(config_with("sweep.epochs=[2, 5]")) == 5
+    assert sweep_plan.asha_max_t(config_with("sweep.epochs=[2, 5]", "sweep.max_t=3")) == 3
 
 
 # ------------------------------------------------------------------------------ concurrency
@@ -94,9 +95,9 @@ def test_plan_line_says_trials_concurrency_and_scheduler():
 
 
 def test_trial_resources_add_the_workers_and_the_driver():
-    assert sweep.trial_resources(resources(num_workers=2, cpus_per_worker=1.5), 0.25) == {
+    assert sweep_plan.trial_resources(resources(num_workers=2, cpus_per_worker=1.5), 0.25) == {
         "CPU": 3.25}
-    assert sweep.trial_resources(resources(num_workers=4, use_gpu=True), 0.5) == {
+    assert sweep_plan.trial_resources(resources(num_workers=4, use_gpu=True), 0.5) == {
         "CPU": 4.5, "GPU": 4.0}
 
 
@@ -107,31 +108,31 @@ def test_trial_resources_add_the_workers_and_the_driver():
     (2, 1, 0.1, {"CPU": 64.0}, 30),
 ])
 def test_trials_that_fit_on_cpus(workers, cpus, driver, cluster, fit):
-    per_trial = sweep.trial_resources(resources(num_workers=workers, cpus_per_worker=cpus),
+    per_trial = sweep_plan.trial_resources(resources(num_workers=workers, cpus_per_worker=cpus),
                                       driver)
-    assert sweep.trials_that_fit(per_trial, cluster) == fit
+    assert sweep_plan.trials_that_fit(per_trial, cluster) == fit
 
 
 def test_gpus_are_the_scarce_resource():
-    per_trial = sweep.trial_resources(resources(num_workers=4, use_gpu=True), 0.25)
-    assert sweep.trials_that_fit(per_trial, {"CPU": 128.0, "GPU": 8.0}) == 2
-    assert sweep.trials_that_fit(per_trial, {"CPU": 128.0}) == 0
+    per_trial = sweep_plan.trial_resources(resources(num_workers=4, use_gpu=True), 0.25)
+    assert sweep_plan.trials_that_fit(per_trial, {"CPU": 128.0, "GPU": 8.0}) == 2
+    assert sweep_plan.trials_that_fit(per_trial, {"CPU": 128.0}) == 0
 
 
 def test_max_concurrent_is_capped_by_config_and_trial_count():
     plan = resources(num_workers=1, cpus_per_worker=1)
     cluster = {"CPU": 16.0}
-    assert sweep.max_concurrent(SweepConfig(trial_driver_cpus=1), plan, cluster, 100) == 8
-    assert sweep.max_concurrent(SweepConfig(trial_driver_cpus=1, max_concurrent_trials=3),
+    assert sweep_plan.max_concurrent(SweepConfig(trial_driver_cpus=1), plan, cluster, 100) == 8
+    assert sweep_plan.max_concurrent(SweepConfig(trial_driver_cpus=1, max_concurrent_trials=3),
                                 plan, cluster, 100) == 3
-    assert sweep.max_concurrent(SweepConfig(trial_driver_cpus=1, max_concurrent_trials=30),
+    assert sweep_plan.max_concurrent(SweepConfig(trial_driver_cpus=1, max_concurrent_trials=30),
                                 plan, cluster, 100) == 8  # more would only wait
-    assert sweep.max_concurrent(SweepConfig(trial_driver_cpus=1), plan, cluster, 5) == 5
+    assert sweep_plan.max_concurrent(SweepConfig(trial_driver_cpus=1), plan, cluster, 5) == 5
 
 
 def test_a_trial_that_cannot_fit_is_a_resource_error_with_the_numbers():
     with pytest.raises(ResourceError) as err:
-        sweep.max_concurrent(SweepConfig(), resources(num_workers=2, cpus_per_worker=1),
+        sweep_plan.max_concurrent(SweepConfig(), resources(num_workers=2, cpus_per_worker=1),
                              {"CPU": 2.0}, 4)
     message = str(err.value)
     assert "2.25 CPU" in message and "has 2 CPU" in message and "num_workers 2" in message
@@ -140,8 +141,8 @@ def test_a_trial_that_cannot_fit_is_a_resource_error_with_the_numbers():
 def test_autoscaling_uses_the_configured_cap():
     plan = resources(num_workers=8, use_gpu=True, autoscaling=True)
     with pytest.raises(ConfigError, match="sweep.max_concurrent_trials"):
-        sweep.max_concurrent(SweepConfig(), plan, {"CPU": 4.0}, 10)
-    assert sweep.max_concurrent(SweepConfig(max_concurrent_trials=4), plan, {"CPU": 4.0},
+        sweep_plan.max_concurrent(SweepConfig(), plan, {"CPU": 4.0}, 10)
+    assert sweep_plan.max_concurrent(SweepConfig(max_concurrent_trials=4), plan, {"CPU": 4.0},
                                 10) == 4
 
 
@@ -152,7 +153,7 @@ def test_trial_config_sets_the_point_and_per_epoch_checkpoints():
     config = config_with("sft.save_steps=50")
     point = {"culture": "Calyxa", "learning_rate": 3e-3, "lora_r": 8, "lora_alpha": 16,
              "epochs": 2}
-    trial = sweep.trial_config(config, point)
+    trial = sweep_plan.trial_config(config, point)
     assert trial.data.culture == "Calyxa"
     assert (trial.sft.learning_rate, trial.sft.epochs, trial.sft.save_steps) == (3e-3, 2, 0)
     assert (trial.lora.r, trial.lora.alpha) == (8, 16)
@@ -163,7 +164,7 @@ def test_paths_become_absolute_for_trials_running_in_their_own_folder(tmp_path, 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "base").mkdir()
     config = load_config(None, ["run.storage_path=runs", "model.path=base"])
-    absolute = sweep.with_absolute_paths(config)
+    absolute = sweep_plan.with_absolute_paths(config)
     assert absolute.run.storage_path == str(tmp_path / "runs")
     assert absolute.model.path == str(tmp_path / "base")
     assert absolute.run_dir == config.run_dir
@@ -177,7 +178,7 @@ def test_epoch_results_merge_each_epochs_records():
         {"stage": "sft", "step": 10, "epoch": 1.0, "eval_loss": 1.7},
         {"stage": "sft", "step": 20, "epoch": 2.0, "eval_p@5": 0.6, "eval_loss": 1.2},
     ]
-    results = sweep.epoch_results(records, "eval_p@5")
+    results = sweep_plan.epoch_results(records, "eval_p@5")
     assert [r["epoch"] for r in results] == [1, 2]
     assert results[0]["eval_p@5"] == 0.4 and results[0]["eval_loss"] == 1.7
     assert "stage" not in results[0]
@@ -187,7 +188,7 @@ def test_changed_settings_ignore_what_a_resumed_sweep_may_change():
     before = config_with().model_dump(mode="json")
     after = config_with("sweep.max_concurrent_trials=1", "resources.address=auto",
                         "sweep.learning_rate=[1e-4]").model_dump(mode="json")
-    assert sweep.changed_settings(before, after) == ["sweep.learning_rate",
+    assert sweep_plan.changed_settings(before, after) == ["sweep.learning_rate",
                                                      "sweep.max_concurrent_trials"]
 
 
