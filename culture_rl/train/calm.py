@@ -49,7 +49,9 @@ from culture_rl.train.calm_data import (IGNORE, CalmRows,  # noqa: F401  (re-exp
                                         per_culture_batches, rank_batches, split_statements,
                                         steps_per_epoch)
 from culture_rl.train.calm_export import export_calm, load_calm_export  # noqa: F401  (re-exported)
-from culture_rl.train.sft import FINISHED, StageFolders, TrainingError, root_cause
+from culture_rl.train.sft import FINISHED, StageFolders, TrainingError
+from culture_rl.train.worker_process import (quiet_ray_train_reports, restore_builtin_print,
+                                             root_cause)
 
 LOSS_TERMS = ("lm", "classification", "contrastive", "prototype", "orthogonality",
               "load_balance", "culture")
@@ -381,8 +383,6 @@ def _train(job: CalmJob, calm: CalmConfig, epochs: int, strategy, rank: int, wor
 
 def calm_worker(loop_config: dict) -> None:
     """The per-worker loop Ray Train runs (one DeepSpeed rank per worker)."""
-    from culture_rl.train.sft import quiet_ray_train_reports, restore_builtin_print
-
     restore_builtin_print()
     import ray.train
     import torch

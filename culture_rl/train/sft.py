@@ -20,7 +20,6 @@ when complete, so a half-written export is never mistaken for a finished one).
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import tempfile
 import uuid
@@ -31,6 +30,8 @@ from culture_rl.checkpoints import FINISHED, publish_export  # noqa: F401 (FINIS
 from culture_rl.config import DeepSpeedConfig, LoraConfig, ResourcesConfig, TrainConfig
 from culture_rl.distributed.deepspeed import build_deepspeed_config, describe_batch
 from culture_rl.errors import CultureRLError
+from culture_rl.train.worker_process import (quiet_ray_train_reports, restore_builtin_print,
+                                             root_cause)
 
 
 
@@ -204,29 +205,6 @@ def use_dense_lm_head(trainer) -> bool:
     return True
 
 
-def restore_builtin_print() -> None:
-    """Ray Train V2 routes print() in workers through logging. dill (which datasets uses to
-    fingerprint map functions) reads a function's globals by capturing stdout around dis.dis();
-    with the patched print, whole bytecode listings leaked into the run's logs instead."""
-    import builtins
-
-    try:
-        from ray.train.v2._internal.logging import patch_print
-    except ImportError:
-        return
-    builtins.print = getattr(patch_print, "_original_print", builtins.print)
-
-
-def quiet_ray_train_reports() -> None:
-    """Ray Train logs every report with all its metrics at INFO (twice per epoch per rank);
-    our progress lines already say it. Its logger is named after the module's file path."""
-    try:
-        from ray.train.v2._internal.execution import context as train_context
-    except ImportError:
-        return
-    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
-
-
 def train_worker(loop_config: dict) -> None:
     """The per-worker loop Ray Train runs (one DeepSpeed rank per worker)."""
     restore_builtin_print()
@@ -391,13 +369,3 @@ def sft_rows(job: TrainJob, tokenizer, rows: list[dict]) -> list[dict]:
     if job.text_field:
         return [{job.text_field: row[job.text_field]} for row in rows]
     return [sft_example(tokenizer, row["prompt"], row["completion"]) for row in rows]
-
-
-def root_cause(err: BaseException) -> str:
-    text = str(err).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    # Ray's error text ends with the worker's exception line ("RuntimeError: ...").
-    for line in reversed(lines):
-        if "Error" in line.split(":")[0] or "Exception" in line.split(":")[0]:
-            return line
-    return lines[-1] if lines else type(err).__name__
