@@ -19,74 +19,10 @@ Total loss = lm + classification + lambda_contrastive * (contrastive + prototype
              + lambda_orth * orthogonality + lambda_balance * load_balance
              + lambda_culture * culture.
 
-Design choices
---------------
-Where the abstract is silent, these are the choices (each a ``calm.*`` option where it matters):
-
-- **Two passes.** The identity state must exist before the LM reads the tokens it changes, so a
-  *reading pass* of the base model (no injection, no labels, through ``get_decoder()`` so no
-  vocabulary logits are made) gives the hidden states at ``calm.feature_layer`` (default: the
-  last, after the final norm), and the *injection pass* computes the LM logits and loss. With a
-  frozen base (or ``features_grad: false``) the reading pass runs under ``no_grad`` and costs about
-  a third of a training step; with ``fusion.enabled: false`` or ``injection: none`` there is only
-  one pass. In ``generate`` the identity is computed once from the prompt and stays fixed for
-  every new token. A policy (``culture_rl.models.calm_policy``) scoring a sampled response
-  reads the identity from the prompt tokens alone (``forward(identity_mask=...)``), so the
-  trainer scores the model the generators sampled from; reading it over the whole sequence
-  would also let the identity see the response it conditions.
-- **Per token and pooled.** The heads project every token; sequence-level features are the
-  masked mean over non-pad tokens (``pooling: last``: the last non-pad token). The latent signals
-  are kept per token as keys/values of the cross-attention (``cross_attention.latent_tokens``).
-  A LayerNorm precedes the heads (``input_norm``) because intermediate layers have large,
-  uneven norms.
-- **Orthogonality = mean squared cross-correlation.** Each feature is standardised over the
-  batch and the loss is ``mean_ij C_ij^2`` of the cross-correlation matrix between task semantics
-  and each cultural part (the squared Frobenius norm of the normalised cross-covariance divided
-  by d^2, so it lies in [0, 1] whatever ``dim``). Chosen over a per-sample squared cosine because
-  that only asks each sample's two vectors to be perpendicular, which a rotation satisfies while
-  the task vector still linearly predicts the cultural one across samples; decorrelation over the
-  batch removes that linear dependence, and the standardisation makes it scale-free, so a head
-  cannot lower it by shrinking its output. The task vector is an input of the classification
-  head, so it must carry information and cannot collapse to a constant to escape the loss.
-- **Who is supervised.** The explicit part gets the culture (and concept) cross-entropy, the
-  contrastive loss and the prototype loss; the latent part gets no label and learns only through
-  the downstream losses (and stays decorrelated from task semantics). Labels of -100 are ignored
-  everywhere (a batch may mix labelled and unlabelled samples); one concept per sample.
-- **Supervised contrastive** is Khosla et al.'s L_out (the average over positives outside the
-  log); anchors without a positive in the batch are skipped (they still serve as negatives).
-- **Prototypes** are unit vectors (cosine similarity / temperature); they start orthogonal when
-  there are no more of them than ``dim``. They are keys of the cross-attention, so the
-  explicit features are aligned with the clusters as well as with the latent signals.
-- **Cross-attention** is pre-norm (LayerNorm on queries and on keys/values, since prototypes are
-  unit vectors and latent tokens are not) with the residual ``explicit + attn``.
-- **MoE** computes every expert densely (E is small: one per cultural dimension) and weights
-  them by the top-k gate; its input is the aligned explicit part concatenated with the pooled
-  latent part (it integrates the two). Load balancing is Switch's ``E * sum_e f_e * P_e`` with
-  ``f_e`` the share of the batch's k assignments routed to e and ``P_e`` the mean router
-  probability (1 when routing is uniform, E when it collapses onto one expert).
-- **Fusion gate** is a sigmoid of a linear function of ``[h, z]`` (one value per position, or per
-  channel with ``fusion.gate: channel``), bias initialised to ``fusion.gate_bias_init`` = -2
-  (g = 0.12): training starts near the base model, yet every fusion weight has a gradient at
-  step 0 (a zero-initialised W would starve the gate). A closed gate (g = 0) returns h exactly.
-- **Injection 'hook'** adds ``g * W(z)`` to every position of decoder layer ``hook_layer``'s
-  output (default: the middle layer, so half the network can use it) with a forward hook that
-  exists only during the injection pass and ``generate``. **Injection 'prefix'** prepends
-  ``prefix_tokens`` soft tokens ``P(g * W(z))`` (g, z from the pooled identity; P bias-free, so
-  a nearly closed gate gives nearly null tokens); the attention mask is extended with ones
-  (zeros for a sample whose gate is exactly closed: it sees no prefix) and the labels with -100
-  (as peft's prompt tuning does: the last prefix token predicts the first real token); returned
-  logits drop the prefix positions. Position ids count the real tokens (pads get 0) in every
-  pass, as Hugging Face ``generate`` counts them, so a row's padding never moves its positions.
-- **Identity state** returned in ``CalmOutput.identity`` is the pooled fusion ``h_pool + g *
-  W(z)`` of the reading pass; the classification head reads ``[identity; task semantics]``
-  (``h_pool`` alone when fusion is off), so value identification sees the identity state without
-  a third pass through the LM.
-- **Ablations.** ``disentangle.enabled: false`` replaces the three heads by one shared projection
-  (no orthogonality, no culture term); ``prototypes``/``contrastive``/``cross_attention`` off
-  drop their term or pass the explicit part through; ``moe.enabled: false`` is one dense
-  projection; ``fusion.enabled: false`` leaves the LM exactly the base model.
-- **Precision.** CALM modules keep their own dtype (float32 unless the training engine casts
-  them); hidden states are cast to it and the injection is cast back to the LM's dtype.
+The design choices where the abstract is silent (two passes, per token and pooled features,
+orthogonality as batch decorrelation, who is supervised, the contrastive loss, prototypes,
+cross-attention, MoE, the fusion gate, injection, the identity state, ablations, precision) are
+written out in docs/calm.md, "Design choices".
 
 Layout: this module is the wrapper (:class:`CalmModel`, ``build_calm_model`` and the CALM-only
 parameter/state helpers); the pure losses and helpers are in :mod:`culture_rl.models.calm_losses`,
