@@ -13,12 +13,13 @@ import shutil
 import sys
 from pathlib import Path
 
+from culture_rl.commands import COMMANDS, EXIT_FAILED
+from culture_rl.config import ExperimentConfig, config_to_yaml, describe_fields, load_config
 from culture_rl.errors import CultureRLError, ConfigError, DataError, ResourceError
 from culture_rl.storage import check_storage
 
 INPUT_ERRORS = (ConfigError, DataError, ResourceError)
 EXIT_BAD_INPUT = 2
-EXIT_FAILED = 1
 # Commands that talk to a cluster's job server: they create no run folder here.
 CLIENTS = ("submit", "jobs")
 # Commands that take no config: the clients, and `report`, which reads a finished run folder.
@@ -52,34 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                      required=False)
     config_commands.add_parser("fields", help="list every field with its default and help")
 
-    for name, text in (("synth", "write the synthetic culture world in the real file formats"),
-                       ("elicit", "write world.base_associations: the base model's own "
-                                  "associations to the world's cues, the dominant culture's "
-                                  "norms"),
-                       ("pretrain", "train the tiny base model on the synthetic corpus"),
-                       ("sft", "ALIGN stage 1: LoRA SFT on association norms (Ray Train + "
-                               "DeepSpeed)"),
-                       ("ppo", "ALIGN stage 2: PPO with the Spearman ranking reward on Ray "
-                               "actor groups"),
-                       ("calm", "CALM: culture-aware modules (disentangle, contrastive "
-                                "prototypes, cross-attention, MoE, identity fusion) around the "
-                                "base model with LoRA on Ray Train + DeepSpeed; held-out value "
-                                "identification vs a LoRA baseline and ablations"),
-                       ("reflect", "CALM's self-prompted reflective learning on Ray actors: "
-                                   "answer, reflect and revise as a person from the culture, "
-                                   "score both, train on the revisions that improve (SFT + "
-                                   "DPO), sync, repeat"),
-                       ("sweep", "Ray Tune sweep of SFT across cultures x hyper-parameters "
-                                 "(ASHA); writes the best configuration per culture"),
-                       ("eval", "evaluate models x cultures x evaluations (eval.models; "
-                                "default: every exported stage of the run) into "
-                                "eval/eval.json and eval/eval.csv"),
-                       ("spa", "CultureSPA: self-generated culture questions, culture-aware "
-                               "vs -unaware answers, joint / per-culture fine-tuning, "
-                               "evaluation with and without CCoT"),
-                       ("demo", "the quickstart: world, base, SFT, PPO, evaluation, report")):
-        sub = commands.add_parser(name, help=text)
-        _add_config_args(sub, required=name != "demo")
+    for name, command in COMMANDS.items():
+        sub = commands.add_parser(name, help=command.help)
+        _add_config_args(sub, required=command.config_required)
         if name == "eval":
             sub.add_argument("--model", help="evaluate only this model folder (or a stage of "
                                              "the run: pretrain, sft, ppo, calm, reflect)")
@@ -97,9 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(args) -> "ExperimentConfig":  # noqa: F821
-    from culture_rl.config import load_config
-
+def _load(args) -> ExperimentConfig:
     path = args.config
     if path is None and args.command == "demo":
         path = _default_quickstart()
@@ -111,20 +85,8 @@ def _default_quickstart() -> str | None:
     return str(shipped) if shipped.is_file() else None
 
 
-def _print_table(summary: dict, run_dir: Path) -> None:
-    from culture_rl.workflows.quickstart import render_markdown
-
-    print()
-    print(render_markdown(summary))
-    print(f"Summary: {run_dir / 'summary.md'}  (numbers: {run_dir / 'summary.json'})")
-    print(f"Report: {run_dir / 'report.html'}  (markdown: {run_dir / 'report.md'}; every "
-          f"number: {run_dir / 'eval' / 'eval.json'})")
-
-
 def run_command(args, config) -> int:
     """Run a parsed command; ``config`` is the loaded config (None for `config fields`)."""
-    from culture_rl.config import config_to_yaml, describe_fields, write_run_config
-
     if args.command == "report":
         from culture_rl.eval.report import write_report
 
@@ -141,110 +103,7 @@ def run_command(args, config) -> int:
         else:
             print(config_to_yaml(config), end="")
         return 0
-
-    if args.command == "elicit":  # before the world is loaded: the world reads its output
-        from culture_rl.workflows.elicit import elicit_base_associations
-
-        done = elicit_base_associations(config)
-        print(f"base associations: {done.path} ({'written' if done.written else 'already there'}"
-              f"): {done.cues_with_words} of {done.cues} cues named, {done.mean_words:.1f} "
-              "words a cue")
-        return 0
-    from culture_rl.data.align_data import load_align_data
-
-    if args.command == "synth":
-        data = load_align_data(config)  # also validates data.culture and any user files
-        if data.world_files is not None:
-            world, paths = data.world, data.world_files
-        else:  # both data paths are the user's, so loading did not need the world
-            from culture_rl.data.align_data import synthesise_world
-
-            world, paths = synthesise_world(config)
-        print(f"synthetic world: {len(world.cultures)} cultures "
-              f"({', '.join(c.name for c in world.cultures)}), {len(world.cues)} cues, "
-              f"{len(world.survey)} survey questions, {len(world.corpus)} corpus documents")
-        for role, path in sorted(paths.items()):
-            print(f"  {role}: {path}")
-        return 0
-    if args.command == "demo":
-        from culture_rl.workflows.quickstart import run_quickstart
-
-        summary = run_quickstart(config)
-        _print_table(summary, config.run_dir)
-        return 0
-    if args.command in ("pretrain", "sft"):
-        from culture_rl.workflows import align_sft
-
-        data = load_align_data(config)
-        job = (align_sft.build_pretrain_job if args.command == "pretrain"
-               else align_sft.build_sft_job)(config, data)  # validates before any Ray work
-        write_run_config(config)
-        from culture_rl.train.sft import run_stage
-
-        result = run_stage(job, config.resources)
-        print(f"{args.command}: model in {result.model_dir}")
-        return 0
-    if args.command == "ppo":
-        from culture_rl.workflows.align_ppo import run_ppo, validate
-
-        validate(config)  # needs no data: a bad batch setting must not write the world first
-        data = load_align_data(config)
-        write_run_config(config)
-        result = run_ppo(config, data)
-        print(f"ppo: model in {result.model_dir}")
-        return 0
-    if args.command == "calm":
-        from culture_rl.workflows.calm import build_calm_job, run_calm
-
-        data = load_align_data(config)
-        build_calm_job(config, data)  # validates statements and settings before any Ray work
-        write_run_config(config)
-        run_calm(config, data)
-        return 0
-    if args.command == "reflect":
-        from culture_rl.workflows.reflect import run_reflect, validate
-
-        # Reward and cultures are checked before the world is written or Ray is joined.
-        validate(config, load_align_data(config, write_world=False))
-        data = load_align_data(config)
-        write_run_config(config)
-        result = run_reflect(config, data)
-        print(f"reflect: model in {result.export_dir / 'model'}")
-        return 0
-    if args.command == "spa":
-        from culture_rl.spa.pipeline import load_spa_data, plan_spa, run_spa
-
-        data = load_spa_data(config)
-        plan_spa(config, data)  # cultures, topics and model checked before any Ray work
-        write_run_config(config)
-        run_spa(config, data)
-        return 0
-    if args.command == "sweep":
-        from culture_rl.tune.sweep import ERROR_STATUS, print_summary, run_sweep
-
-        result = run_sweep(config)
-        print_summary(result, config.sweep.metric)
-        return EXIT_FAILED if result.count(ERROR_STATUS) else 0
-    if args.command == "eval":
-        from culture_rl.eval.harness import plan_evaluation, run_evaluation
-        from culture_rl.workflows.quickstart import render_results
-
-        data = load_align_data(config)
-        models = None
-        if args.model:
-            label = args.label or Path(args.model).name
-            models = {label: args.model}
-        plan = plan_evaluation(config, data, models)  # every input checked before Ray starts
-        write_run_config(config)
-        results = run_evaluation(config, plan)
-        print(render_results(results))
-        print(f"results: {config.run_dir / 'eval' / 'eval.json'} (and eval.csv)")
-        if not args.no_report:
-            from culture_rl.eval.report import write_report
-
-            print(f"report: {write_report(config.run_dir)['html']}")
-        return 0
-    raise AssertionError(args.command)
+    return COMMANDS[args.command].run(args, config)
 
 
 def _first_missing(path: Path) -> Path | None:

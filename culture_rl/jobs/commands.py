@@ -16,7 +16,8 @@ def add_parsers(commands, parser_class) -> None:
     submit = commands.add_parser(
         "submit", help="submit a workflow as a Ray job, follow its log, exit with its outcome")
     submit.add_argument("workflow", choices=sorted(WORKFLOWS), metavar="WORKFLOW",
-                        help="one of: " + ", ".join(sorted(WORKFLOWS)))
+                        help="one of: " + ", ".join(f"{name} (culture-rl {WORKFLOWS[name].command})"
+                                                    for name in sorted(WORKFLOWS)))
     _add_address(submit)
     submit.add_argument("--config", required=True, help="YAML config inside the working dir")
     submit.add_argument("overrides", nargs="*", metavar="key=value",

@@ -7,29 +7,24 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from culture_rl.commands import COMMANDS
+
 
 @dataclass(frozen=True)
 class Workflow:
-    name: str
-    command: str  # the culture-rl command the entrypoint runs
-    help: str
+    name: str     # the job's entrypoint module: ray_jobs/<name>.py
+    command: str  # the culture-rl command it runs
+
+    @property
+    def help(self) -> str:
+        """The command's own help line: one text for a command and its job."""
+        return COMMANDS[self.command].help
 
 
 WORKFLOWS = {w.name: w for w in (
-    Workflow("quickstart", "demo", "the quickstart end to end: world, base, SFT, PPO, "
-                                   "evaluation, summary, report"),
-    Workflow("align_sft", "sft", "ALIGN stage 1: LoRA SFT on association norms (Ray Train + "
-                                 "DeepSpeed)"),
-    Workflow("align_ppo", "ppo", "ALIGN stage 2: PPO with the Spearman ranking reward"),
-    Workflow("eval", "eval", "evaluate models x cultures x evaluations on the evaluation actors "
-                             "and write eval.json, eval.csv and the report"),
-    Workflow("sweep", "sweep", "Ray Tune sweep of SFT across cultures and hyper-parameters"),
-    Workflow("calm", "calm", "CALM training on value statements (Ray Train + DeepSpeed), "
-                             "held-out evaluation vs a LoRA baseline and ablations"),
-    Workflow("reflect", "reflect", "CALM's self-prompted reflective learning: answer, "
-                                   "reflect, revise, score, train on improving revisions"),
-    Workflow("culture_spa", "spa", "CultureSPA: self-generated questions, culture-related "
-                                   "instances, joint / per-culture fine-tuning, evaluation"),
+    Workflow("quickstart", "demo"), Workflow("align_sft", "sft"), Workflow("align_ppo", "ppo"),
+    Workflow("eval", "eval"), Workflow("sweep", "sweep"), Workflow("calm", "calm"),
+    Workflow("reflect", "reflect"), Workflow("culture_spa", "spa"),
 )}
 
 
