@@ -114,36 +114,55 @@ def test_sft_rows_train_only_on_the_assistants_tokens(smollm2, tmp_path):
     assert tokenizer.decode(example["input_ids"]).startswith("<|im_start|>system\n")
 
 
-def test_align_sft_trains_the_real_model_on_ray_train_with_chat_rows(smollm2, quickstart_run,
-                                                                     tmp_path):
-    """ALIGN SFT on the real model as a user runs it: 2 Ray Train workers, DeepSpeed ZeRO-2,
-    LoRA, the quickstart's Borenia norms as chat rows (the converted folder as model.path, as
-    a folder on shared storage would be given)."""
+def test_the_real_model_demo_elicits_tunes_and_evaluates_it_on_ray(smollm2, ray_session,
+                                                                  tmp_path):
+    """configs/quickstart_smollm2.yaml shortened, as a user runs it (the converted folder as
+    model.path, as a folder on shared storage would be given): the base model's associations
+    are elicited, ALIGN SFT trains chat rows on 2 Ray Train workers with DeepSpeed ZeRO-2 and
+    LoRA, one PPO step runs on the actor groups, and base, SFT and PPO are evaluated; the base
+    is the model itself, never pretrained."""
     import json
     import math
+    from pathlib import Path
 
     from culture_rl.config import load_config
-    from culture_rl.train.sft import run_stage, sft_rows
     from culture_rl.data.align_data import load_align_data
+    from culture_rl.train.sft import sft_rows
     from culture_rl.workflows.align_sft import build_sft_job
+    from culture_rl.workflows.quickstart import run_quickstart
 
     folder, tokenizer, _ = smollm2
-    session, _ = quickstart_run
-    config = load_config(None, [
-        f"run.storage_path={tmp_path}", "run.name=real", f"model.path={folder}",
-        f"world.num_cues={session.world.num_cues}", f"data.culture={session.data.culture}",
+    shipped = Path(__file__).resolve().parents[2] / "configs" / "quickstart_smollm2.yaml"
+    config = load_config(shipped, [
+        f"run.storage_path={tmp_path}", f"model.path={folder}", "world.num_cues=16",
+        f"world.base_associations={tmp_path}/base.csv", "world.elicit_samples=1",
+        "world.base_association_min_count=1", "data.examples_per_cue=2",
         "sft.micro_batch_size=2", "sft.max_steps=3", "sft.logging_steps=1",
-        "sft.warmup_ratio=0", "sft.eval_each_epoch=false", "lora.merge_on_export=false"])
+        "sft.warmup_ratio=0", "lora.merge_on_export=true",
+        "ppo.max_steps=1", "ppo.rollout_batch_size=4", "ppo.samples_per_prompt=2",
+        "ppo.mini_batch_size=8", "ppo.micro_batch_size=4", "ppo.save_steps=1",
+        "rollout.max_new_tokens=24", "rollout.generate_batch_size=8",
+        "eval.max_cues=4", "eval.max_new_tokens=16", "eval.evaluations=[associations, ranking]"])
+    summary = run_quickstart(config)
+    run = config.run_dir
+    assert (tmp_path / "base.csv").is_file() and not (run / "pretrain").exists()
     job = build_sft_job(config, load_align_data(config, write_world=False))
     (row,) = sft_rows(job, tokenizer, job.train_rows[:1])
-    assert row["completion"][0]["role"] == "assistant"  # what TRL trains on: chat rows
-    result = run_stage(job, config.resources)
+    assert row["completion"][0]["role"] == "assistant"  # what TRL trained on: chat rows
     records = [json.loads(line) for line in
-               (result.export_dir.parent / "metrics.jsonl").read_text("utf-8").splitlines()]
+               (run / "sft" / "metrics.jsonl").read_text("utf-8").splitlines()]
     losses = [r["loss"] for r in records if "loss" in r]
     assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
     assert all(r["tokens_per_s"] > 0 for r in records if "tokens_per_s" in r)
-    assert (result.export_dir / "adapter" / "adapter_config.json").is_file()
+    assert (run / "sft" / "export" / "adapter" / "adapter_config.json").is_file()
+    ppo = [json.loads(line) for line in
+           (run / "ppo" / "metrics.jsonl").read_text("utf-8").splitlines()]
+    step = next(r for r in ppo if "reward_mean" in r)
+    assert math.isfinite(step["reward_mean"]) and 0 <= step["response_length_at_limit_share"] <= 1
+    stages = summary["stages"]
+    assert set(stages) == {"base", "sft", "ppo"}
+    assert all(0 <= stages[s]["p@5"] <= 1 and "ranking_rho" in stages[s] for s in stages)
+    assert Path(summary["report"]).is_file()
 
 
 def test_elicit_reads_the_real_models_own_associations_into_the_dominant_culture(smollm2,
