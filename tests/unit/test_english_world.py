@@ -10,7 +10,6 @@ import pytest
 from culture_rl.cli import main
 from culture_rl.config import WorldConfig, load_config
 from culture_rl.data import english_words
-from culture_rl.data.examples import split_cues
 from culture_rl.data.lexicons import load_brysbaert
 from culture_rl.data.synthetic import generate_world
 from culture_rl.errors import ConfigError
@@ -46,19 +45,13 @@ def test_english_cues_answer_with_their_topics_words_and_carry_real_concreteness
     assert set(world.cues) <= set(written)
 
 
-def test_a_cultures_english_preferences_transfer_to_held_out_cues():
+def test_the_english_cultures_top_answers_differ_so_there_is_something_to_learn():
     world = generate_world(ENGLISH)
-    target = world.cultures[1].name
-    split = split_cues(world.cues)
-    train_words = {w for c in split["train"] for w, _ in world.norms[target][c]}
-    for cue in split["test"]:
-        top = [w for w, _ in world.norms[target][cue][:5]]
-        assert sum(w in train_words for w in top) >= 3, cue
-    # ... and the cultures' top answers differ, so there is something to learn.
-    dominant = world.cultures[0].name
-    tops = [{w for w, _ in world.norms[name][c][:3]} for name in (dominant, target)
-            for c in [world.cues[0]]]
-    assert tops[0] != tops[1]
+    dominant, target = world.cultures[0].name, world.cultures[1].name
+    differ = [cue for cue in world.cues
+              if {w for w, _ in world.norms[dominant][cue][:3]}
+              != {w for w, _ in world.norms[target][cue][:3]}]
+    assert len(differ) == len(world.cues)
 
 
 def test_the_invented_world_is_the_default_and_unchanged_by_the_new_settings():
