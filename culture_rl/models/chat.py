@@ -120,8 +120,10 @@ def statement_ids(tokenizer, text: str) -> tuple[list[int], list[bool]]:
     rendered = chat_prompt(tokenizer, text)
     content = messages(text)[-1]["content"]
     start = rendered.rfind(content)
-    end = start + len(content)
     encoded = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
+    if start < 0:  # a template that rewrites the content: read every token, as without one
+        return encoded["input_ids"], [True] * len(encoded["input_ids"])
+    end = start + len(content)
     own = [begin < end and stop > start for begin, stop in encoded["offset_mapping"]]
     return encoded["input_ids"], own
 

@@ -141,6 +141,10 @@ def run_quickstart(config: ExperimentConfig) -> dict:
     from culture_rl.eval.report import write_report
 
     if config.world.base_associations is not None:  # the world reads them: elicit first
+        # ... after the data settings are checked (without the file), so a bad data.culture
+        # is one line now, not after minutes of generation.
+        load_align_data(config.model_copy(update={"world": config.world.model_copy(
+            update={"base_associations": None})}), write_world=False)
         elicited = elicit_base_associations(config)
         print(f"[quickstart] the base model's own associations: {elicited.path} "
               f"({elicited.cues_with_words} of {elicited.cues} cues named)", flush=True)
