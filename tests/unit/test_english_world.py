@@ -123,3 +123,15 @@ def test_elicit_needs_a_pretrained_model_and_an_output_path(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "world.base_associations" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]  # nothing written
+
+
+def test_the_real_model_demo_checks_its_data_before_eliciting(tmp_path, capsys):
+    # A bad culture is one line at once: no model is loaded, nothing is written.
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[2] / "configs" / "quickstart_smollm2.yaml"
+    code = main(["demo", "--config", str(shipped), f"run.storage_path={tmp_path}/runs",
+                 f"world.base_associations={tmp_path}/base.csv", "data.culture=Atlantis"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "data.culture" in err and "Atlantis" in err
+    assert list(tmp_path.iterdir()) == []
