@@ -33,7 +33,7 @@ demo: $(STAMP)
 	$(VENV)/bin/culture-rl demo --config configs/quickstart.yaml
 
 # The quickstart's ALIGN stages on a real instruct model (SmolLM2-135M-Instruct, installed with
-# the rest): about 30 minutes on 2 CPU cores.
+# the rest): 32 minutes on 2 CPU cores (docs/real_models.md).
 demo-real: $(STAMP)
 	$(VENV)/bin/culture-rl demo --config configs/quickstart_smollm2.yaml
 
