@@ -237,8 +237,7 @@ class _PolicyTrainer(_DeepSpeedTrainer):
     def close(self) -> None:
         """Free what outlives a killed process: the weight-sync files in /dev/shm, and the
         collective weight-sync groups (their receivers leave them too)."""
-        from culture_rl.distributed.collective_sync import close_sync_groups
-        from culture_rl.distributed.weight_sync import close_shared_staging
+        from culture_rl.distributed.weight_sync import close_shared_staging, close_sync_groups
 
         close_shared_staging()
         close_sync_groups()

@@ -112,9 +112,9 @@ def spread(values: list[float]) -> dict:
 def collective_backend(model, groups: list[list], bucket_mb: float) -> tuple[str, str]:
     """NCCL for a model on a GPU when every group can have it (this also warms the groups up),
     else gloo; and why."""
-    from culture_rl.distributed.collective_sync import close_sync_groups, \
-        default_collective_backend
-    from culture_rl.distributed.weight_sync import WeightSyncError, sync_weights
+    from culture_rl.distributed.weight_sync import WeightSyncError, close_sync_groups, \
+        sync_weights
+    from culture_rl.distributed.weight_sync.collective import default_collective_backend
 
     if default_collective_backend(model) != "nccl":
         return "gloo", "weights on the CPU"
@@ -133,8 +133,8 @@ def bench_size(size: str, dtype, bucket_mb: float, repeats: int, Generator,
     import ray
     import torch
 
-    from culture_rl.distributed.collective_sync import close_sync_groups
-    from culture_rl.distributed.weight_sync import iter_export_tensors, sync_weights
+    from culture_rl.distributed.weight_sync import close_sync_groups, iter_export_tensors, \
+        sync_weights
 
     config = llama_config(size)
     device = f"cuda:{gpu['sender_gpu']}" if gpu else "cpu"

@@ -16,8 +16,8 @@ import pytest
 import ray
 import torch
 
-from culture_rl.distributed import collective_sync
-from culture_rl.distributed.collective_sync import close_sync_groups
+from culture_rl.distributed.weight_sync import collective as collective_sync
+from culture_rl.distributed.weight_sync import close_sync_groups
 from culture_rl.distributed.weight_sync import WeightReceiver, WeightSyncError, \
     state_fingerprint, sync_weights
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from culture_rl.distributed.collective_sync import _BroadcastStaging, \
-    default_collective_backend, pack_broadcast_buckets, shared_gpus
+from culture_rl.distributed.weight_sync.collective import _BroadcastStaging, \
+    default_collective_backend, pack_broadcast_buckets
+from culture_rl.distributed.weight_sync.groups import shared_gpus
 from culture_rl.distributed.weight_sync import BroadcastBucket, Bucket, apply_bucket, \
     iter_export_tensors, make_buckets, state_fingerprint, sync_weights, unpack_bucket
 

@@ -1,49 +1,21 @@
-"""Bucketed weight sync from the policy trainer to the rollout generators.
-
-The trainer walks its weights as the *plain Hugging Face model* names them (LoRA merged in,
-ZeRO-3 shards gathered), packs consecutive same-dtype tensors into flat buckets of about
-``bucket_mb`` and sends each bucket to every generator with one RPC. Per-tensor sync -- one RPC
-per weight, a few hundred for a small model -- is the slow path OpenRLHF/verl users complain
-about; bucketing turns it into a handful of large, memory-bound copies.
-
-Transport: generators on the trainer's node read each bucket in place from a ``/dev/shm`` file
-the trainer packed it into (one copy in, one copy out, the RPC carries only names and the path);
-generators elsewhere get it through Ray's object store (``ray.put`` once per bucket, fetched
-once per node). Both paths work everywhere, CPUs included. ``transport="collective"`` (the
-GPU clusters' path: each bucket broadcast over a process group of the trainer and the
-generators, NCCL or gloo) lives in :mod:`culture_rl.distributed.collective_sync`;
-:func:`sync_weights` dispatches to it.
-
-The walk over the trainer's weights (LoRA merge, ZeRO-3 gather, plain HF names) is
-:mod:`culture_rl.distributed.weight_export`; this module packs and moves what it yields.
-
-LoRA: the generators hold plain models, so the trainer sends ``W + delta`` for each adapted
-weight (computed on the fly; the trainer's model is never modified). Sending the unmerged base
-weight -- the generator never sees the adapter -- is the "LoRA weights never reach the generator"
-failure we design against; ``tests/integration/test_weight_sync_ray.py`` proves they do.
-
-ZeRO-3: every rank holds only a shard of each weight, so every rank must call
-``sync_weights(engine, receivers, ..., gather_zero3=True)`` in lockstep (the gather is a
-collective); only rank 0 needs receivers, the others pass ``receivers=[]`` and just take part
-in the gathers.
-"""
+"""Weight-sync buckets: consecutive same-dtype tensors packed into one flat array (in process
+memory, a ``/dev/shm`` file, or described for a broadcast), and applying one to a model; plus
+:func:`await_acks`, which every transport uses to wait for the receivers' replies."""
 
 from __future__ import annotations
 
 import math
 import os
 import threading
-import time
 import warnings
 import weakref
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Literal
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 
-from culture_rl.distributed.weight_export import (unwrap_model, iter_export_tensors,  # noqa: F401
-                                                  state_fingerprint)  # (re-exported)
+from culture_rl.distributed.weight_export import unwrap_model
 from culture_rl.errors import CultureRLError
 
 
@@ -308,101 +280,6 @@ def apply_bucket(model: torch.nn.Module, bucket: Bucket | SharedBucket | Broadca
     return len(targets)
 
 
-class WeightReceiver:
-    """Mixin for rollout actors: set ``self.model`` (a plain HF model) and the trainer's
-    :func:`sync_weights` can call ``receive_bucket`` on the actor.
-
-    The collective transport also calls ``sync_peer``, ``join_sync_group``,
-    ``receive_broadcast`` and ``leave_sync_group`` (they run the receiver's side in
-    :mod:`culture_rl.distributed.collective_sync`). ``receive_broadcast`` blocks in the
-    broadcast until the trainer sends, and bucket k's call must run before bucket k+1's: the
-    actor has to run its calls one at a time, in order -- Ray's default (``max_concurrency=1``,
-    not an async actor), which every receiver here uses. No extra concurrency is needed, since
-    the trainer makes each bucket's call before it broadcasts. A busy receiver (say, one that is
-    generating) just starts its part late, and the trainer waits for it, up to the timeout.
-    """
-
-    model: torch.nn.Module
-
-    def receive_bucket(self, bucket: Bucket | SharedBucket | BroadcastBucket) -> int:
-        return apply_bucket(self.model, bucket)
-
-    def node_id(self) -> str:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-
-    def sync_device(self) -> torch.device:
-        """Where an NCCL group's broadcasts land: the model's device. Override it for an
-        engine whose model has no parameters of its own."""
-        return next(unwrap_model(self.model).parameters()).device
-
-    def sync_peer(self, backend: str) -> dict:
-        """What the trainer checks before it builds a collective group: this actor's node and
-        GPU (NCCL needs a GPU of its own for every rank)."""
-        from culture_rl.distributed.collective_sync import sync_peer
-
-        return sync_peer(self, backend)
-
-    def join_sync_group(self, group_id: str, host: str, port: int, rank: int, world_size: int,
-                        backend: str, timeout_s: float) -> int:
-        """Become ``rank`` of the trainer's group (blocks until every member has joined)."""
-        from culture_rl.distributed.collective_sync import join_group
-
-        return join_group(self, group_id, host, port, rank, world_size, backend, timeout_s)
-
-    def receive_broadcast(self, group_id: str, bucket: BroadcastBucket, timeout_s: float) -> int:
-        """Receive one bucket's broadcast into this actor's buffer, then apply it as
-        ``receive_bucket`` does. A failed broadcast drops the group (the trainer rebuilds it at
-        the next sync)."""
-        from culture_rl.distributed.collective_sync import receive_broadcast
-
-        return receive_broadcast(self, group_id, bucket, timeout_s)
-
-    def leave_sync_group(self, group_id: str) -> bool:
-        from culture_rl.distributed.collective_sync import leave_group
-
-        return leave_group(self, group_id)
-
-
-# ------------------------------------------------------------------------------- sending
-
-
-_SHARED: SharedStaging | None = None  # this process' /dev/shm files, made on first use
-_NODE_OF: dict[str, str] = {}  # receiver actor id -> node id (asked once per receiver)
-
-
-def _all_on_this_node(receivers: list, timeout_s: float = 600) -> bool:
-    import ray
-
-    missing = [r for r in receivers if r._actor_id.hex() not in _NODE_OF]
-    try:
-        nodes = ray.get([r.node_id.remote() for r in missing], timeout=timeout_s)
-    except ray.exceptions.GetTimeoutError:
-        raise WeightSyncError(f"weight sync: {len(missing)} receivers did not say which node "
-                              f"they are on within {timeout_s:g} s") from None
-    for receiver, node in zip(missing, nodes):
-        _NODE_OF[receiver._actor_id.hex()] = node
-    here = ray.get_runtime_context().get_node_id()
-    return all(_NODE_OF[r._actor_id.hex()] == here for r in receivers)
-
-
-def _shared_staging() -> SharedStaging:
-    global _SHARED
-    if _SHARED is None:
-        _SHARED = SharedStaging()
-    return _SHARED
-
-
-def close_shared_staging() -> None:
-    """Remove this process' ``/dev/shm`` files (call before the process is killed: a killed
-    actor never runs its exit hooks)."""
-    global _SHARED
-    if _SHARED is not None:
-        _SHARED.close()
-        _SHARED = None
-
-
 def await_acks(acks: list[list], receivers: list, sent_tensors: int, timeout_s: float,
                 waited_s: float) -> None:
     """Wait for every receiver's reply to every bucket; a late one is a WeightSyncError, a
@@ -423,80 +300,3 @@ def await_acks(acks: list[list], receivers: list, sent_tensors: int, timeout_s: 
         if applied != sent_tensors:
             raise WeightSyncError(f"receiver {index} applied {applied} tensors but "
                                   f"{sent_tensors} were sent")
-
-
-TRANSPORTS = ("auto", "shared_memory", "object_store", "collective")
-
-
-def sync_weights(model: torch.nn.Module, receivers: list, bucket_mb: float,
-                 mode: Literal["bucketed", "per_tensor"] = "bucketed",
-                 gather_zero3: bool = False, timeout_s: float = 600,
-                 transport: Literal["auto", "shared_memory", "object_store",
-                                    "collective"] = "auto",
-                 share_pages: bool = False,
-                 collective_backend: Literal["auto", "nccl", "gloo"] = "auto") -> dict:
-    """Send the model's weights to every receiver actor (``receive_bucket`` remote method).
-
-    Buckets are pipelined: each is sent to all receivers without waiting, so packing the next
-    bucket overlaps the receivers' copies; everything is awaited at the end. Transport: with
-    every receiver on this node (``auto`` checks), buckets are packed into ``/dev/shm`` files
-    that the receivers read in place; otherwise each bucket is put once into Ray's object store
-    and shared by all receivers. ``collective`` broadcasts each bucket over a process group of
-    the trainer and the receivers (see :mod:`culture_rl.distributed.collective_sync`; built
-    at the first such sync and cached per receiver list, its ``close_sync_groups`` closes
-    them): ``collective_backend`` ``auto`` picks NCCL when the model's weights are on a GPU
-    (every receiver's model must then be on a GPU of its own) and gloo otherwise.
-    ``mode="per_tensor"`` sends one bucket per tensor (the slow baseline). ``share_pages``
-    (shared-memory transport only) lets the receivers use the files' pages as their weights
-    instead of copying them out (see :func:`apply_bucket`): one copy per sync instead of
-    1 + receivers, and one copy of the weights in memory for all of them; call it only while
-    the receivers are not generating. Returns seconds, bytes (sent
-    once, whatever the number of receivers), buckets, tensors, rpcs and the transport used.
-    Under ZeRO-3 every rank calls this; ranks other than 0 pass ``receivers=[]``.
-    """
-    import ray
-
-    if mode not in ("bucketed", "per_tensor"):
-        raise ValueError(f"mode must be 'bucketed' or 'per_tensor', not {mode!r}")
-    if transport not in TRANSPORTS:
-        raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not "
-                         f"{transport!r}")
-    if collective_backend not in ("auto", "nccl", "gloo"):
-        raise ValueError(f"collective_backend must be auto, nccl or gloo, not "
-                         f"{collective_backend!r}")
-    start = time.perf_counter()
-    tensors = iter_export_tensors(model, gather_zero3)
-    if not receivers:  # a ZeRO-3 rank other than 0: take part in the gathers, send nothing
-        for _ in tensors:
-            pass
-        return {"seconds": time.perf_counter() - start, "bytes": 0, "buckets": 0,
-                "tensors": 0, "rpcs": 0, "transport": "none"}
-    bucket_bytes = int(bucket_mb * 2 ** 20) if mode == "bucketed" else 0
-    if transport == "collective":
-        from culture_rl.distributed.collective_sync import sync_collective, \
-            default_collective_backend
-
-        backend = (default_collective_backend(model) if collective_backend == "auto"
-                   else collective_backend)
-        return sync_collective(model, tensors, receivers, bucket_bytes, timeout_s, backend,
-                                start)
-    if transport == "auto":
-        usable = os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK)
-        transport = ("shared_memory" if usable and _all_on_this_node(receivers, timeout_s)
-                     else "object_store")
-    shared = _shared_staging() if transport == "shared_memory" else None
-    acks: list[list] = []  # per bucket, one ObjectRef per receiver
-    sent_bytes = sent_tensors = 0
-    for bucket in make_buckets(tensors, bucket_bytes, transient=True, shared=shared,
-                               share_pages=share_pages):
-        # Object store: one put per bucket, shared by all receivers (N receivers cost one copy
-        # into shared memory, not N serialisations); the put copies, so the transient bucket
-        # may be reused. Shared memory: the bucket is already in its file; the RPC is small.
-        ref = bucket if shared is not None else ray.put(bucket)
-        acks.append([receiver.receive_bucket.remote(ref) for receiver in receivers])
-        sent_bytes += bucket.nbytes
-        sent_tensors += len(bucket.names)
-    await_acks(acks, receivers, sent_tensors, timeout_s, 0)
-    return {"seconds": time.perf_counter() - start, "bytes": sent_bytes, "buckets": len(acks),
-            "tensors": sent_tensors, "rpcs": len(acks) * len(receivers),
-            "transport": transport}
