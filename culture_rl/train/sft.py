@@ -210,16 +210,13 @@ def train_worker(loop_config: dict) -> None:
     restore_builtin_print()
     import ray.train
     import torch
-    import torch.distributed as dist
     from datasets import Dataset
     from ray.train.huggingface.transformers import prepare_trainer
     from transformers import PrinterCallback
     from trl import SFTTrainer
 
-    from culture_rl.models.loading import (export_merged, load_model, load_tokenizer,
-                                           peft_lora_config)
-    from culture_rl.train.callbacks import (FaultInjection, HeldOutPrecision, ProgressLogger,
-                                            StopOnRequest, checkpoint_report, worker_log)
+    from culture_rl.models.loading import load_model, load_tokenizer, peft_lora_config
+    from culture_rl.train.callbacks import worker_log
 
     quiet_ray_train_reports()
     job: TrainJob = loop_config["job"]
@@ -235,27 +232,10 @@ def train_worker(loop_config: dict) -> None:
     eval_set = (Dataset.from_list(sft_rows(job, tokenizer, job.eval_rows))
                 if args.eval_strategy != "no" else None)
 
-    callbacks = [ProgressLogger(job.stage, job.metrics_path)]
-    if job.heldout_prompts and job.train.eval_each_epoch:
-        callbacks.append(HeldOutPrecision(
-            tokenizer, job.heldout_prompts, job.heldout_human, k=5,
-            max_new_tokens=job.eval_max_new_tokens, batch_size=job.eval_batch_size,
-            synced_gpus=job.deepspeed.zero_stage == 3, metrics_path=job.metrics_path,
-            stage=job.stage))
-    callbacks.append(checkpoint_report())  # Ray's RayTrainReportCallback, after a barrier
-    if job.stop_file:  # a sweep's scheduler may stop this run early
-        callbacks.append(StopOnRequest(job.stop_file))
-    if job.train.fault_injection_step:
-        callbacks.append(FaultInjection(job.train.fault_injection_step))  # after the report
-    if job.train.log_sample_ids:
-        from culture_rl.train.ledger import SampleLedger
-
-        callbacks.append(SampleLedger(model, job.stage_dir, rank))
-
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                          processing_class=tokenizer,
                          peft_config=peft_lora_config(job.lora) if job.lora else None,
-                         callbacks=callbacks)
+                         callbacks=_callbacks(job, tokenizer, model, rank))
     trainer.remove_callback(PrinterCallback)  # raw dicts; ProgressLogger prints our lines
     if not use_gpu and job.dense_lm_head:
         use_dense_lm_head(trainer)
@@ -273,7 +253,41 @@ def train_worker(loop_config: dict) -> None:
     else:
         trainer.train()
 
-    # Export: every rank joins save_model (ZeRO-3 gathers the shards); rank 0 writes.
+    _export(job, trainer, tokenizer, rank)
+    if context.get_local_rank() == 0:
+        shutil.rmtree(loop_config["scratch_dir"], ignore_errors=True)
+
+
+def _callbacks(job: TrainJob, tokenizer, model, rank: int) -> list:
+    """The trainer callbacks of a stage, in the order they must run."""
+    from culture_rl.train.callbacks import (FaultInjection, HeldOutPrecision, ProgressLogger,
+                                            StopOnRequest, checkpoint_report)
+    from culture_rl.train.ledger import SampleLedger
+
+    callbacks = [ProgressLogger(job.stage, job.metrics_path)]
+    if job.heldout_prompts and job.train.eval_each_epoch:
+        callbacks.append(HeldOutPrecision(
+            tokenizer, job.heldout_prompts, job.heldout_human, k=5,
+            max_new_tokens=job.eval_max_new_tokens, batch_size=job.eval_batch_size,
+            synced_gpus=job.deepspeed.zero_stage == 3, metrics_path=job.metrics_path,
+            stage=job.stage))
+    callbacks.append(checkpoint_report())  # Ray's RayTrainReportCallback, after a barrier
+    if job.stop_file:  # a sweep's scheduler may stop this run early
+        callbacks.append(StopOnRequest(job.stop_file))
+    if job.train.fault_injection_step:
+        callbacks.append(FaultInjection(job.train.fault_injection_step))  # after the report
+    if job.train.log_sample_ids:
+        callbacks.append(SampleLedger(model, job.stage_dir, rank))
+    return callbacks
+
+
+def _export(job: TrainJob, trainer, tokenizer, rank: int) -> None:
+    """Every rank joins save_model (ZeRO-3 gathers the shards); rank 0 writes the export."""
+    import torch.distributed as dist
+
+    from culture_rl.models.loading import export_merged
+    from culture_rl.train.callbacks import worker_log
+
     partial = Path(job.stage_dir) / "export.partial"
     weights_dir = partial / ("adapter" if job.lora else "model")
     trainer.save_model(str(weights_dir))
@@ -297,8 +311,6 @@ def train_worker(loop_config: dict) -> None:
         worker_log.info(f"[{job.stage}] exported to {job.export_dir}")
     if dist.is_initialized():
         dist.barrier()
-    if context.get_local_rank() == 0:
-        shutil.rmtree(loop_config["scratch_dir"], ignore_errors=True)
 
 
 def _result_of(job: TrainJob, already_finished: bool) -> StageResult:

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from culture_rl.config import ExperimentConfig
 from culture_rl.errors import ConfigError
-from culture_rl.train.calm import (CalmJob, run_calm_stage, run_compare_stage,
-                                   split_statements)
+from culture_rl.train.calm import CalmJob, run_calm_stage, run_compare_stage
+from culture_rl.train.calm_data import split_statements
+from culture_rl.train.calm_loop import LOSS_TERMS
 from culture_rl.data.align_data import AlignData
 from culture_rl.workflows.align_sft import TINY, pretrained_tiny_path, stage_dir
 
@@ -233,8 +234,6 @@ def render_report(results: dict) -> str:
 
 
 def _loss_terms(metrics_path: Path) -> dict:
-    from culture_rl.train.calm import LOSS_TERMS
-
     records = [json.loads(l) for l in metrics_path.read_text("utf-8").splitlines() if l.strip()]
     records = [r for r in records if "loss" in r]
     terms = {}

@@ -145,7 +145,7 @@ def test_workflow_errors_name_the_field(tmp_path):
 
 
 def test_scores_and_report_by_subset():
-    from culture_rl.train.calm import classification_scores
+    from culture_rl.train.calm_loop import classification_scores
     from culture_rl.workflows.calm import render_report
 
     scores = classification_scores(["x", "y", "x", "y"], ["x", "y", "y", "y"],

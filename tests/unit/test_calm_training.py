@@ -8,9 +8,10 @@ import pytest
 
 from culture_rl.calm_config import CalmConfig
 from culture_rl.errors import ConfigError
-from culture_rl.train.calm import (classification_scores, learning_rate_factor,
-                                   per_culture_batches, rank_batches, split_statements,
-                                   steps_per_epoch, variant_config)
+from culture_rl.train.calm import variant_config
+from culture_rl.train.calm_data import (per_culture_batches, rank_batches, split_statements,
+                                        steps_per_epoch)
+from culture_rl.train.calm_loop import classification_scores, learning_rate_factor
 from culture_rl.workflows.calm import build_calm_rows, render_report
 
 
