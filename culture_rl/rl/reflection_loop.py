@@ -9,8 +9,9 @@ Each round:
     + DPO revised > initial (reference log-probs from the starting model)  ->  weight sync
     ->  held-out evaluation (greedy initial and revised answers)
 
-It runs on the PPO loop's parts -- the rollout group, the reward pool, the DeepSpeed policy
-trainer and the bucketed weight sync -- so it inherits their fault handling (a dead generator or
+It runs on the PPO loop's parts -- an :class:`~culture_rl.rl.runtime.ActorRuntime` with the
+rollout group, the reward pool, the DeepSpeed policy trainer and the bucketed weight sync -- so
+it shares their fault handling (a dead generator or
 scorer is replaced and its chunk retried) and their resource plan (``ppo_resources``, no
 critic). The pure parts (templates, pairing, statistics) are :mod:`culture_rl.rl.reflection`,
 the losses :mod:`culture_rl.rl.preference`. A checkpoint per round holds the policy (weights and
@@ -24,10 +25,10 @@ import json
 import torch
 
 from culture_rl.checkpoints import prune, write_checkpoint
-from culture_rl.rl.controller import STATE, PPOController, PPOJob, latest_checkpoint
 from culture_rl.rl.experience import Experience
 from culture_rl.rl.ppo import masked_mean
 from culture_rl.rl.prompt_iterator import PromptIterator
+from culture_rl.rl.runtime import STATE, ActorRuntime, PPOJob, latest_checkpoint
 from culture_rl.rl.reflection import (best_revisions, improvement_pairs, reflection_template,
                                       repeat_to_multiple, revision_prompts, round_statistics)
 from culture_rl.rl.timing import PhaseTimer
@@ -50,28 +51,29 @@ def check_reflection_plan(config) -> None:
     check_plan(reflection_roles(config), ray.cluster_resources(), config.resources.autoscaling)
 
 
-class ReflectionController(PPOController):
-    """Drives the rounds; reuses the PPO controller's groups, calls, sync and export."""
+class ReflectionController:
+    """Drives the rounds on an :class:`ActorRuntime` (``runtime``) of a policy trainer,
+    generators and reward scorers (no critic)."""
 
     STAGE = "reflect"
     CHECKPOINTS = "round_*"
 
     def __init__(self, config, job: PPOJob, reward: str, seen_prompts: list[dict] = ()):
-        # Not PPOController.__init__: no KL controller, no PPO batch plan, no critic.
         self.config, self.job, self.reward = config, job, reward
         self.seen_prompts = list(seen_prompts)  # a fixed sample of the training prompts
         self.cfg = config.reflect
         self.template = reflection_template(self.cfg.template, config.data.language)
         self.iterator = PromptIterator(job.prompts, self.cfg.prompts_per_round, config.run.seed)
-        self.use_critic = False
-        self._no_actors_yet()  # self.step is the last finished round
+        self.runtime = ActorRuntime(config, job, self.STAGE, self.CHECKPOINTS)
+        self.step = 0  # the last finished round
+        self.resumed_from = None
 
     # ---------------------------------------------------------------- set-up
     def start(self) -> None:
-        from culture_rl.distributed.cluster import ActorGroup, describe_plan
+        from culture_rl.distributed.cluster import describe_plan
         from culture_rl.rl.trainers import PolicyTrainer
 
-        config, res = self.config, self.config.ppo_resources
+        config, res, runtime = self.config, self.config.ppo_resources, self.runtime
         roles = {r.name: r for r in reflection_roles(config)}
         print(describe_plan(list(roles.values())), flush=True)
         ranks, micro = res.trainer_workers, self.cfg.micro_batch_size
@@ -81,53 +83,45 @@ class ReflectionController(PPOController):
               f"(micro {micro} x {ranks} rank{'s' if ranks != 1 else ''}), one optimizer "
               f"step per micro batch, {self.cfg.epochs} epoch(s)", flush=True)
         check_reflection_plan(config)
-        timeout = res.placement_timeout_s
-        spec = self._spec(self.cfg.learning_rate)
-        self.groups["policy"] = ActorGroup(roles["policy_trainer"], PolicyTrainer,
-                                           lambda rank: ((spec, rank), {}), timeout)
-        self._start_generators_and_scorers(roles["rollout"], self.reward)
-        self._setup_process_group(self.groups["policy"])
+        spec = runtime.trainer_spec(self.cfg.learning_rate, lora=self.cfg.lora,
+                                    micro_batch_size=micro, accumulation=1)
+        runtime.start_trainers("policy", roles["policy_trainer"], PolicyTrainer, spec)
+        runtime.start_generators_and_scorers(roles["rollout"], self.reward)
+        runtime.setup_process_groups()
         self._resume_if_possible()
-
-    def _spec(self, learning_rate: float):
-        from culture_rl.rl.trainers import TrainerSpec
-
-        config, res = self.config, self.config.ppo_resources
-        return TrainerSpec(
-            model_path=self.job.policy_path, deepspeed=config.deepspeed, ppo=config.ppo,
-            lora=config.lora if self.cfg.lora else None, learning_rate=learning_rate,
-            world_size=res.trainer_workers, micro_batch_size=self.cfg.micro_batch_size,
-            gradient_accumulation_steps=1, use_gpu=res.gpus_per_trainer > 0,
-            threads=max(1, int(res.cpus_per_trainer)), dtype=config.model.dtype,
-            trust_remote_code=config.model.trust_remote_code, seed=config.run.seed)
 
     def _resume_if_possible(self) -> None:
         checkpoint = latest_checkpoint(self.job.checkpoint_dir, self.CHECKPOINTS)
         if checkpoint is None:
             return
         state = json.loads((checkpoint / STATE).read_text("utf-8"))
-        self._get([a.load.remote(str(checkpoint / "policy"))
-                   for a in self.groups["policy"].actors], f"loading the policy from {checkpoint}")
+        self.runtime.load_trainers(checkpoint)
         self.step = int(state["round"])
         self.iterator.load_state_dict(state["prompts"])
         self.resumed_from = checkpoint
         print(f"[reflect] resumed from {checkpoint} after round {self.step}", flush=True)
-        self.sync()  # the generators start from the starting model: bring them up to date
+        self.runtime.sync()  # the generators start from the starting model: bring them up to date
+
+    def export(self):
+        return self.runtime.export(self.step)
+
+    def shutdown(self) -> None:
+        self.runtime.shutdown()
 
     # ---------------------------------------------------------------- phases
     def _sample(self, prompts: list[str], metas: list[dict], per_prompt: int, seed: int,
                 what: str, greedy: bool = False) -> tuple[Experience, list[str]]:
         """``per_prompt`` answers to each prompt on the rollout group: an Experience (rows in
         prompt order, sample j of prompt i at i * per_prompt + j) and the answer texts."""
-        from culture_rl.rl.rollout import SamplingParams
+        from culture_rl.inference.rollout import SamplingParams
 
         ro = self.config.rollout
         params = SamplingParams(temperature=ro.temperature, top_p=ro.top_p,
                                 max_new_tokens=ro.max_new_tokens,
                                 samples_per_prompt=1 if greedy else per_prompt,
                                 batch_size=ro.generate_batch_size, greedy=greedy)
-        return self._experience([{"prompt": p} for p in prompts], params, seed, what,
-                                lambda i: metas[i])
+        return self.runtime.experience([{"prompt": p} for p in prompts], params, seed, what,
+                                       lambda i: metas[i])
 
     def _reflect(self, batch: list[dict], seed: int, greedy: bool, what: str) -> dict:
         """Initial answers, their revisions and both sets of rewards for ``batch``."""
@@ -142,7 +136,7 @@ class ReflectionController(PPOController):
                                    self.template, cfg.revise_with)
         revised, revised_texts = self._sample(prompts, first.meta, per_answer, seed + 7,
                                               f"revisions ({what})", greedy)
-        scores = self.pool.score(first_texts + revised_texts, first.meta + revised.meta)
+        scores = self.runtime.pool.score(first_texts + revised_texts, first.meta + revised.meta)
         initial, after = scores[:len(first_texts)], scores[len(first_texts):]
         best = best_revisions(initial, after, per_answer)
         # Ended before the token limit (the mask covers the tokens up to the first EOS).
@@ -169,8 +163,8 @@ class ReflectionController(PPOController):
                             pad_token_id=rejected.pad_token_id)
         gap = None
         for exp, name in ((chosen, "revisions"), (rejected, "initial answers")):
-            parts = self._get(self._fan_out("policy", "log_probs", exp),
-                              f"reference log-probs of the {name}")
+            parts = self.runtime.get(self.runtime.fan_out("policy", "log_probs", exp),
+                                     f"reference log-probs of the {name}")
             exp.ref_log_probs = torch.cat([p["ref_log_probs"] for p in parts])
             if exp is rejected:  # sampled under this very prompt: the trainer must agree
                 policy = torch.cat([p["old_log_probs"] for p in parts])
@@ -179,9 +173,9 @@ class ReflectionController(PPOController):
         refs = [actor.train_pairs.remote(good, bad, round_index, epochs=cfg.epochs,
                                          sft_coef=cfg.sft_coef,
                                          preference_coef=cfg.preference_coef, beta=cfg.beta)
-                for actor, good, bad in zip(self.groups["policy"].actors, chosen.split(ranks),
-                                            rejected.split(ranks))]
-        metrics = self._get(refs, f"policy update of round {round_index}")[0]
+                for actor, good, bad in zip(self.runtime.groups["policy"].actors,
+                                            chosen.split(ranks), rejected.split(ranks))]
+        metrics = self.runtime.get(refs, f"policy update of round {round_index}")[0]
         return {"pairs": len(pairs), "pairs_trained": len(used), "logprob_gap": gap,
                 "mean_gain": sum(p.gain for p in pairs) / len(pairs), **metrics}
 
@@ -215,7 +209,7 @@ class ReflectionController(PPOController):
         self._write_samples(round_index, batch, out)
         values.update(self._train(out, round_index))
         lap("train")
-        sync = self.sync() if values["pairs"] else {}
+        sync = self.runtime.sync() if values["pairs"] else {}
         lap("sync")
         values.update({"samples": len(out["first"]) + len(out["revised"]),
                        "initial_length": float(out["first"].response_mask.sum(1).float().mean()),
@@ -249,8 +243,7 @@ class ReflectionController(PPOController):
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, round_index: int):
         def write(partial) -> None:
-            self._get([a.save.remote(str(partial / "policy"), {"round": round_index})
-                       for a in self.groups["policy"].actors], "saving the policy")
+            self.runtime.save_trainers(partial, {"round": round_index})
             state = {"round": round_index, "prompts": self.iterator.state_dict()}
             (partial / STATE).write_text(json.dumps(state, indent=2), "utf-8")
 
