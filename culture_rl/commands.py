@@ -47,7 +47,7 @@ def _synth(args, config) -> int:
 
 def _elicit(args, config) -> int:
     # Before the world is loaded: the world reads what this writes.
-    from culture_rl.workflows.elicit import elicit_base_associations
+    from culture_rl.methods.elicit import elicit_base_associations
 
     done = elicit_base_associations(config)
     print(f"base associations: {done.path} ({'written' if done.written else 'already there'}"
@@ -59,7 +59,7 @@ def _elicit(args, config) -> int:
 def _train_stage(args, config) -> int:  # pretrain and sft
     from culture_rl.data.align_data import load_align_data
     from culture_rl.train.sft import run_stage
-    from culture_rl.workflows import align_sft
+    from culture_rl.methods.align import sft as align_sft
 
     data = load_align_data(config)
     job = (align_sft.build_pretrain_job if args.command == "pretrain"
@@ -72,19 +72,19 @@ def _train_stage(args, config) -> int:  # pretrain and sft
 
 def _ppo(args, config) -> int:
     from culture_rl.data.align_data import load_align_data
-    from culture_rl.workflows.align_ppo import run_ppo, validate
+    from culture_rl.methods.align.ppo import run_ppo, validate
 
-    validate(config)  # needs no data: a bad batch setting must not write the world first
+    plan = validate(config)  # needs no data: a bad batch setting must not write the world first
     data = load_align_data(config)
     write_run_config(config)
-    result = run_ppo(config, data)
+    result = run_ppo(config, data, plan)
     print(f"ppo: model in {result.model_dir}")
     return 0
 
 
 def _calm(args, config) -> int:
     from culture_rl.data.align_data import load_align_data
-    from culture_rl.workflows.calm import build_calm_job, run_calm
+    from culture_rl.methods.calm.train import build_calm_job, run_calm
 
     data = load_align_data(config)
     build_calm_job(config, data)  # validates statements and settings before any Ray work
@@ -95,7 +95,7 @@ def _calm(args, config) -> int:
 
 def _reflect(args, config) -> int:
     from culture_rl.data.align_data import load_align_data
-    from culture_rl.workflows.reflect import run_reflect, validate
+    from culture_rl.methods.calm.reflect import run_reflect, validate
 
     # Reward and cultures are checked before the world is written or Ray is joined.
     validate(config, load_align_data(config, write_world=False))
@@ -107,7 +107,7 @@ def _reflect(args, config) -> int:
 
 
 def _spa(args, config) -> int:
-    from culture_rl.spa.pipeline import load_spa_data, plan_spa, run_spa
+    from culture_rl.methods.culturespa.pipeline import load_spa_data, plan_spa, run_spa
 
     data = load_spa_data(config)
     plan_spa(config, data)  # cultures, topics and model checked before any Ray work
@@ -128,7 +128,7 @@ def _eval(args, config) -> int:
     from culture_rl.data.align_data import load_align_data
     from culture_rl.eval.harness import plan_evaluation, run_evaluation
     from culture_rl.eval.report import write_report
-    from culture_rl.workflows.quickstart import render_results
+    from culture_rl.methods.quickstart import render_results
 
     data = load_align_data(config)
     models = None
@@ -146,7 +146,7 @@ def _eval(args, config) -> int:
 
 
 def _demo(args, config) -> int:
-    from culture_rl.workflows.quickstart import render_markdown, run_quickstart
+    from culture_rl.methods.quickstart import render_markdown, run_quickstart
 
     summary = run_quickstart(config)
     run_dir = config.run_dir

@@ -30,7 +30,7 @@ def ray_session():
 def quickstart_run(tmp_path_factory, ray_session):
     """The quickstart config, run once: world, tiny base, LoRA SFT (ZeRO-2), evaluations."""
     from culture_rl.config import load_config
-    from culture_rl.workflows.quickstart import run_quickstart
+    from culture_rl.methods.quickstart import run_quickstart
 
     # Every stage resumes or no-ops, so pointing CULTURE_RL_TEST_STORAGE at an earlier
     # session's runs folder reuses its finished run while iterating on one test.

@@ -10,7 +10,7 @@
   argmax agreement), averaged over questions.
 
 The harness's registered evaluations (one function each, ``EVALUATIONS``) are at the end; each
-reads a model only through an :class:`~culture_rl.eval.inference.Inference` and appends
+reads a model only through an :class:`~culture_rl.inference.pools.Inference` and appends
 ``(model, culture, evaluation, metric, subset, value, n)`` records to a :class:`ModelRun`.
 """
 
@@ -24,12 +24,11 @@ from typing import Callable, Mapping, Sequence
 from culture_rl.data import prompts as prompt_templates
 from culture_rl.data.surveys import SurveyQuestion
 from culture_rl.data.swow import AssociationNorms
-from culture_rl.eval.inference import Inference
+from culture_rl.inference.pools import Inference
 from culture_rl.eval.metrics import (accuracy, closer_to, concrete_share, distribution_scores,
-                                     high_tension_items, length_summary, lexical_norms,
-                                     macro_f1, parse_ranking, precision_at_k,
-                                     spearman_ranking_reward, split_answer, tension_score,
-                                     wilcoxon_paired)
+                                     high_tension_items, length_summary, lexical_norms, macro_f1,
+                                     parse_ranking, precision_at_k, spearman_ranking_reward,
+                                     split_answer, tension_score, wilcoxon_paired)
 
 
 def association_scores(answers: Sequence[str], human: Sequence[Sequence[str]],

@@ -68,7 +68,7 @@ def resolve_models(config: ExperimentConfig, models: dict[str, str] | None = Non
                    ) -> dict[str, str]:
     """label -> model folder. A spec naming a stage of this run ('pretrain', 'sft', 'ppo')
     means that stage's export; anything else is a model/export folder or a local hub name."""
-    from culture_rl.workflows.align_ppo import resolve_policy_path
+    from culture_rl.models.paths import resolve_policy_path
 
     specs = dict(models or config.eval.models)
     if not specs:  # every stage of this run that has been exported
@@ -156,7 +156,7 @@ def _tension_pair(config: ExperimentConfig, data: AlignData, cultures: list[str]
 def plan_evaluation(config: ExperimentConfig, data: AlignData,
                     models: dict[str, str] | None = None) -> EvalPlan:
     """Resolve and check models, cultures, evaluations and their data (no Ray, no writes)."""
-    from culture_rl.workflows.align_ppo import eval_ranking_prompts
+    from culture_rl.data.ranking_prompts import eval_ranking_prompts
 
     settings = config.eval
     unknown = [e for e in settings.evaluations if e not in EVALUATIONS]
@@ -240,8 +240,8 @@ class EvaluationGroup:
 
         from culture_rl.distributed.cluster import (ActorGroup, Role, check_plan, connect,
                                                     describe_plan)
-        from culture_rl.eval.inference import ActorInference, EvaluationError
-        from culture_rl.rl.rollout import RolloutWorker
+        from culture_rl.inference.pools import ActorInference, EvaluationError
+        from culture_rl.inference.rollout import RolloutWorker
 
         settings, model = self.config.eval, self.config.model
         if self.group is None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Protocol, Sequence
 
 from culture_rl.errors import CultureRLError
-from culture_rl.eval.generation import generate_answers, option_distributions
+from culture_rl.inference.generation import generate_answers, option_distributions
 
 
 class EvaluationError(CultureRLError):
@@ -22,7 +22,7 @@ class EvaluationError(CultureRLError):
 
 class Inference(Protocol):
     """``routes`` (optional) names each prompt's culture: a model that is a per-culture
-    adapter set (``spa/adapters.py``) serves it with that culture's adapter."""
+    adapter set (``models/adapters.py``) serves it with that culture's adapter."""
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int,
                  routes: Sequence[str | None] | None = None, sample: bool = False,
@@ -47,7 +47,7 @@ class LocalInference:
     def _routed(self, routes, run):
         if routes is None:
             return run(None)
-        from culture_rl.spa.adapters import routed
+        from culture_rl.models.adapters import routed
 
         return routed(self.model, routes, run)
 
@@ -75,7 +75,7 @@ class LocalInference:
         return self._routed(routes, run)
 
     def lm_losses(self, texts: Sequence[str], routes=None) -> list[float]:
-        from culture_rl.eval.generation import mean_token_nll
+        from culture_rl.inference.generation import mean_token_nll
 
         def run(indices):
             chosen = list(texts) if indices is None else [texts[i] for i in indices]
@@ -91,7 +91,7 @@ def contiguous_chunks(n_items: int, n_workers: int) -> list[tuple[int, int]]:
 
 
 class ActorInference:
-    """The evaluation actor group (``RolloutWorker`` actors, see ``rl/rollout.py``, on an
+    """The evaluation actor group (``RolloutWorker`` actors, see ``inference/rollout.py``, on an
     :class:`~culture_rl.distributed.cluster.ActorGroup`): each call is split into contiguous
     chunks, one per actor, and the answers are put back in order. An actor that dies is
     restarted on its bundle, loads the model under evaluation and its chunk is retried."""

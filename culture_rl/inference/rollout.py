@@ -2,8 +2,9 @@
 
 A ``RolloutWorker`` holds one generation backend. The Hugging Face backend generates batched
 (left-padded prompts, KV cache) with temperature / top-p / max tokens and n samples per prompt,
-and returns token ids plus the sampling log-probs; the vLLM backend (``rl/vllm_backend.py``) is
-used where vLLM and a GPU are present (imported only when chosen: nothing here needs it).
+and returns token ids plus the sampling log-probs; the vLLM backend (:mod:`.vllm_backend`) is
+used where vLLM and a GPU are present (imported only when chosen: nothing here needs it). The
+same actor serves evaluation, CultureSPA's generation and the reflection loop.
 Workers receive new weights from the policy trainer through
 :class:`~culture_rl.distributed.weight_sync.WeightReceiver`.
 """
@@ -89,7 +90,7 @@ class HFBackend:
                  chat_template: str = "auto"):
         from culture_rl.models.chat import apply_choice
         from culture_rl.models.loading import load_model, load_tokenizer
-        from culture_rl.spa.adapters import is_adapter_set, load_adapter_set, read_adapter_set
+        from culture_rl.models.adapters import is_adapter_set, load_adapter_set, read_adapter_set
 
         from culture_rl.models.calm_policy import is_calm_export, load_calm_policy
 
@@ -163,7 +164,7 @@ class HFBackend:
 def _vllm_backend(model_path: str, dtype: str, trust_remote_code: bool,
                   gpu_memory_utilization: float, chat_template: str):
     from culture_rl.models.chat import apply_choice
-    from culture_rl.rl.vllm_backend import VLLMBackend  # imports vLLM only when chosen
+    from culture_rl.inference.vllm_backend import VLLMBackend  # imports vLLM only when chosen
 
     backend = VLLMBackend(model_path, dtype, trust_remote_code, gpu_memory_utilization)
     apply_choice(backend.tokenizer, chat_template)
@@ -215,7 +216,7 @@ class RolloutWorker(WeightReceiver):
         """``run(indices)`` over all requests, or per culture's adapter when routed."""
         if routes is None:
             return run(None)
-        from culture_rl.spa.adapters import routed
+        from culture_rl.models.adapters import routed
 
         return routed(backend.model, routes, run)
 
@@ -224,7 +225,7 @@ class RolloutWorker(WeightReceiver):
                  temperature: float = 1.0, seed: int = 0) -> list[str]:
         """Completions, text only: greedy (evaluation) or sampled (data generation). With an
         adapter set, ``routes`` names each prompt's culture (its adapter serves it)."""
-        from culture_rl.eval.generation import generate_answers
+        from culture_rl.inference.generation import generate_answers
 
         backend = self._hf("completion")
         torch.manual_seed(seed)
@@ -240,7 +241,7 @@ class RolloutWorker(WeightReceiver):
                              batch_size: int, routes: Sequence[str | None] | None = None
                              ) -> list[list[float]]:
         """Per prompt, the distribution over its option labels (survey / value answers)."""
-        from culture_rl.eval.generation import option_distributions
+        from culture_rl.inference.generation import option_distributions
 
         backend = self._hf("option scoring")
 
@@ -266,7 +267,7 @@ class RolloutWorker(WeightReceiver):
     def lm_losses(self, texts: Sequence[str], batch_size: int,
                   routes: Sequence[str | None] | None = None) -> list[float]:
         """Per text, the mean token NLL (a guard on general language ability)."""
-        from culture_rl.eval.generation import mean_token_nll
+        from culture_rl.inference.generation import mean_token_nll
 
         backend = self._hf("language-modelling loss")
 

@@ -89,10 +89,10 @@ def sampled_log_probs(token_ids: Sequence[int], logprobs) -> list[float]:
 
 
 def rollout_from_outputs(outputs, pad_token_id: int):
-    """A :class:`~culture_rl.rl.rollout.Rollout` from vLLM's ``RequestOutput`` list, in the
+    """A :class:`~culture_rl.inference.rollout.Rollout` from vLLM's ``RequestOutput`` list, in the
     HF backend's layout: prompts left-padded, responses right-padded, the mask covering each
     response up to and including its EOS (vLLM keeps the EOS in ``token_ids``)."""
-    from culture_rl.rl.rollout import Rollout
+    from culture_rl.inference.rollout import Rollout
 
     prompt_rows, response_rows, logprob_rows, texts = [], [], [], []
     for request in outputs:

@@ -6,7 +6,7 @@ pretrained; with ``world.base_associations`` set, its own associations are elici
 (``culture-rl elicit``) and the world's dominant culture says what it says
 (configs/quickstart_smollm2.yaml).
 
-The CALM stage (:func:`culture_rl.workflows.calm.run_calm` on the demo's base model: CALM, the
+The CALM stage (:func:`culture_rl.methods.calm.train.run_calm` on the demo's base model: CALM, the
 LoRA + linear-head baseline on the same budget and one ablation per module, ``<run>/calm/``)
 follows PPO. Then the models (base, SFT, PPO and the CALM export, its identity state injected)
 go through the evaluation harness (``eval/eval.json``, ``eval/eval.csv``).
@@ -22,9 +22,9 @@ from pathlib import Path
 
 from culture_rl.config import ExperimentConfig, write_run_config
 from culture_rl.data.align_data import load_align_data
-from culture_rl.workflows.align_ppo import run_ppo
-from culture_rl.workflows.align_sft import TINY, base_model_path, run_pretrain, run_sft
-from culture_rl.workflows.elicit import elicit_base_associations
+from culture_rl.methods.align.ppo import run_ppo
+from culture_rl.methods.align.sft import TINY, base_model_path, run_pretrain, run_sft
+from culture_rl.methods.elicit import elicit_base_associations
 
 SUMMARY_KEYS = ("p@1", "p@5", "p@10", "parse_failure_rate")
 SURVEY_KEYS = ("js", "emd", "argmax_agree")
@@ -160,7 +160,7 @@ def run_quickstart(config: ExperimentConfig) -> dict:
     models = {"base": base, "sft": str(sft.model_dir), "ppo": str(ppo.model_dir)}
     calm = None
     if config.calm.demo:
-        from culture_rl.workflows.calm import run_calm
+        from culture_rl.methods.calm.train import run_calm
 
         print("[quickstart] CALM: CALM against the LoRA baseline on the same budget, and each "
               "module off in turn (calm.demo=false skips this stage)", flush=True)

@@ -24,9 +24,11 @@ orthogonality as batch decorrelation, who is supervised, the contrastive loss, p
 cross-attention, MoE, the fusion gate, injection, the identity state, ablations, precision) are
 written out in docs/calm.md, "Design choices".
 
-Layout: this module is the wrapper (:class:`CalmModel`, ``build_calm_model`` and the CALM-only
-parameter/state helpers); the pure losses and helpers are in :mod:`culture_rl.models.calm_losses`,
-the ``nn.Module`` blocks in :mod:`culture_rl.models.calm_modules`; both are re-exported here.
+Layout: this module is the wrapper (:class:`CalmModel`: the passes and the injection, and
+``build_calm_model``); the modules' computation of the identity state is
+:mod:`culture_rl.models.calm_identity`, the CALM-only parameter/state helpers
+:mod:`culture_rl.models.calm_state`, the pure losses :mod:`culture_rl.models.calm_losses`, the
+``nn.Module`` blocks :mod:`culture_rl.models.calm_modules`; all are re-exported here.
 """
 
 from __future__ import annotations
@@ -43,9 +45,11 @@ from culture_rl.models.calm_losses import (IGNORE_INDEX, extend_for_prefix, load
                                            masked_cross_entropy, orthogonality_loss, pool_tokens,
                                            prototype_loss, routing_by_culture,
                                            supervised_contrastive_loss, top_k_gating)
-from culture_rl.models.calm_modules import (CulturalCrossAttention, CultureMoE,
-                                            CulturePrototypes, DisentangledFeatures, Disentangler,
-                                            IdentityFusion, MoEOutput, PrefixEncoder)
+from culture_rl.models.calm_identity import IdentityParts, read_identity
+from culture_rl.models.calm_state import calm_parameters, calm_state_dict, load_calm_state
+from culture_rl.models.calm_modules import (CulturalCrossAttention, CultureMoE, CulturePrototypes,
+                                            DisentangledFeatures, Disentangler, IdentityFusion,
+                                            MoEOutput, PrefixEncoder)
 
 
 @dataclass
@@ -64,18 +68,6 @@ class CalmOutput:
     gate_weights: torch.Tensor | None = None
     identity: torch.Tensor | None = None
     features: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-@dataclass
-class _Identity:
-    z: torch.Tensor | None                       # MoE output [B, D]
-    prefix_delta: torch.Tensor | None            # g * W(z) on the pooled state [B, H]
-    prefix_active: torch.Tensor | None           # [B] bool: gate not exactly closed
-    class_logits: torch.Tensor | None
-    gate_weights: torch.Tensor | None
-    identity: torch.Tensor | None
-    losses: dict[str, torch.Tensor]
-    features: dict[str, torch.Tensor]
 
 
 def _text_config(config: Any) -> Any:
@@ -222,80 +214,9 @@ class CalmModel(nn.Module):
             return out.hidden_states[self.calm_config.feature_layer]
 
     def _identity(self, hidden: torch.Tensor, mask: torch.Tensor, culture_ids, concept_ids,
-                  class_labels) -> _Identity:
-        c, calm = self.calm_config, self.calm
-        h = hidden.to(self._calm_dtype())
-        losses: dict[str, torch.Tensor] = {}
-        feats = calm["disentangler"](h, mask)
-        features = {"explicit": feats.explicit, "latent": feats.latent}
-        if feats.task is not None:
-            features["task"] = feats.task
-            orth = (orthogonality_loss(feats.task, feats.explicit)
-                    + orthogonality_loss(feats.task, feats.latent))
-            if c.disentangle.orthogonal_cultural_parts:
-                orth = orth + orthogonality_loss(feats.explicit, feats.latent)
-            losses["orthogonality"] = orth
-            if culture_ids is not None:
-                culture = masked_cross_entropy(feats.culture_logits, culture_ids)
-                if concept_ids is not None and feats.concept_logits is not None:
-                    culture = culture + masked_cross_entropy(feats.concept_logits, concept_ids)
-                losses["culture"] = culture
-
-        culture_protos = concept_protos = None
-        if "prototypes" in calm:
-            culture_protos, concept_protos = calm["prototypes"]()
-            if culture_ids is not None:
-                proto = prototype_loss(feats.explicit, culture_protos, culture_ids,
-                                       c.prototypes.temperature)
-                if concept_ids is not None and concept_protos is not None:
-                    proto = proto + prototype_loss(feats.explicit, concept_protos, concept_ids,
-                                                   c.prototypes.temperature)
-                losses["prototype"] = proto
-        if c.contrastive.enabled and culture_ids is not None:
-            losses["contrastive"] = supervised_contrastive_loss(
-                feats.explicit, culture_ids, c.contrastive.temperature)
-
-        aligned = feats.explicit
-        if "cross_attention" in calm:
-            protos = None
-            if culture_protos is not None:
-                protos = (culture_protos if concept_protos is None
-                          else torch.cat([culture_protos, concept_protos]))
-            if c.cross_attention.latent_tokens:
-                latent, latent_mask = feats.latent_tokens, mask.bool()
-            else:
-                latent, latent_mask = feats.latent.unsqueeze(1), None
-            aligned, attention = calm["cross_attention"](aligned, protos, latent, latent_mask)
-            features["attention"] = attention
-        features["aligned"] = aligned
-
-        moe_in = torch.cat([aligned, feats.latent], dim=-1)
-        gate_weights = None
-        if c.moe.enabled:
-            moe = calm["moe"](moe_in)
-            z, gate_weights = moe.output, moe.gate_weights
-            losses["load_balance"] = moe.load_balance
-        else:
-            z = calm["moe"](moe_in)
-        features["moe"] = z
-
-        pooled_h = pool_tokens(h, mask, c.pooling)
-        identity = prefix_delta = prefix_active = None
-        if "fusion" in calm:
-            identity, gate, prefix_delta = calm["fusion"](pooled_h, z)
-            prefix_active = (gate > 0).any(-1)
-            features["fusion_gate"] = gate
-
-        class_logits = None
-        if "classifier" in calm:
-            head_in = identity if identity is not None else pooled_h
-            if feats.task is not None:
-                head_in = torch.cat([head_in, feats.task], dim=-1)
-            class_logits = calm["classifier"](head_in)
-            if class_labels is not None:
-                losses["classification"] = masked_cross_entropy(class_logits, class_labels)
-        return _Identity(z, prefix_delta, prefix_active, class_logits, gate_weights, identity,
-                         losses, features)
+                  class_labels) -> IdentityParts:
+        return read_identity(self.calm, self.calm_config, hidden.to(self._calm_dtype()), mask,
+                             culture_ids, concept_ids, class_labels)
 
     @contextlib.contextmanager
     def _hook(self, z: torch.Tensor) -> Iterator[None]:
@@ -323,7 +244,7 @@ class CalmModel(nn.Module):
         finally:
             handle.remove()
 
-    def _prefix_inputs(self, input_ids, mask, labels, ident: _Identity):
+    def _prefix_inputs(self, input_ids, mask, labels, ident: IdentityParts):
         """(inputs_embeds, attention_mask, labels) with the soft prefix, or None when every
         sample's gate is exactly closed (then the LM runs on input_ids as the base model)."""
         if not bool(ident.prefix_active.any()):
@@ -442,36 +363,6 @@ def build_calm_model(base_model: nn.Module, config: CalmConfig, num_cultures: in
                      num_labels: int, num_concepts: int = 0) -> CalmModel:
     """Wrap ``base_model`` (a Hugging Face causal LM, plain or peft) in the CALM modules."""
     return CalmModel(base_model, config, num_cultures, num_labels, num_concepts)
-
-
-def _unwrap(model: nn.Module) -> CalmModel:
-    # DeepSpeed engines and DDP keep the model in .module.
-    while not isinstance(model, CalmModel) and hasattr(model, "module"):
-        model = model.module
-    if not isinstance(model, CalmModel):
-        raise TypeError(f"expected a CalmModel (or a wrapper of one), got {type(model).__name__}")
-    return model
-
-
-def calm_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The CALM modules' parameters (for their own optimizer group), never the base LM's."""
-    return list(_unwrap(model).calm.parameters())
-
-
-def calm_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The CALM modules' weights only (keys relative to ``model.calm``), detached CPU copies:
-    saved beside the base model and its LoRA adapter. Under ZeRO-3 call it inside
-    ``deepspeed.zero.GatheredParameters(calm_parameters(model))``."""
-    return {name: tensor.detach().cpu().clone()
-            for name, tensor in _unwrap(model).calm.state_dict().items()}
-
-
-def load_calm_state(model: nn.Module, state: dict[str, torch.Tensor]) -> CalmModel:
-    """Restore what :func:`calm_state_dict` saved (strict: a state from a different CALM
-    config fails with the missing/unexpected keys); returns the model."""
-    calm_model = _unwrap(model)
-    calm_model.calm.load_state_dict(state, strict=True)
-    return calm_model
 
 
 __all__ = [

@@ -15,9 +15,12 @@ from pathlib import Path
 
 from torch import nn
 
+from culture_rl.calm_config import CalmConfig
+
 
 def is_calm_export(path) -> bool:
-    """A ``calm/export`` folder (base or adapter + CALM modules, see culture_rl.train.calm)."""
+    """A ``calm/export`` folder (base or adapter + CALM modules, written by
+    culture_rl.train.calm_export)."""
     return (Path(path) / "calm.json").is_file()
 
 
@@ -55,10 +58,39 @@ class CalmPolicy(nn.Module):
         return self.module.generate(*args, **kwargs)
 
 
+def load_calm_export(folder: str | Path):
+    """(CalmModel in eval mode, tokenizer, meta) from a ``calm/export`` folder."""
+    from safetensors.torch import load_file
+
+    from culture_rl.models.calm import build_calm_model, load_calm_state
+    from culture_rl.models.loading import load_model
+
+    folder = Path(folder)
+    meta = json.loads((folder / "calm.json").read_text("utf-8"))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if meta["base"] == "adapter":
+        from peft import PeftModel
+
+        base = load_model(meta["base_model_path"], meta["dtype"])
+        base = PeftModel.from_pretrained(base, str(folder / "adapter"))
+    elif meta["base"] == "model":
+        base = load_model(folder / "model", meta["dtype"])
+    else:
+        base = load_model(meta["base_model_path"], meta["dtype"])
+    config = CalmConfig.model_validate(meta["calm_config"])
+    model = build_calm_model(base, config, meta["num_cultures"], meta["num_labels"],
+                             meta["num_concepts"])
+    load_calm_state(model, load_file(str(folder / "calm.safetensors")))
+    model.eval()
+    return model, tokenizer, meta
+
+
 def load_calm_policy(folder):
     """(CalmPolicy in eval mode, tokenizer, meta) from a CALM export folder."""
-    from culture_rl.train.calm import load_calm_export
-
     model, tokenizer, meta = load_calm_export(folder)
     return CalmPolicy(model), tokenizer, meta
 

@@ -123,7 +123,7 @@ class HeldOutPrecision(TrainerCallback):
 
         # Imported here, not at module level: culture_rl.eval.metrics pulls in scipy.stats
         # (~0.4 s), which every Ray Train worker paid at start-up even with no held-out cues.
-        from culture_rl.eval.generation import generate_answers
+        from culture_rl.inference.generation import generate_answers
         from culture_rl.eval.metrics import precision_at_k
 
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)

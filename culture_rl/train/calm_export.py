@@ -1,7 +1,7 @@
-"""CALM export and reload: :func:`export_calm` writes ``<run>/calm/export/`` at the end of the
-worker loop (``adapter/`` or ``model/``, ``tokenizer/``, ``calm.safetensors``, ``calm.json``,
-``check.safetensors``, ``eval.json`` and the finished marker) and :func:`load_calm_export`
-rebuilds the CALM model from it. Both are re-exported by :mod:`culture_rl.train.calm`."""
+"""CALM export: :func:`export_calm` writes ``<run>/calm/export/`` at the end of the worker loop
+(``adapter/`` or ``model/``, ``tokenizer/``, ``calm.safetensors``, ``calm.json``,
+``check.safetensors``, ``eval.json`` and the finished marker);
+:func:`culture_rl.models.calm_policy.load_calm_export` rebuilds the CALM model from it."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from culture_rl.calm_config import CalmConfig
 from culture_rl.train.calm_data import CalmRows
 from culture_rl.checkpoints import publish_export
 
@@ -72,34 +71,3 @@ def export_calm(job: CalmJob, engine, strategy, tokenizer, scores: dict, step: i
             worker_log.info(f"[{job.stage}] exported to {job.export_dir}")
     if dist.is_initialized():
         dist.barrier()
-
-
-def load_calm_export(folder: str | Path):
-    """(CalmModel in eval mode, tokenizer, meta) from a ``calm/export`` folder."""
-    from safetensors.torch import load_file
-
-    from culture_rl.models.calm import build_calm_model, load_calm_state
-    from culture_rl.models.loading import load_model
-
-    folder = Path(folder)
-    meta = json.loads((folder / "calm.json").read_text("utf-8"))
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if meta["base"] == "adapter":
-        from peft import PeftModel
-
-        base = load_model(meta["base_model_path"], meta["dtype"])
-        base = PeftModel.from_pretrained(base, str(folder / "adapter"))
-    elif meta["base"] == "model":
-        base = load_model(folder / "model", meta["dtype"])
-    else:
-        base = load_model(meta["base_model_path"], meta["dtype"])
-    config = CalmConfig.model_validate(meta["calm_config"])
-    model = build_calm_model(base, config, meta["num_cultures"], meta["num_labels"],
-                             meta["num_concepts"])
-    load_calm_state(model, load_file(str(folder / "calm.safetensors")))
-    model.eval()
-    return model, tokenizer, meta

@@ -39,9 +39,9 @@ from culture_rl.config import ExperimentConfig, config_to_yaml
 from culture_rl.errors import ConfigError
 from culture_rl.tune.report import render_markdown, write_report
 from culture_rl.tune.plan import (asha_max_t, changed_settings, count_trials, grid_trial_name,
-                                  max_concurrent, normalise_point, param_space,
-                                  random_trial_name, require_cap_when_autoscaling,
-                                  trial_resources, with_absolute_paths)
+                                  max_concurrent, normalise_point, param_space, random_trial_name,
+                                  require_cap_when_autoscaling, trial_resources,
+                                  with_absolute_paths)
 
 FINISHED_STATUS, STOPPED_STATUS, ERROR_STATUS = "finished", "stopped early", "error"
 
@@ -220,7 +220,7 @@ def describe_plan(config: ExperimentConfig, cultures: list[str], total: int,
 def prepare_base_model(config: ExperimentConfig, data) -> None:
     """``model.path: tiny``: pretrain the tiny base once, before any trial starts, so all
     trials fine-tune the same base (a finished pretrain stage is a no-op)."""
-    from culture_rl.workflows.align_sft import TINY, run_pretrain
+    from culture_rl.methods.align.sft import TINY, run_pretrain
 
     if config.model.path == TINY:
         run_pretrain(config, data)

@@ -51,7 +51,7 @@ class SweepTrial(tune.Trainable):
 
         from culture_rl.train.sft import FINISHED
         from culture_rl.data.align_data import load_align_data
-        from culture_rl.workflows.align_sft import build_sft_job
+        from culture_rl.methods.align.sft import build_sft_job
 
         self.point = normalise_point(config)
         run_config = trial_config(base, self.point)

@@ -55,7 +55,7 @@ export PATH="$SITE/bin:$PATH"
     $PY -c "import sys, torch; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
     $PY -m pip list 2>/dev/null | grep -iE "^(torch|transformers|peft|accelerate|tokenizers|pyarrow|fsspec|huggingface.hub|numpy|pandas) "
     $PY -c "import ray, deepspeed, trl, datasets, pydantic; print('ray', ray.__version__, 'deepspeed', deepspeed.__version__, 'trl', trl.__version__, 'datasets', datasets.__version__, 'pydantic', pydantic.VERSION)"
-    $PY -c "import culture_rl.cli, culture_rl.distributed.collective_sync, culture_rl.rl.vllm_backend; print('culture_rl imports')"
+    $PY -c "import culture_rl.cli, culture_rl.distributed.weight_sync.collective, culture_rl.inference.vllm_backend; print('culture_rl imports')"
 } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 

@@ -104,7 +104,7 @@ class NaiveLoop:
     def run_step(self, step: int) -> dict:
         from culture_rl.rl.modeling import response_log_probs, response_values
         from culture_rl.rl.rewards import score_batch
-        from culture_rl.rl.rollout import response_mask
+        from culture_rl.inference.rollout import response_mask
 
         cfg, ro, tok = self.cfg, self.config.rollout, self.tok
         timings = {f"seconds_{name}": 0.0 for name in PHASES}
@@ -281,7 +281,8 @@ def main(argv: list[str] | None = None) -> dict:
     from culture_rl.rl.controller import PPOController
     from culture_rl.rl.plan import batch_plan
     from culture_rl.data.align_data import load_align_data
-    from culture_rl.workflows.align_ppo import build_ppo_job, resolve_policy_path
+    from culture_rl.models.paths import resolve_policy_path
+    from culture_rl.methods.align.ppo import build_ppo_job
     from ray_jobs.benchmarks.sft_throughput import detect_device
 
     device = detect_device()

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     from culture_rl.config import load_config
     from culture_rl.data import prompts as templates
     from culture_rl.models.loading import build_tiny_model
-    from culture_rl.rl.rollout import RolloutWorker, SamplingParams
+    from culture_rl.inference.rollout import RolloutWorker, SamplingParams
     from culture_rl.data.align_data import load_align_data
 
     folder = Path(tempfile.mkdtemp(prefix="culture_rl_rollout_bench_"))

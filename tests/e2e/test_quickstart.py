@@ -50,7 +50,7 @@ def test_summary_files(quickstart_run):
 
 def test_finished_stage_rerun_is_a_no_op(quickstart_run, capsys):
     from culture_rl.data.align_data import load_align_data
-    from culture_rl.workflows.align_sft import run_sft
+    from culture_rl.methods.align.sft import run_sft
 
     config, _ = quickstart_run
     result = run_sft(config, load_align_data(config))

@@ -11,8 +11,8 @@ import pytest
 from culture_rl.config import load_config
 from culture_rl.eval.evaluate import evaluate
 from culture_rl.eval.harness import plan_evaluation, resolve_models, run_evaluation
-from culture_rl.eval.inference import LocalInference
-from culture_rl.train.calm import load_calm_export
+from culture_rl.inference.pools import LocalInference
+from culture_rl.models.calm_policy import load_calm_export
 from culture_rl.data.align_data import load_align_data
 
 pytestmark = pytest.mark.integration

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from culture_rl.config import load_config
-from culture_rl.train.calm import LOSS_TERMS, TrainingError, load_calm_export
+from culture_rl.models.calm_policy import load_calm_export
+from culture_rl.train.calm_loop import LOSS_TERMS
+from culture_rl.train.sft import TrainingError
 from culture_rl.data.align_data import load_align_data
-from culture_rl.workflows.calm import build_calm_job, run_calm
+from culture_rl.methods.calm.train import build_calm_job, run_calm
 
 pytestmark = pytest.mark.integration
 

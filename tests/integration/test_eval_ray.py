@@ -14,7 +14,7 @@ import pytest
 from culture_rl.config import ModelConfig, TinyModelConfig, load_config
 from culture_rl.eval.evaluate import evaluate
 from culture_rl.eval.harness import plan_evaluation, run_evaluation
-from culture_rl.eval.inference import LocalInference
+from culture_rl.inference.pools import LocalInference
 from culture_rl.models.loading import build_tiny_model, load_model, load_tokenizer
 from culture_rl.data.align_data import load_align_data
 

@@ -16,9 +16,10 @@ import ray
 from culture_rl.config import load_config
 from culture_rl.distributed.metrics import StepMetrics
 from culture_rl.errors import ResourceError
-from culture_rl.rl.controller import PPOController, PPORunError, latest_checkpoint
+from culture_rl.rl.controller import PPOController
+from culture_rl.rl.runtime import PPORunError, latest_checkpoint
 from culture_rl.data.align_data import load_align_data
-from culture_rl.workflows.align_ppo import build_ppo_job
+from culture_rl.methods.align.ppo import build_ppo_job
 
 pytestmark = pytest.mark.integration
 
@@ -70,8 +71,8 @@ def test_ppo_steps_sync_weights_into_generators_and_log_finite_metrics(ray_sessi
     controller = controller_for(config, tiny_policy)
     try:
         controller.start()
-        workers = controller.groups["rollout"].actors
-        trainer = controller.groups["policy"].actors[0]
+        workers = controller.runtime.groups["rollout"].actors
+        trainer = controller.runtime.groups["policy"].actors[0]
         before = ray.get(workers[0].fingerprint.remote())
         metrics = StepMetrics(controller.job.stage_dir / "metrics.jsonl", "steps", "ppo")
         last = controller.run(metrics)
@@ -116,19 +117,19 @@ def test_killed_rollout_worker_is_replaced_synced_and_the_step_completes(ray_ses
     try:
         controller.start()
         controller.run_step(1)
-        victim = controller.groups["rollout"].actors[1]
+        victim = controller.runtime.groups["rollout"].actors[1]
         victim_pid = ray.get(victim.pid.remote())
         os.kill(victim_pid, signal.SIGKILL)
         values = controller.run_step(2)
-        replacement = controller.groups["rollout"].actors[1]
+        replacement = controller.runtime.groups["rollout"].actors[1]
         assert ray.get(replacement.pid.remote()) != victim_pid
-        trained = ray.get(controller.groups["policy"].actors[0].fingerprint.remote())
+        trained = ray.get(controller.runtime.groups["policy"].actors[0].fingerprint.remote())
         synced = ray.get(replacement.fingerprint.remote())
         transport = controller.sync()["transport"]
     finally:
         controller.shutdown()
     assert transport == "collective"
-    assert controller.rollout_replacements == 1
+    assert controller.runtime.rollout_replacements == 1
     assert values["samples"] == 8 and values["reward_mean"] == values["reward_mean"]
     assert values["logprob_gap"] < 1e-3  # the replacement generated with the trained weights
     assert all(synced[k] == pytest.approx(trained[k], rel=1e-6, abs=1e-6) for k in trained)
@@ -149,14 +150,15 @@ def test_generator_killed_during_an_overlapped_rollout_is_replaced_from_its_thre
     try:
         controller.start()
         controller.run_step(1)  # step 2's rollout is made during it, and finished by its end
-        victim = controller.groups["rollout"].actors[1]
+        victim = controller.runtime.groups["rollout"].actors[1]
         victim_pid = ray.get(victim.pid.remote())
         os.kill(victim_pid, signal.SIGKILL)
         controller.run_step(2)  # uses the finished rollout; step 3's meets the dead worker
-        assert controller.rollout_replacements == 1
+        assert controller.runtime.rollout_replacements == 1
         values = controller.run_step(3)
-        trained = ray.get(controller.groups["policy"].actors[0].fingerprint.remote())
-        served = [ray.get(w.fingerprint.remote()) for w in controller.groups["rollout"].actors]
+        trained = ray.get(controller.runtime.groups["policy"].actors[0].fingerprint.remote())
+        served = [ray.get(w.fingerprint.remote())
+                  for w in controller.runtime.groups["rollout"].actors]
     finally:
         controller.shutdown()
     assert values["samples"] == 8 and values["reward_mean"] == values["reward_mean"]
@@ -180,7 +182,7 @@ def test_dead_trainer_ends_the_run_with_a_resumable_checkpoint(ray_session, tmp_
         first.run_step(1)
         first.step = 1
         saved = first.save_checkpoint(1)
-        os.kill(ray.get(first.groups["policy"].actors[0].pid.remote()), signal.SIGKILL)
+        os.kill(ray.get(first.runtime.groups["policy"].actors[0].pid.remote()), signal.SIGKILL)
         with pytest.raises(PPORunError) as failure:
             first.run_step(2)
     finally:
@@ -203,7 +205,7 @@ def test_killed_scorer_mid_step_is_replaced_and_the_step_completes(ray_session, 
     controller = controller_for(config, tiny_policy)
     try:
         controller.start()
-        victim = controller.pool.scorers[0]
+        victim = controller.runtime.pool.scorers[0]
         victim_pid = ray.get(victim.pid.remote())
         rollout = controller.rollout
 
@@ -223,8 +225,8 @@ def test_killed_scorer_mid_step_is_replaced_and_the_step_completes(ray_session, 
 
         controller.rollout = rollout_then_kill_scorer
         values = controller.run_step(1)
-        assert ray.get(controller.pool.scorers[0].pid.remote()) != victim_pid
-        assert controller.pool.replacements >= 1
+        assert ray.get(controller.runtime.pool.scorers[0].pid.remote()) != victim_pid
+        assert controller.runtime.pool.replacements >= 1
         assert values["samples"] == 8 and values["reward_mean"] == values["reward_mean"]
     finally:
         controller.shutdown()
@@ -236,7 +238,7 @@ def test_impossible_plan_fails_in_seconds_with_the_numbers(ray_session, tmp_path
     with pytest.raises(ResourceError, match=r"needs 2 GPUs \(rollout 2x1\) but the cluster "
                                             r"has 0"):
         controller.start()
-    assert not controller.groups  # nothing was started
+    assert not controller.runtime.groups  # nothing was started
     config = ppo_config(tmp_path, tiny_policy, "toobig2", ["ppo_resources.reward_scorers=40"])
     with pytest.raises(ResourceError, match="needs 11.5 CPUs"):
         controller_for(config, tiny_policy).start()
@@ -279,11 +281,11 @@ def test_full_weight_grpo_under_zero3_syncs_gathered_weights(ray_session, tmp_pa
     controller = controller_for(config, tiny_policy)
     try:
         controller.start()
-        assert "critic" not in controller.groups
-        before = ray.get(controller.groups["rollout"].actors[0].fingerprint.remote())
+        assert "critic" not in controller.runtime.groups
+        before = ray.get(controller.runtime.groups["rollout"].actors[0].fingerprint.remote())
         values = controller.run_step(1)
-        trained = ray.get(controller.groups["policy"].actors[0].fingerprint.remote())
-        after = ray.get(controller.groups["rollout"].actors[1].fingerprint.remote())
+        trained = ray.get(controller.runtime.groups["policy"].actors[0].fingerprint.remote())
+        after = ray.get(controller.runtime.groups["rollout"].actors[1].fingerprint.remote())
         controller.step = 1
         export = controller.export()
     finally:
@@ -307,10 +309,10 @@ def test_bf16_step_trains_and_syncs_bf16_weights(ray_session, tmp_path, tiny_pol
     controller = controller_for(config, tiny_policy)
     try:
         controller.start()
-        generator = controller.groups["rollout"].actors[0]
+        generator = controller.runtime.groups["rollout"].actors[0]
         before = ray.get(generator.fingerprint.remote())
         values = controller.run_step(1)
-        trained = ray.get(controller.groups["policy"].actors[0].fingerprint.remote())
+        trained = ray.get(controller.runtime.groups["policy"].actors[0].fingerprint.remote())
         after = ray.get(generator.fingerprint.remote())
         dtypes = ray.get(generator.__ray_call__.remote(
             lambda worker: sorted({str(p.dtype) for p in worker.model.parameters()})))
@@ -333,8 +335,9 @@ def test_two_trainer_ranks_share_the_batch_and_stay_in_sync(ray_session, tmp_pat
     try:
         controller.start()
         values = controller.run_step(1)
-        ranks = ray.get([a.fingerprint.remote() for a in controller.groups["policy"].actors])
-        generator = ray.get(controller.groups["rollout"].actors[0].fingerprint.remote())
+        ranks = ray.get([a.fingerprint.remote()
+                         for a in controller.runtime.groups["policy"].actors])
+        generator = ray.get(controller.runtime.groups["rollout"].actors[0].fingerprint.remote())
     finally:
         controller.shutdown()
     assert ranks[0] == ranks[1]  # data-parallel ranks hold identical weights after the step
@@ -377,8 +380,8 @@ def test_overlapped_rollout_is_one_step_off_policy_and_resumes_without_losing_a_
         second.start()
         assert second.step == 2 and second.prefetched is None
         second.run(StepMetrics(metrics_path, "overlap", "ppo"))
-        trained = ray.get(second.groups["policy"].actors[0].fingerprint.remote())
-        served = [ray.get(w.fingerprint.remote()) for w in second.groups["rollout"].actors]
+        trained = ray.get(second.runtime.groups["policy"].actors[0].fingerprint.remote())
+        served = [ray.get(w.fingerprint.remote()) for w in second.runtime.groups["rollout"].actors]
     finally:
         second.shutdown()
     assert [r["step"] for r in read_metrics(metrics_path)] == [1, 2, 3]

@@ -54,7 +54,7 @@ def test_the_converted_folder_computes_the_gguf_models_logits(smollm2):
 
 def test_rollouts_read_the_chat_template_and_stop_at_end_of_turn(smollm2):
     from culture_rl.eval.metrics import split_answer
-    from culture_rl.rl.rollout import HFBackend, SamplingParams
+    from culture_rl.inference.rollout import HFBackend, SamplingParams
 
     folder, tokenizer, _ = smollm2
     backend = HFBackend(folder)
@@ -85,7 +85,7 @@ def test_rollouts_read_the_chat_template_and_stop_at_end_of_turn(smollm2):
 
 
 def test_chat_template_none_gives_the_raw_prompt_to_the_same_model(smollm2):
-    from culture_rl.rl.rollout import HFBackend, SamplingParams
+    from culture_rl.inference.rollout import HFBackend, SamplingParams
 
     folder, tokenizer, _ = smollm2
     backend = HFBackend(folder, chat_template="none")  # model.chat_template: none
@@ -128,8 +128,8 @@ def test_the_real_model_demo_elicits_tunes_and_evaluates_it_on_ray(smollm2, ray_
     from culture_rl.config import load_config
     from culture_rl.data.align_data import load_align_data
     from culture_rl.train.sft import sft_rows
-    from culture_rl.workflows.align_sft import build_sft_job
-    from culture_rl.workflows.quickstart import run_quickstart
+    from culture_rl.methods.align.sft import build_sft_job
+    from culture_rl.methods.quickstart import run_quickstart
 
     folder, tokenizer, _ = smollm2
     shipped = Path(__file__).resolve().parents[2] / "configs" / "quickstart_smollm2.yaml"
@@ -174,7 +174,7 @@ def test_elicit_reads_the_real_models_own_associations_into_the_dominant_culture
     from culture_rl.data.english_words import brysbaert_concreteness
     from culture_rl.data.swow import load_swow
     from culture_rl.data.synthetic import generate_world
-    from culture_rl.workflows.elicit import elicit_base_associations
+    from culture_rl.methods.elicit import elicit_base_associations
 
     out = tmp_path / "base.csv"
     config = load_config(None, [

@@ -17,7 +17,7 @@ import pytest
 from culture_rl.config import load_config
 from culture_rl.errors import CultureRLError
 from culture_rl.data.align_data import load_align_data
-from culture_rl.workflows.reflect import run_reflect
+from culture_rl.methods.calm.reflect import run_reflect
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +90,7 @@ def test_a_calm_policy_reflects_with_its_identity_state_and_exports_a_calm_model
     import torch
     from safetensors.torch import load_file
 
-    from culture_rl.train.calm import load_calm_export
+    from culture_rl.models.calm_policy import load_calm_export
 
     session, _ = quickstart_run
     start = session.run_dir / "calm" / "export"

@@ -10,7 +10,7 @@ import pytest
 from culture_rl.config import load_config
 from culture_rl.train.sft import FINISHED, TrainingError, run_stage
 from culture_rl.data.align_data import load_align_data
-from culture_rl.workflows.align_sft import build_sft_job
+from culture_rl.methods.align.sft import build_sft_job
 
 pytestmark = pytest.mark.integration
 

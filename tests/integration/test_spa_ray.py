@@ -19,7 +19,7 @@ STAGES = ("questions", "unaware", "aware", "related")
 
 @pytest.fixture(scope="module")
 def spa_run(quickstart_run, tmp_path_factory):
-    from culture_rl.spa.pipeline import load_spa_data, run_spa
+    from culture_rl.methods.culturespa.pipeline import load_spa_data, run_spa
 
     qs_config, _ = quickstart_run
     storage = tmp_path_factory.mktemp("spa")
@@ -66,7 +66,7 @@ def test_every_stage_writes_its_output_and_the_evaluation_is_finite(spa_run):
 
 
 def test_rerun_skips_finished_stages_and_restarts_at_the_first_unfinished(spa_run, capsys):
-    from culture_rl.spa.pipeline import run_spa
+    from culture_rl.methods.culturespa.pipeline import run_spa
 
     config, data, first = spa_run
     out = config.run_dir / "spa"
@@ -85,7 +85,7 @@ def test_rerun_skips_finished_stages_and_restarts_at_the_first_unfinished(spa_ru
 def test_rollout_actors_serve_each_request_with_its_cultures_adapter(spa_run):
     from culture_rl.data import prompts
     from culture_rl.eval.harness import EvaluationGroup
-    from culture_rl.eval.inference import LocalInference
+    from culture_rl.inference.pools import LocalInference
     from culture_rl.models.loading import load_model, load_tokenizer
 
     config, data, result = spa_run
@@ -118,9 +118,9 @@ def test_rollout_actors_serve_each_request_with_its_cultures_adapter(spa_run):
 def test_ccot_aware_answers_are_read_after_the_models_own_thoughts(spa_run):
     from culture_rl.data import prompts
     from culture_rl.eval.harness import EvaluationGroup
-    from culture_rl.eval.inference import LocalInference
+    from culture_rl.inference.pools import LocalInference
     from culture_rl.models.loading import load_model, load_tokenizer
-    from culture_rl.spa.pipeline import answer_distributions
+    from culture_rl.methods.culturespa.pipeline import answer_distributions
 
     config, data, _ = spa_run
     ccot = config.model_copy(update={"spa": config.spa.model_copy(

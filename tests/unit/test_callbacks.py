@@ -7,7 +7,7 @@ import json
 import pytest
 
 from culture_rl.config import ModelConfig, TinyModelConfig
-from culture_rl.eval.generation import generate_answers
+from culture_rl.inference.generation import generate_answers
 from culture_rl.eval.metrics import precision_at_k
 from culture_rl.models.loading import build_tiny_model, load_model, load_tokenizer
 from culture_rl.train.callbacks import HeldOutPrecision, drop_records_after, _format_progress

@@ -109,7 +109,7 @@ def test_too_small_settings_are_refused(world):
 def test_workflow_keeps_the_tasks_split_and_subsets():
     from culture_rl.config import load_config
     from culture_rl.data.align_data import load_align_data
-    from culture_rl.workflows.calm import build_calm_job
+    from culture_rl.methods.calm.train import build_calm_job
 
     config = load_config(None, ["calm.task.name=culture_dependent", "calm.task.seed=5"])
     data = load_align_data(config, write_world=False)
@@ -126,7 +126,7 @@ def test_workflow_keeps_the_tasks_split_and_subsets():
 def test_workflow_errors_name_the_field(tmp_path):
     from culture_rl.config import load_config
     from culture_rl.data.align_data import load_align_data
-    from culture_rl.workflows.calm import build_calm_job
+    from culture_rl.methods.calm.train import build_calm_job
 
     config = load_config(None, ["calm.task.name=culture_dependent",
                                 "calm.task.acts_per_value=2"])
@@ -146,7 +146,7 @@ def test_workflow_errors_name_the_field(tmp_path):
 
 def test_scores_and_report_by_subset():
     from culture_rl.train.calm_loop import classification_scores
-    from culture_rl.workflows.calm import render_report
+    from culture_rl.methods.calm.train import render_report
 
     scores = classification_scores(["x", "y", "x", "y"], ["x", "y", "y", "y"],
                                    ["A", "A", "B", "B"], ["x", "y"],

@@ -12,7 +12,7 @@ from culture_rl.train.calm import variant_config
 from culture_rl.train.calm_data import (per_culture_batches, rank_batches, split_statements,
                                         steps_per_epoch)
 from culture_rl.train.calm_loop import classification_scores, learning_rate_factor
-from culture_rl.workflows.calm import build_calm_rows, render_report
+from culture_rl.methods.calm.train import build_calm_rows, render_report
 
 
 def statements(cultures=("A", "B", "C"), labels=("x", "y"), per=10):
@@ -120,7 +120,7 @@ def test_report_shows_learning_curves():
 def test_zero3_with_two_gradient_passes_is_refused_before_ray():
     from culture_rl.config import load_config
     from culture_rl.data.align_data import load_align_data
-    from culture_rl.workflows.calm import build_calm_job
+    from culture_rl.methods.calm.train import build_calm_job
 
     config = load_config(None, ["deepspeed.zero_stage=3", "model.path=/nonexistent"])
     data = load_align_data(config, write_world=False)

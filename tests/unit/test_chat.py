@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from culture_rl.data import prompts
-from culture_rl.models.chat import (AnswerBegun, answer_text, apply_choice, chat_prompt,
-                                    messages, sft_example, stop_token_ids, uses_chat)
+from culture_rl.models.chat import (AnswerBegun, answer_text, apply_choice, chat_prompt, messages,
+                                    sft_example, stop_token_ids, uses_chat)
 from culture_rl.models.loading import train_tokenizer
-from culture_rl.rl.rollout import response_mask
+from culture_rl.inference.rollout import response_mask
 
 # ChatML, the format of SmolLM2 and Qwen2.5 (trimmed of their default system message).
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -109,7 +109,7 @@ def test_option_scores_read_the_label_where_the_answer_stands(chat_tokenizer):
     two differ, so the label is read where the prompt leaves it."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from culture_rl.eval.generation import option_distributions
+    from culture_rl.inference.generation import option_distributions
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(chat_tokenizer), hidden_size=16,

@@ -13,7 +13,7 @@ from culture_rl.data import english_words
 from culture_rl.data.lexicons import load_brysbaert
 from culture_rl.data.synthetic import generate_world
 from culture_rl.errors import ConfigError
-from culture_rl.workflows.elicit import count_associations, kept_words
+from culture_rl.methods.elicit import count_associations, kept_words
 
 ENGLISH = WorldConfig(vocabulary="english", num_cues=32, num_topics=8, num_survey_questions=8,
                       statements_per_dim=2, participants_per_cue=40)

@@ -9,8 +9,8 @@ import torch
 from culture_rl.config import ModelConfig, TinyModelConfig
 from culture_rl.data.surveys import SurveyQuestion
 from culture_rl.eval.evaluate import association_scores, survey_scores
-from culture_rl.eval.generation import (continuation_logprobs, generate_answers,
-                                        option_distributions)
+from culture_rl.inference.generation import (continuation_logprobs, generate_answers,
+                                             option_distributions)
 from culture_rl.eval.metrics import distribution_scores
 from culture_rl.models.loading import build_tiny_model, load_model, load_tokenizer
 

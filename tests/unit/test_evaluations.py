@@ -17,8 +17,8 @@ from culture_rl.data import prompts
 from culture_rl.data.surveys import SurveyQuestion
 from culture_rl.eval.evaluate import (EVALUATIONS, EvalInputs, evaluate, lexical_comparisons,
                                       sample_statements)
-from culture_rl.eval.generation import generate_answers
-from culture_rl.eval.inference import LocalInference, contiguous_chunks
+from culture_rl.inference.generation import generate_answers
+from culture_rl.inference.pools import LocalInference, contiguous_chunks
 from culture_rl.eval.metrics import concrete_share, tension_score, wilcoxon_paired
 from culture_rl.models.loading import build_tiny_model, load_model, load_tokenizer
 

@@ -14,7 +14,7 @@ from culture_rl.rl.plan import BatchPlan
 from culture_rl.rl.prompt_iterator import PromptIterator
 from culture_rl.rl.experience import Experience
 from culture_rl.rl.modeling import sequence_inputs
-from culture_rl.rl.rollout import response_mask
+from culture_rl.inference.rollout import response_mask
 
 
 def test_prompt_iterator_resumes_without_replay_or_skip():

@@ -13,9 +13,9 @@ from culture_rl.cli import main
 from culture_rl.config import load_config
 from culture_rl.errors import ConfigError
 from culture_rl.rl.preference import dpo_loss, reflection_loss, sequence_log_prob, sft_loss
-from culture_rl.rl.reflection import (DEFAULT_TEMPLATES, Pair, best_revisions,
-                                      improvement_pairs, reflection_prompt, reflection_template,
-                                      repeat_to_multiple, revision_prompts, round_statistics)
+from culture_rl.rl.reflection import (DEFAULT_TEMPLATES, Pair, best_revisions, improvement_pairs,
+                                      reflection_prompt, reflection_template, repeat_to_multiple,
+                                      revision_prompts, round_statistics)
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = str(REPO / "configs" / "reflect_quickstart.yaml")
@@ -149,7 +149,7 @@ def test_reflect_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsy
 def test_task_prompts_name_the_culture_and_carry_what_the_reward_needs():
     from culture_rl.rl.rewards import score_batch
     from culture_rl.data.align_data import load_align_data
-    from culture_rl.workflows.reflect import build_job, reward_of, seen_prompts
+    from culture_rl.methods.calm.reflect import build_job, reward_of, seen_prompts
 
     for task in ("associations", "ranking"):
         config = load_config(QUICKSTART, [f"reflect.task={task}", "reflect.eval_cues=2"])

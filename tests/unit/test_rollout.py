@@ -7,7 +7,7 @@ from culture_rl.config import ModelConfig, TinyModelConfig
 from culture_rl.models.loading import build_tiny_model
 from culture_rl.rl.experience import Experience
 from culture_rl.rl.modeling import response_log_probs
-from culture_rl.rl.rollout import HFBackend, SamplingParams
+from culture_rl.inference.rollout import HFBackend, SamplingParams
 
 CORPUS = [f"Cue: w{i}\nWhat words come to mind? Answer: a{i}, b{i}, c{i}" for i in range(200)]
 
@@ -131,7 +131,7 @@ def test_vllm_backend_without_vllm_or_a_gpu_is_a_config_error_naming_the_field()
     import importlib.util
 
     from culture_rl.errors import ConfigError
-    from culture_rl.rl.vllm_backend import VLLMBackend
+    from culture_rl.inference.vllm_backend import VLLMBackend
 
     if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
         pytest.skip("vLLM and a GPU are here: the backend would start")

@@ -11,10 +11,12 @@ import pytest
 
 from culture_rl.data import prompts
 from culture_rl.eval.metrics import js_distance
-from culture_rl.spa.instances import (answer_labels, culture_related, proportional_counts,
-                                      related_instances, target_distribution, training_rows)
-from culture_rl.spa.questions import (QUESTION_FORMS, collect, continuation_prompt,
-                                      parse_json_question, parse_question, question_form)
+from culture_rl.methods.culturespa.instances import (answer_labels, culture_related,
+                                                     proportional_counts, related_instances,
+                                                     target_distribution, training_rows)
+from culture_rl.methods.culturespa.questions import (QUESTION_FORMS, collect, continuation_prompt,
+                                                     parse_json_question, parse_question,
+                                                     question_form)
 
 GOOD = (" On trust: most people can be trusted (item 3).\nOptions:\n1. Strongly agree\n"
         "2. Agree\n3. Disagree\nAnswer: 2")
@@ -229,7 +231,7 @@ def adapter_set(tmp_path_factory):
 
     from culture_rl.config import ModelConfig, TinyModelConfig
     from culture_rl.models.loading import build_tiny_model, load_model
-    from culture_rl.spa.adapters import write_adapter_set
+    from culture_rl.models.adapters import write_adapter_set
 
     root = tmp_path_factory.mktemp("adapters")
     shape = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
@@ -248,9 +250,9 @@ def adapter_set(tmp_path_factory):
 
 
 def test_adapter_set_routes_each_request_to_its_cultures_adapter(adapter_set):
-    from culture_rl.eval.inference import LocalInference
+    from culture_rl.inference.pools import LocalInference
     from culture_rl.models.loading import load_model, load_tokenizer
-    from culture_rl.spa.adapters import load_adapter_set
+    from culture_rl.models.adapters import load_adapter_set
 
     folder, base, adapters = adapter_set
     tokenizer = load_tokenizer(base)
@@ -277,9 +279,9 @@ def test_adapter_set_names_a_missing_adapter_or_culture(adapter_set, tmp_path):
     import shutil
 
     from culture_rl.errors import ConfigError
-    from culture_rl.eval.inference import LocalInference
+    from culture_rl.inference.pools import LocalInference
     from culture_rl.models.loading import load_tokenizer
-    from culture_rl.spa.adapters import ADAPTER_SET, load_adapter_set, read_adapter_set
+    from culture_rl.models.adapters import ADAPTER_SET, load_adapter_set, read_adapter_set
 
     folder, base, _ = adapter_set
     model = LocalInference(load_adapter_set(folder), load_tokenizer(base))

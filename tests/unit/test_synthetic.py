@@ -79,7 +79,7 @@ def test_held_out_cues_share_topic_words_with_training_cues(vocabulary):
 
 
 def test_questionnaires_list_a_topics_questions_in_the_generation_format():
-    from culture_rl.spa.questions import parse_question
+    from culture_rl.methods.culturespa.questions import parse_question
 
     several = SMALL.model_copy(update={"num_survey_questions": 30})  # 2-3 per topic area
     plain = generate_world(several)

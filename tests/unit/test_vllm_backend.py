@@ -1,4 +1,4 @@
-"""The vLLM backend's pure parts (rl/vllm_backend.py). vLLM is not installed here and there
+"""The vLLM backend's pure parts (inference/vllm_backend.py). vLLM is not installed here and there
 is no GPU, so the engine never starts in these tests; its outputs are stood in for by objects
 with the attributes of vLLM's ``RequestOutput`` / ``CompletionOutput`` / ``Logprob``."""
 
@@ -10,8 +10,8 @@ import torch
 from culture_rl.config import load_config
 from culture_rl.errors import ConfigError
 from culture_rl.ppo_config import VLLM_GPU_MEMORY_UTILIZATION
-from culture_rl.rl.vllm_backend import (engine_arguments, prompt_seeds, rollout_from_outputs,
-                                        sampled_log_probs, sampling_arguments)
+from culture_rl.inference.vllm_backend import (engine_arguments, prompt_seeds, rollout_from_outputs,
+                                               sampled_log_probs, sampling_arguments)
 
 
 def _logprob(value):

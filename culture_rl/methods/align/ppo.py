@@ -14,12 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from culture_rl.config import ExperimentConfig
-from culture_rl.data import examples
 from culture_rl.errors import ConfigError
-from culture_rl.rl.controller import FINISHED, PPOController, PPOJob
-from culture_rl.rl.plan import batch_plan, check_ppo_plan
+from culture_rl.checkpoints import FINISHED
+from culture_rl.rl.controller import PPOController
+from culture_rl.rl.runtime import PPOJob
+from culture_rl.rl.plan import BatchPlan, batch_plan, check_ppo_plan
 from culture_rl.data.align_data import AlignData
-from culture_rl.workflows.align_sft import stage_dir
+from culture_rl.data.ranking_prompts import eval_ranking_prompts, ranking_prompts
+from culture_rl.models.paths import resolve_policy_path
+from culture_rl.methods.align.sft import stage_dir
 
 SFT = "sft"
 
@@ -32,58 +35,7 @@ class PPOResult:
     already_finished: bool = False
 
 
-def ranking_prompts(config: ExperimentConfig, data: AlignData, cues: list[str], seed: int,
-                    per_cue: int, culture: str | None = None) -> list[dict]:
-    """ALIGN ranking prompts for ``cues`` from ``culture``'s norms (default: the target's),
-    tagged with that culture."""
-    culture = culture or data.target_culture
-    rows = examples.build_ranking_examples(data.norms_by_culture[culture], cues,
-                                           n_words=config.ppo.ranking_words,
-                                           language=config.data.language, seed=seed,
-                                           per_cue=per_cue)
-    return [{**row, "culture": culture} for row in rows]
-
-
-def heldout_ranking_cues(config: ExperimentConfig, data: AlignData,
-                         trained_split: str | None = None, limit: bool = True) -> list[str]:
-    """Cues of ``eval.split`` that an online loop does not train on (``trained_split``,
-    default ``ppo.prompt_split``), at most ``eval.max_cues`` with ``limit``."""
-    split = config.eval.split
-    cues = data.split["val"] + data.split["test"] if split == "heldout" else data.split[split]
-    trained = set(data.split[trained_split or config.ppo.prompt_split])
-    held = [c for c in cues if c not in trained]
-    return held[:config.eval.max_cues] if limit and config.eval.max_cues else held
-
-
-def eval_ranking_prompts(config: ExperimentConfig, data: AlignData,
-                         culture: str | None = None) -> list[dict]:
-    # A seed apart from the training prompts' and several word samples per cue: the held-out
-    # mean rho is then a stable number even with few cues.
-    return ranking_prompts(config, data, heldout_ranking_cues(config, data),
-                           seed=config.run.seed + 1, per_cue=4, culture=culture)
-
-
-def resolve_policy_path(path: str, field: str = "ppo.policy_path") -> str:
-    """A model folder, an SFT ``export`` folder (its merged ``model/``, else ``adapter/``) or a
-    local Hugging Face name."""
-    from culture_rl.models.calm_policy import is_calm_export
-    from culture_rl.models.loading import check_available
-
-    folder = Path(path).expanduser()
-    for calm in (folder, folder / "model"):  # a CALM export is served as a whole
-        if is_calm_export(calm):
-            return str(calm.resolve())
-    for candidate in (folder / "model", folder / "adapter"):
-        if (candidate / "config.json").is_file() or (candidate / "adapter_config.json").is_file():
-            return str(candidate.resolve())
-    try:
-        check_available(path)
-    except ConfigError as err:
-        raise ConfigError(err.reason, field=field) from None
-    return str(folder.resolve()) if folder.exists() else path
-
-
-def validate(config: ExperimentConfig) -> None:
+def validate(config: ExperimentConfig) -> BatchPlan:
     """What pydantic cannot check alone -- names only the registries know, batch sizes that
     must divide -- fails here, before any model is trained or any actor started."""
     from culture_rl.rl.ppo import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, POLICY_LOSSES
@@ -96,7 +48,9 @@ def validate(config: ExperimentConfig) -> None:
         if name not in registry:
             raise ConfigError(f"unknown {registry.what} {name!r}; registered: "
                               f"{', '.join(sorted(registry))}", field=f"ppo.{field}")
-    batch_plan(config).check()
+    plan = batch_plan(config)
+    plan.check()
+    return plan
 
 
 def build_ppo_job(config: ExperimentConfig, data: AlignData, policy_path: str) -> PPOJob:
@@ -121,7 +75,7 @@ def policy_start(config: ExperimentConfig, data: AlignData, path: str | None = N
         return resolve_policy_path(path, field)
     export = stage_dir(config, SFT) / "export"
     if not (export / "finished.json").is_file():
-        from culture_rl.workflows.align_sft import TINY, pretrained_tiny_path, run_pretrain, run_sft
+        from culture_rl.methods.align.sft import TINY, pretrained_tiny_path, run_pretrain, run_sft
 
         print(f"[{field.split('.')[0]}] {field} is 'sft' and {export} holds no finished SFT "
               "model: training it first", flush=True)
@@ -136,10 +90,12 @@ def _result(job: PPOJob, metrics: dict, already: bool) -> PPOResult:
     return PPOResult(job.export_dir, job.export_dir / "model", metrics, already)
 
 
-def run_ppo(config: ExperimentConfig, data: AlignData) -> PPOResult:
+def run_ppo(config: ExperimentConfig, data: AlignData, plan: BatchPlan | None = None
+            ) -> PPOResult:
+    """Train PPO (``plan``: what :func:`validate` returned, when the caller checked first)."""
     from culture_rl.distributed.metrics import StepMetrics
 
-    validate(config)
+    plan = plan if plan is not None else validate(config)
     folder = stage_dir(config, "ppo")
     if (folder / "export" / FINISHED).is_file():
         print(f"[ppo] already finished ({folder / 'export'}); nothing to do. Use another "
@@ -154,9 +110,9 @@ def run_ppo(config: ExperimentConfig, data: AlignData) -> PPOResult:
     job = build_ppo_job(config, data, policy or policy_start(config, data))
     print(f"[ppo] policy {job.policy_path}; {len(job.prompts)} ranking prompts "
           f"({config.ppo.prompt_split} cues), {len(job.eval_prompts)} held-out", flush=True)
-    controller = PPOController(config, job)
+    controller = PPOController(config, job, plan)
     try:
-        controller.start()
+        controller.start(check_resources=False)  # checked above
         last = controller.run(StepMetrics(folder / "metrics.jsonl", config.run.name, "ppo"))
         export = controller.export()
         print(f"[ppo] exported to {export}", flush=True)

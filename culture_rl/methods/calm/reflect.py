@@ -18,9 +18,10 @@ from pathlib import Path
 from culture_rl.config import ExperimentConfig
 from culture_rl.data import examples, prompts as templates
 from culture_rl.errors import ConfigError
-from culture_rl.rl.controller import FINISHED, PPOJob
+from culture_rl.checkpoints import FINISHED
+from culture_rl.rl.runtime import PPOJob
 from culture_rl.data.align_data import AlignData
-from culture_rl.workflows.align_sft import TINY, pretrained_tiny_path, stage_dir
+from culture_rl.methods.align.sft import TINY, pretrained_tiny_path, stage_dir
 
 TASK_REWARDS = {"associations": "association_overlap", "ranking": "ranking_spearman"}
 PRETRAIN = "pretrain"
@@ -92,7 +93,7 @@ def _cues(data: AlignData, culture: str, names: list[str]) -> list[str]:
 
 
 def build_job(config: ExperimentConfig, data: AlignData, policy_path: str) -> PPOJob:
-    from culture_rl.workflows.align_ppo import heldout_ranking_cues
+    from culture_rl.data.ranking_prompts import heldout_ranking_cues
 
     cfg = config.reflect
     train_cues = data.split[cfg.prompt_split]
@@ -127,7 +128,8 @@ def resolve_start(config: ExperimentConfig, data: AlignData) -> str:
     """``reflect.policy_path``: 'sft' and other paths as PPO resolves them; 'pretrain' is this
     run's base model (pretrained first for the tiny preset); 'calm' this run's CALM export
     (the CALM model with its identity state, trained further as it is)."""
-    from culture_rl.workflows.align_ppo import policy_start, resolve_policy_path
+    from culture_rl.models.paths import resolve_policy_path
+    from culture_rl.methods.align.ppo import policy_start
 
     path = config.reflect.policy_path
     if path == CALM:
@@ -137,7 +139,7 @@ def resolve_start(config: ExperimentConfig, data: AlignData) -> str:
     if config.model.path != TINY:
         return resolve_policy_path(config.model.path, "reflect.policy_path")
     if not (pretrained_tiny_path(config) / "config.json").is_file():
-        from culture_rl.workflows.align_sft import run_pretrain
+        from culture_rl.methods.align.sft import run_pretrain
 
         run_pretrain(config, data)
     return str(pretrained_tiny_path(config))

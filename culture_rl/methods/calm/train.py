@@ -25,7 +25,7 @@ from culture_rl.train.calm import CalmJob, run_calm_stage, run_compare_stage
 from culture_rl.train.calm_data import split_statements
 from culture_rl.train.calm_loop import LOSS_TERMS
 from culture_rl.data.align_data import AlignData
-from culture_rl.workflows.align_sft import TINY, pretrained_tiny_path, stage_dir
+from culture_rl.methods.align.sft import TINY, pretrained_tiny_path, stage_dir
 
 MODULES = ("disentangle", "contrastive", "prototypes", "cross_attention", "moe", "fusion")
 
@@ -251,7 +251,7 @@ def run_calm(config: ExperimentConfig, data: AlignData) -> dict:
     if calm_base_path(config) is None:
         print(f"[calm] no pretrained tiny base in {pretrained_tiny_path(config)}; pretraining "
               "it first", flush=True)
-        from culture_rl.workflows.align_sft import run_pretrain
+        from culture_rl.methods.align.sft import run_pretrain
 
         run_pretrain(config, data)
         job = build_calm_job(config, data)

@@ -16,7 +16,7 @@ from typing import Sequence
 from culture_rl.config import ExperimentConfig
 from culture_rl.data import prompts
 from culture_rl.models.chat import AnswerBegun
-from culture_rl.spa.stages import MANIFEST, stage_key
+from culture_rl.methods.culturespa.stages import MANIFEST, stage_key
 from culture_rl.data.align_data import AlignData
 
 
@@ -113,7 +113,7 @@ def evaluate_models(config: ExperimentConfig, data: AlignData, plan,
 
 
 def _has_adapter(adapter_set: str, culture: str) -> bool:
-    from culture_rl.spa.adapters import read_adapter_set
+    from culture_rl.models.adapters import read_adapter_set
 
     return culture in read_adapter_set(adapter_set)["adapters"]
 

@@ -32,10 +32,10 @@ from culture_rl.data import prompts
 from culture_rl.errors import ConfigError
 from culture_rl.models.chat import uses_chat
 from culture_rl.models.loading import load_tokenizer
-from culture_rl.spa.evaluate import ccot_distributions, evaluate_step, render_report
-from culture_rl.spa.instances import related_instances, training_rows
-from culture_rl.spa.stages import run_step, stage_key
-from culture_rl.spa.questions import QUESTION_FORMS, collect, question_form
+from culture_rl.methods.culturespa.evaluate import ccot_distributions, evaluate_step, render_report
+from culture_rl.methods.culturespa.instances import related_instances, training_rows
+from culture_rl.methods.culturespa.stages import run_step, stage_key
+from culture_rl.methods.culturespa.questions import QUESTION_FORMS, collect, question_form
 from culture_rl.data.align_data import AlignData, resolve_cultures
 
 PROGRESS_CHUNK = 64  # prompts per actor between progress lines
@@ -71,7 +71,7 @@ def load_spa_data(config: ExperimentConfig) -> AlignData:
 
 def plan_spa(config: ExperimentConfig, data: AlignData) -> SpaPlan:
     """Check cultures, topics and the starting model before any Ray work."""
-    from culture_rl.workflows.align_ppo import resolve_policy_path
+    from culture_rl.models.paths import resolve_policy_path
 
     spa = config.spa
     if not data.survey:
@@ -213,7 +213,7 @@ def fine_tune(config: ExperimentConfig, plan: SpaPlan, instances: list[dict]) ->
     Their folders carry a key of the training data and settings (``joint-<key>``), so a rerun
     with the same ones finds its finished (or resumable) runs, and changed settings train anew
     beside them instead of reusing a model made from other data."""
-    from culture_rl.spa.adapters import write_adapter_set
+    from culture_rl.models.adapters import write_adapter_set
 
     spa = config.spa
     key = stage_key(instances, _targets(config), spa.specific_culture_in_prompt,
@@ -252,7 +252,7 @@ def fine_tune(config: ExperimentConfig, plan: SpaPlan, instances: list[dict]) ->
 
 def run_spa(config: ExperimentConfig, data: AlignData) -> dict:
     from culture_rl.eval.harness import EvaluationGroup
-    from culture_rl.workflows.align_sft import run_pretrain
+    from culture_rl.methods.align.sft import run_pretrain
 
     plan = plan_spa(config, data)
     out = spa_dir(config)
