@@ -1,18 +1,21 @@
-"""The ``culture-rl`` commands that run a workflow on a config: one table (:data:`COMMANDS`),
-each entry its help line and the function that runs it. The CLI (culture_rl/cli.py) builds its
-parser from the table and dispatches over it; the Ray job workflows (culture_rl/jobs) name
-their commands from it.
+"""The ``culture-rl`` commands that run on a config: one table (:data:`COMMANDS`). The CLI
+(culture_rl/cli.py) builds its parser from it and dispatches over it; the Ray job entrypoints
+(``ray_jobs/<job>.py``, :data:`JOBS`) run its commands, so a job and a local run share every
+line of code.
 
-Every runner checks its inputs before any Ray work or run-folder write (so bad input is one
-line and leaves nothing behind), then writes the run's config and runs. The heavy modules are
-imported inside the runners: importing the workflows pulls in torch and Ray (about 3 s here
-against 0.2 s for the config), which ``culture-rl --help`` and a bad config's one-line error
-should not wait for.
+A method (pretrain, sft, ppo, calm, reflect, spa) is a module keeping the protocol of
+:mod:`culture_rl.methods` -- ``plan(config)`` checks everything once, ``run(plan)`` runs it --
+and all of them go through :func:`run_method`. The operations (synth, elicit, sweep, eval, demo)
+have a runner each. Either way the inputs are checked before any Ray work or run-folder write
+(so bad input is one line and leaves nothing behind). The heavy modules are imported only when
+a command runs: importing the methods pulls in torch and Ray (about 3 s here against 0.2 s for
+the config), which ``culture-rl --help`` and a bad config's one-line error should not wait for.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,8 +28,28 @@ EXIT_FAILED = 1
 @dataclass(frozen=True)
 class Command:
     help: str
-    run: Callable[[argparse.Namespace, ExperimentConfig], int]
+    # An operation's runner; a method's is run_method over its module (``method``).
+    runner: Callable[[argparse.Namespace, ExperimentConfig], int] | None = None
+    # A method module keeping the protocol of culture_rl.methods: plan(config), run(plan),
+    # summary(result). Named, not imported: see the module docstring.
+    method: str | None = None
+    # The Ray job entrypoint running this command: ray_jobs/<job>.py (None: no job).
+    job: str | None = None
     config_required: bool = True  # False: --config may be left out (demo: the quickstart)
+
+    def run(self, args: argparse.Namespace, config: ExperimentConfig) -> int:
+        return run_method(self.method, config) if self.method else self.runner(args, config)
+
+
+def run_method(module: str, config: ExperimentConfig) -> int:
+    """The one path of every method: check everything, write the run's config, run, summarise."""
+    method = importlib.import_module(module)
+    plan = method.plan(config)  # every input checked before any Ray work or run-folder write
+    write_run_config(config)
+    line = method.summary(method.run(plan))
+    if line:
+        print(line)
+    return 0
 
 
 def _synth(args, config) -> int:
@@ -53,66 +76,6 @@ def _elicit(args, config) -> int:
     print(f"base associations: {done.path} ({'written' if done.written else 'already there'}"
           f"): {done.cues_with_words} of {done.cues} cues named, {done.mean_words:.1f} "
           "words a cue")
-    return 0
-
-
-def _train_stage(args, config) -> int:  # pretrain and sft
-    from culture_rl.data.align_data import load_align_data
-    from culture_rl.train.sft import run_stage
-    from culture_rl.methods.align import sft as align_sft
-
-    data = load_align_data(config)
-    job = (align_sft.build_pretrain_job if args.command == "pretrain"
-           else align_sft.build_sft_job)(config, data)  # validates before any Ray work
-    write_run_config(config)
-    result = run_stage(job, config.resources)
-    print(f"{args.command}: model in {result.model_dir}")
-    return 0
-
-
-def _ppo(args, config) -> int:
-    from culture_rl.data.align_data import load_align_data
-    from culture_rl.methods.align.ppo import run_ppo, validate
-
-    plan = validate(config)  # needs no data: a bad batch setting must not write the world first
-    data = load_align_data(config)
-    write_run_config(config)
-    result = run_ppo(config, data, plan)
-    print(f"ppo: model in {result.model_dir}")
-    return 0
-
-
-def _calm(args, config) -> int:
-    from culture_rl.data.align_data import load_align_data
-    from culture_rl.methods.calm.train import build_calm_job, run_calm
-
-    data = load_align_data(config)
-    build_calm_job(config, data)  # validates statements and settings before any Ray work
-    write_run_config(config)
-    run_calm(config, data)
-    return 0
-
-
-def _reflect(args, config) -> int:
-    from culture_rl.data.align_data import load_align_data
-    from culture_rl.methods.calm.reflect import run_reflect, validate
-
-    # Reward and cultures are checked before the world is written or Ray is joined.
-    validate(config, load_align_data(config, write_world=False))
-    data = load_align_data(config)
-    write_run_config(config)
-    result = run_reflect(config, data)
-    print(f"reflect: model in {result.export_dir / 'model'}")
-    return 0
-
-
-def _spa(args, config) -> int:
-    from culture_rl.methods.culturespa.pipeline import load_spa_data, plan_spa, run_spa
-
-    data = load_spa_data(config)
-    plan_spa(config, data)  # cultures, topics and model checked before any Ray work
-    write_run_config(config)
-    run_spa(config, data)
     return 0
 
 
@@ -162,25 +125,31 @@ COMMANDS: dict[str, Command] = {
     "synth": Command("write the synthetic culture world in the real file formats", _synth),
     "elicit": Command("write world.base_associations: the base model's own associations to "
                       "the world's cues, the dominant culture's norms", _elicit),
-    "pretrain": Command("train the tiny base model on the synthetic corpus", _train_stage),
+    "pretrain": Command("train the tiny base model on the synthetic corpus",
+                        method="culture_rl.methods.pretrain"),
     "sft": Command("ALIGN stage 1: LoRA SFT on association norms (Ray Train + DeepSpeed)",
-                   _train_stage),
+                   method="culture_rl.methods.align.sft", job="align_sft"),
     "ppo": Command("ALIGN stage 2: PPO with the Spearman ranking reward on Ray actor groups",
-                   _ppo),
+                   method="culture_rl.methods.align.ppo", job="align_ppo"),
     "calm": Command("CALM: culture-aware modules (disentangle, contrastive prototypes, "
                     "cross-attention, MoE, identity fusion) around the base model with LoRA on "
                     "Ray Train + DeepSpeed; held-out value identification vs a LoRA baseline "
-                    "and ablations", _calm),
+                    "and ablations", method="culture_rl.methods.calm.train", job="calm"),
     "reflect": Command("CALM's self-prompted reflective learning on Ray actors: answer, "
                        "reflect and revise as a person from the culture, score both, train on "
-                       "the revisions that improve (SFT + DPO), sync, repeat", _reflect),
+                       "the revisions that improve (SFT + DPO), sync, repeat",
+                       method="culture_rl.methods.calm.reflect", job="reflect"),
     "sweep": Command("Ray Tune sweep of SFT across cultures x hyper-parameters (ASHA); writes "
-                     "the best configuration per culture", _sweep),
+                     "the best configuration per culture", _sweep, job="sweep"),
     "eval": Command("evaluate models x cultures x evaluations (eval.models; default: every "
-                    "exported stage of the run) into eval/eval.json and eval/eval.csv", _eval),
+                    "exported stage of the run) into eval/eval.json and eval/eval.csv", _eval,
+                    job="eval"),
     "spa": Command("CultureSPA: self-generated culture questions, culture-aware vs -unaware "
                    "answers, joint / per-culture fine-tuning, evaluation with and without "
-                   "CCoT", _spa),
+                   "CCoT", method="culture_rl.methods.culturespa.pipeline", job="culture_spa"),
     "demo": Command("the quickstart: world, base, SFT, PPO, evaluation, report", _demo,
-                    config_required=False),
+                    job="quickstart", config_required=False),
 }
+
+# The Ray job entrypoints: ray_jobs/<job>.py -> the command it runs.
+JOBS: dict[str, str] = {c.job: name for name, c in COMMANDS.items() if c.job}

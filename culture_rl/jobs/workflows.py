@@ -1,13 +1,14 @@
 """The workflows a Ray job can run: each is a `culture-rl` command behind a
-``python -m ray_jobs.<workflow>`` entrypoint, so a job and a local run share every line of code
-(config loading, one-line errors and exit codes included)."""
+``python -m ray_jobs.<workflow>`` entrypoint (the ``job`` column of the command table,
+:data:`culture_rl.commands.JOBS`), so a job and a local run share every line of code (config
+loading, one-line errors and exit codes included)."""
 
 from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
 
-from culture_rl.commands import COMMANDS
+from culture_rl.commands import COMMANDS, JOBS
 
 
 @dataclass(frozen=True)
@@ -21,11 +22,7 @@ class Workflow:
         return COMMANDS[self.command].help
 
 
-WORKFLOWS = {w.name: w for w in (
-    Workflow("quickstart", "demo"), Workflow("align_sft", "sft"), Workflow("align_ppo", "ppo"),
-    Workflow("eval", "eval"), Workflow("sweep", "sweep"), Workflow("calm", "calm"),
-    Workflow("reflect", "reflect"), Workflow("culture_spa", "spa"),
-)}
+WORKFLOWS = {name: Workflow(name, command) for name, command in JOBS.items()}
 
 
 def entrypoint(workflow: str, config_path: str, overrides: list[str]) -> str:

@@ -177,3 +177,35 @@ def test_a_late_config_error_keeps_the_stages_that_finished(tmp_path, capsys, mo
         assert (tmp_path / "runs" / "culturespa" / finished).is_file() and "kept" in err
     else:
         assert not (tmp_path / "runs").exists() and "kept" not in err
+
+
+def test_every_method_keeps_the_plan_run_summary_protocol():
+    """The table's methods all go through run_method: each names a module with plan(config),
+    run(plan) and summary(result), and each operation has its own runner instead."""
+    import importlib
+    import inspect
+
+    from culture_rl.commands import COMMANDS, JOBS
+
+    methods = {name: c.method for name, c in COMMANDS.items() if c.method}
+    assert set(methods) == {"pretrain", "sft", "ppo", "calm", "reflect", "spa"}
+    for name, module_name in methods.items():
+        module = importlib.import_module(module_name)
+        for function, parameters in (("plan", 1), ("run", 1), ("summary", 1)):
+            assert callable(getattr(module, function, None)), (name, function)
+            assert len(inspect.signature(getattr(module, function)).parameters) == parameters
+        assert COMMANDS[name].runner is None, name  # one path: no method has a runner too
+    assert all(c.runner for c in COMMANDS.values() if not c.method)
+    assert len(JOBS) == len({c.job for c in COMMANDS.values() if c.job})  # one job, one command
+
+
+def test_a_method_plan_fails_before_the_run_folder_is_written(tmp_path, capsys):
+    """plan(config) is where a bad setting stops a method: nothing of the run is written."""
+    from culture_rl.config import load_config
+    from culture_rl.errors import ConfigError
+    from culture_rl.methods.align import ppo
+
+    config = load_config(None, [f"run.storage_path={tmp_path}", "ppo.reward=no_such_reward"])
+    with pytest.raises(ConfigError, match="ppo.reward"):
+        ppo.plan(config)
+    assert not any(tmp_path.iterdir())

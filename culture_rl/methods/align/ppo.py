@@ -5,6 +5,9 @@ how often the target culture names them) and the held-out evaluation prompts, re
 PPO starts from, and runs the :class:`~culture_rl.rl.controller.PPOController` loop. With
 ``ppo.policy_path: sft`` a missing SFT model is trained first (and, for the tiny preset, the
 base model before it), so the quickstart PPO config runs end to end on a fresh machine.
+
+The method protocol (:mod:`culture_rl.methods`): :func:`plan` checks the registries and the
+batch plan and loads the data, :func:`run` trains, :func:`summary` is the CLI's closing line.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from culture_rl.checkpoints import FINISHED
 from culture_rl.rl.controller import PPOController
 from culture_rl.rl.runtime import PPOJob
 from culture_rl.rl.plan import BatchPlan, batch_plan, check_ppo_plan
-from culture_rl.data.align_data import AlignData
+from culture_rl.data.align_data import AlignData, load_align_data
 from culture_rl.data.ranking_prompts import eval_ranking_prompts, ranking_prompts
 from culture_rl.models.paths import resolve_policy_path
 from culture_rl.methods.align.sft import stage_dir
@@ -119,3 +122,24 @@ def run_ppo(config: ExperimentConfig, data: AlignData, plan: BatchPlan | None = 
     finally:
         controller.shutdown()
     return _result(job, last, False)
+
+
+@dataclass(frozen=True)
+class PPOPlan:
+    """A checked PPO run: the config, its data and its batch plan."""
+    config: ExperimentConfig
+    data: AlignData
+    batch: BatchPlan
+
+
+def plan(config: ExperimentConfig) -> PPOPlan:
+    batch = validate(config)  # needs no data: a bad batch setting must not write the world first
+    return PPOPlan(config, load_align_data(config), batch)
+
+
+def run(plan: PPOPlan) -> PPOResult:
+    return run_ppo(plan.config, plan.data, plan.batch)
+
+
+def summary(result: PPOResult) -> str:
+    return f"ppo: model in {result.model_dir}"

@@ -3,18 +3,23 @@
 ``pretrain`` makes the culturally biased "vanilla" tiny model from the synthetic corpus (all
 weights, plain LM loss); ``sft`` fine-tunes a base model with LoRA on the target culture's
 association norms (completion-only loss). Both go through :func:`culture_rl.train.sft.run_stage`.
+
+The method protocol (:mod:`culture_rl.methods`): :func:`plan` checks a config into a
+:class:`StagePlan`, :func:`run` trains it, :func:`summary` is the line the CLI prints; the
+pretraining stage shares :func:`run` and :func:`summary` (:mod:`culture_rl.methods.pretrain`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from culture_rl.config import ExperimentConfig
+from culture_rl.config import ExperimentConfig, ResourcesConfig
 from culture_rl.data import examples, prompts
 from culture_rl.errors import ConfigError
 from culture_rl.models.loading import build_tiny_model, check_available, prepare_model
 from culture_rl.train.sft import StageResult, TrainJob, run_stage
-from culture_rl.data.align_data import AlignData
+from culture_rl.data.align_data import AlignData, load_align_data
 
 TINY = "tiny"
 
@@ -104,3 +109,23 @@ def run_pretrain(config: ExperimentConfig, data: AlignData) -> StageResult:
 
 def run_sft(config: ExperimentConfig, data: AlignData) -> StageResult:
     return run_stage(build_sft_job(config, data), config.resources)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """A checked training stage: its job (examples, folders, settings) and its resources."""
+    job: TrainJob
+    resources: ResourcesConfig
+
+
+def plan(config: ExperimentConfig) -> StagePlan:
+    """ALIGN SFT: the data loaded and the job built (every input checked) before any Ray work."""
+    return StagePlan(build_sft_job(config, load_align_data(config)), config.resources)
+
+
+def run(plan: StagePlan) -> StageResult:
+    return run_stage(plan.job, plan.resources)
+
+
+def summary(result: StageResult) -> str:
+    return f"{result.stage}: model in {result.model_dir}"

@@ -20,7 +20,7 @@ from culture_rl.data import examples, prompts as templates
 from culture_rl.errors import ConfigError
 from culture_rl.checkpoints import FINISHED
 from culture_rl.rl.runtime import PPOJob
-from culture_rl.data.align_data import AlignData
+from culture_rl.data.align_data import AlignData, load_align_data
 from culture_rl.methods.align.sft import TINY, pretrained_tiny_path, stage_dir
 
 TASK_REWARDS = {"associations": "association_overlap", "ranking": "ranking_spearman"}
@@ -197,11 +197,14 @@ def write_results(config: ExperimentConfig, data: AlignData, folder: Path) -> li
     return rounds
 
 
-def run_reflect(config: ExperimentConfig, data: AlignData) -> ReflectResult:
+def run_reflect(config: ExperimentConfig, data: AlignData, checked: bool = False
+                ) -> ReflectResult:
+    """Run the reflection loop (``checked``: :func:`validate` passed already, in :func:`plan`)."""
     from culture_rl.distributed.metrics import StepMetrics
     from culture_rl.rl.reflection_loop import ReflectionController, check_reflection_plan
 
-    validate(config, data)
+    if not checked:
+        validate(config, data)
     folder = stage_dir(config, "reflect")
     if (folder / "export" / FINISHED).is_file():
         print(f"[reflect] already finished ({folder / 'export'}); nothing to do. Use another "
@@ -225,3 +228,24 @@ def run_reflect(config: ExperimentConfig, data: AlignData) -> ReflectResult:
     rounds = write_results(config, data, folder)
     print(f"[reflect] round table: {folder / 'report.md'}", flush=True)
     return ReflectResult(export, rounds)
+
+
+@dataclass(frozen=True)
+class ReflectPlan:
+    """A checked reflection run: the config and its data."""
+    config: ExperimentConfig
+    data: AlignData
+
+
+def plan(config: ExperimentConfig) -> ReflectPlan:
+    # Reward and cultures are checked before the world is written or Ray is joined.
+    validate(config, load_align_data(config, write_world=False))
+    return ReflectPlan(config, load_align_data(config))
+
+
+def run(plan: ReflectPlan) -> ReflectResult:
+    return run_reflect(plan.config, plan.data, checked=True)
+
+
+def summary(result: ReflectResult) -> str:
+    return f"reflect: model in {result.export_dir / 'model'}"

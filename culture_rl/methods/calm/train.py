@@ -17,6 +17,7 @@ Outputs under ``<run>/calm/``: ``metrics.jsonl``, ``export/`` (see
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from culture_rl.config import ExperimentConfig
@@ -24,7 +25,7 @@ from culture_rl.errors import ConfigError
 from culture_rl.train.calm import CalmJob, run_calm_stage, run_compare_stage
 from culture_rl.train.calm_data import split_statements
 from culture_rl.train.calm_loop import LOSS_TERMS
-from culture_rl.data.align_data import AlignData
+from culture_rl.data.align_data import AlignData, load_align_data
 from culture_rl.methods.align.sft import TINY, pretrained_tiny_path, stage_dir
 
 MODULES = ("disentangle", "contrastive", "prototypes", "cross_attention", "moe", "fusion")
@@ -244,10 +245,10 @@ def _loss_terms(metrics_path: Path) -> dict:
     return terms
 
 
-def run_calm(config: ExperimentConfig, data: AlignData) -> dict:
+def run_calm(config: ExperimentConfig, data: AlignData, job: CalmJob | None = None) -> dict:
     """Train (or resume, or skip when finished) CALM, then the comparison runs; write
-    results.json and report.md; return the results."""
-    job = build_calm_job(config, data)  # validates the data before any Ray work
+    results.json and report.md; return the results (``job``: what :func:`plan` built)."""
+    job = job or build_calm_job(config, data)  # validates the data before any Ray work
     if calm_base_path(config) is None:
         print(f"[calm] no pretrained tiny base in {pretrained_tiny_path(config)}; pretraining "
               "it first", flush=True)
@@ -275,3 +276,25 @@ def run_calm(config: ExperimentConfig, data: AlignData) -> dict:
     print(report)
     print(f"results: {folder / 'results.json'}  (report: {folder / 'report.md'})", flush=True)
     return results
+
+
+@dataclass(frozen=True)
+class CalmPlan:
+    """A checked CALM run: the config, its data and the job built from them."""
+    config: ExperimentConfig
+    data: AlignData
+    job: CalmJob
+
+
+def plan(config: ExperimentConfig) -> CalmPlan:
+    """Statements, labels and settings checked (the job built) before any Ray work."""
+    data = load_align_data(config)
+    return CalmPlan(config, data, build_calm_job(config, data))
+
+
+def run(plan: CalmPlan) -> dict:
+    return run_calm(plan.config, plan.data, plan.job)
+
+
+def summary(results: dict) -> str | None:
+    return None  # run_calm printed the report and where results.json is

@@ -250,11 +250,12 @@ def fine_tune(config: ExperimentConfig, plan: SpaPlan, instances: list[dict]) ->
 # ------------------------------------------------------------------------------- the driver
 
 
-def run_spa(config: ExperimentConfig, data: AlignData) -> dict:
+def run_spa(config: ExperimentConfig, data: AlignData, plan: SpaPlan | None = None) -> dict:
+    """Run every stage (``plan``: what :func:`plan_spa` returned, when checked already)."""
     from culture_rl.eval.harness import EvaluationGroup
     from culture_rl.methods.align.sft import run_pretrain
 
-    plan = plan_spa(config, data)
+    plan = plan or plan_spa(config, data)
     out = spa_dir(config)
     if config.spa.model_path == "pretrain" and not Path(plan.model_path).is_dir():
         print("[spa] no base model in this run yet: pretraining it first", flush=True)
@@ -318,3 +319,28 @@ def run_spa(config: ExperimentConfig, data: AlignData) -> dict:
     print(f"[spa] report: {out / 'report.md'} (numbers: {out / 'evaluation' / 'results.json'})",
           flush=True)
     return {"results": results, "stats": stats, "models": models}
+
+
+# ------------------------------------------------------------------------------- the protocol
+
+
+@dataclass(frozen=True)
+class SpaRunPlan:
+    """A checked CultureSPA run (:mod:`culture_rl.methods` protocol): config, data, stages."""
+    config: ExperimentConfig
+    data: AlignData
+    stages: SpaPlan
+
+
+def plan(config: ExperimentConfig) -> SpaRunPlan:
+    """Cultures, topics and the starting model checked before any Ray work."""
+    data = load_spa_data(config)
+    return SpaRunPlan(config, data, plan_spa(config, data))
+
+
+def run(plan: SpaRunPlan) -> dict:
+    return run_spa(plan.config, plan.data, plan.stages)
+
+
+def summary(result: dict) -> str | None:
+    return None  # run_spa printed the report and where the results are
