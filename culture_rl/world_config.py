@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from culture_rl.config_base import FieldProblem, ConfigSection
+from culture_rl.data import english_words as words
 
 
 class WorldConfig(ConfigSection):
@@ -87,7 +88,6 @@ class WorldConfig(ConfigSection):
     def _english_words_suffice(self) -> "WorldConfig":
         if self.vocabulary != "english":
             return self
-        from culture_rl.data import english_words as words
 
         if self.num_topics > len(words.TOPICS):
             raise FieldProblem("num_topics", f"the English vocabulary has {len(words.TOPICS)} "

@@ -33,6 +33,14 @@ from culture_rl.eval.evaluate import (EVALUATIONS, EvalInputs, evaluate, lexical
                                       sample_statements)
 from culture_rl.redact import redact_text
 from culture_rl.data.align_data import AlignData, resolve_cultures
+from culture_rl.data.lexicons import load_brysbaert, load_warriner, merge_lexicons
+from culture_rl.data.ranking_prompts import eval_ranking_prompts
+from culture_rl.data.statements import load_statements
+from culture_rl.distributed.cluster import ActorGroup, Role, check_plan, connect, describe_plan
+from culture_rl.distributed.metrics import RayGauges
+from culture_rl.inference.pools import ActorInference, EvaluationError
+from culture_rl.inference.rollout import RolloutWorker
+from culture_rl.models.paths import resolve_policy_path
 
 SCHEMA = 1
 # Default label -> stage folder. A CALM export is evaluated with its identity state injected
@@ -68,8 +76,6 @@ def resolve_models(config: ExperimentConfig, models: dict[str, str] | None = Non
                    ) -> dict[str, str]:
     """label -> model folder. A spec naming a stage of this run ('pretrain', 'sft', 'ppo')
     means that stage's export; anything else is a model/export folder or a local hub name."""
-    from culture_rl.models.paths import resolve_policy_path
-
     specs = dict(models or config.eval.models)
     if not specs:  # every stage of this run that has been exported
         specs = {label: stage for label, stage in STAGES.items()
@@ -102,8 +108,6 @@ def _cultures(config: ExperimentConfig, data: AlignData) -> list[str]:
 
 
 def _lexicon(config: ExperimentConfig, data: AlignData):
-    from culture_rl.data.lexicons import load_brysbaert, load_warriner, merge_lexicons
-
     files = data.world_files or {}
     warriner = config.data.warriner_path or files.get("warriner")
     brysbaert = config.data.brysbaert_path or files.get("brysbaert")
@@ -118,8 +122,6 @@ def _lexicon(config: ExperimentConfig, data: AlignData):
 
 
 def _statements(config: ExperimentConfig, data: AlignData) -> list[dict]:
-    from culture_rl.data.statements import load_statements
-
     path = config.data.statements_path or (data.world_files or {}).get("statements")
     if path is not None:
         statements = load_statements(path)
@@ -156,8 +158,6 @@ def _tension_pair(config: ExperimentConfig, data: AlignData, cultures: list[str]
 def plan_evaluation(config: ExperimentConfig, data: AlignData,
                     models: dict[str, str] | None = None) -> EvalPlan:
     """Resolve and check models, cultures, evaluations and their data (no Ray, no writes)."""
-    from culture_rl.data.ranking_prompts import eval_ranking_prompts
-
     settings = config.eval
     unknown = [e for e in settings.evaluations if e not in EVALUATIONS]
     if unknown:
@@ -238,11 +238,6 @@ class EvaluationGroup:
     def load(self, model_path: str):
         import ray
 
-        from culture_rl.distributed.cluster import (ActorGroup, Role, check_plan, connect,
-                                                    describe_plan)
-        from culture_rl.inference.pools import ActorInference, EvaluationError
-        from culture_rl.inference.rollout import RolloutWorker
-
         settings, model = self.config.eval, self.config.model
         if self.group is None:
             connect(self.config.resources.address)
@@ -279,8 +274,6 @@ class EvaluationGroup:
 
 def run_evaluation(config: ExperimentConfig, plan: EvalPlan, command: str | None = None) -> dict:
     """Evaluate every planned model (cached ones are reused); write eval.json and eval.csv."""
-    from culture_rl.distributed.metrics import RayGauges
-
     out = results_dir(config)
     group = EvaluationGroup(config)
     per_model: dict[str, dict] = {}

@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Protocol, Sequence
 
 from culture_rl.errors import CultureRLError
-from culture_rl.inference.generation import generate_answers, option_distributions
+from culture_rl.inference.generation import generate_answers, option_distributions, mean_token_nll
+from culture_rl.distributed.cluster import gather_replacing_dead
+from culture_rl.models.adapters import routed
 
 
 class EvaluationError(CultureRLError):
@@ -47,7 +49,6 @@ class LocalInference:
     def _routed(self, routes, run):
         if routes is None:
             return run(None)
-        from culture_rl.models.adapters import routed
 
         return routed(self.model, routes, run)
 
@@ -75,8 +76,6 @@ class LocalInference:
         return self._routed(routes, run)
 
     def lm_losses(self, texts: Sequence[str], routes=None) -> list[float]:
-        from culture_rl.inference.generation import mean_token_nll
-
         def run(indices):
             chosen = list(texts) if indices is None else [texts[i] for i in indices]
             return mean_token_nll(self.model, self.tokenizer, chosen, batch_size=self.batch_size)
@@ -103,8 +102,6 @@ class ActorInference:
 
     def _fan_out(self, method: str, what: str, items: Sequence, *extra_lists: Sequence,
                  routes: Sequence | None = None, seed: int | None = None, **kwargs) -> list:
-        from culture_rl.distributed.cluster import gather_replacing_dead
-
         chunks = contiguous_chunks(len(items), len(self.group))
 
         def submit(i: int):

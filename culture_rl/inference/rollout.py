@@ -12,50 +12,22 @@ Workers receive new weights from the policy trainer through
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
 import ray
 import torch
 
-from culture_rl.distributed.weight_sync import WeightReceiver
+from culture_rl.distributed.weight_sync import WeightReceiver, state_fingerprint
 from culture_rl.errors import ConfigError
-from culture_rl.models.chat import chat_prompts, stop_token_ids
+from culture_rl.models.chat import chat_prompts, stop_token_ids, apply_choice
 from culture_rl.ppo_config import VLLM_GPU_MEMORY_UTILIZATION
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 96
-    samples_per_prompt: int = 1
-    batch_size: int = 32
-    greedy: bool = False  # evaluation: argmax decoding, one sample
-
-
-@dataclass
-class Rollout:
-    """What one worker returns for its prompts: ``samples_per_prompt`` rows per prompt, in
-    prompt order (row i*n + j is sample j of prompt i)."""
-
-    prompt_ids: torch.Tensor  # [N, P] left-padded
-    prompt_mask: torch.Tensor
-    response_ids: torch.Tensor  # [N, T] right-padded with pad_token_id after EOS
-    response_mask: torch.Tensor  # 1 up to and including the first EOS
-    log_probs: torch.Tensor  # [N, T] sampling log-probs (after temperature / top-p)
-    texts: list[str]
-    pad_token_id: int
-
-
-def response_mask(response_ids: torch.Tensor, eos_token_id: int | Sequence[int]) -> torch.Tensor:
-    """1 for every token up to and including the first EOS, or the first of several stop ids
-    (all tokens when there is none)."""
-    stops = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
-                         dtype=response_ids.dtype)
-    is_eos = torch.isin(response_ids, stops)
-    after_first_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
-    return (~after_first_eos).long()
+from culture_rl.distributed.metrics import RayGauges
+from culture_rl.inference.generation import generate_answers, option_distributions, mean_token_nll
+from culture_rl.inference.sequences import Rollout, SamplingParams, response_mask
+from culture_rl.inference.vllm_backend import VLLMBackend
+from culture_rl.models.adapters import is_adapter_set, load_adapter_set, read_adapter_set, routed
+from culture_rl.models.calm_policy import is_calm_export, load_calm_policy
+from culture_rl.models.loading import load_model, load_tokenizer
 
 
 def _pad_columns(tensor: torch.Tensor, width: int, fill) -> torch.Tensor:
@@ -88,11 +60,6 @@ class HFBackend:
 
     def __init__(self, model_path: str, dtype: str = "float32", trust_remote_code: bool = False,
                  chat_template: str = "auto"):
-        from culture_rl.models.chat import apply_choice
-        from culture_rl.models.loading import load_model, load_tokenizer
-        from culture_rl.models.adapters import is_adapter_set, load_adapter_set, read_adapter_set
-
-        from culture_rl.models.calm_policy import is_calm_export, load_calm_policy
 
         if is_calm_export(model_path):  # CALM: the LM with its identity state injected
             self.model, self.tokenizer, _ = load_calm_policy(model_path)
@@ -163,9 +130,6 @@ class HFBackend:
 
 def _vllm_backend(model_path: str, dtype: str, trust_remote_code: bool,
                   gpu_memory_utilization: float, chat_template: str):
-    from culture_rl.models.chat import apply_choice
-    from culture_rl.inference.vllm_backend import VLLMBackend  # imports vLLM only when chosen
-
     backend = VLLMBackend(model_path, dtype, trust_remote_code, gpu_memory_utilization)
     apply_choice(backend.tokenizer, chat_template)
     return backend
@@ -188,8 +152,6 @@ class RolloutWorker(WeightReceiver):
                  trust_remote_code: bool = False, threads: int = 1,
                  gpu_memory_utilization: float = VLLM_GPU_MEMORY_UTILIZATION,
                  chat_template: str = "auto"):
-        from culture_rl.distributed.metrics import RayGauges
-
         torch.set_num_threads(max(1, threads))
         self.gauges = RayGauges(workflow="rollout", worker=str(os.getpid()))
         self.backend_name, self.dtype, self.trust_remote_code = backend, dtype, trust_remote_code
@@ -216,7 +178,6 @@ class RolloutWorker(WeightReceiver):
         """``run(indices)`` over all requests, or per culture's adapter when routed."""
         if routes is None:
             return run(None)
-        from culture_rl.models.adapters import routed
 
         return routed(backend.model, routes, run)
 
@@ -225,8 +186,6 @@ class RolloutWorker(WeightReceiver):
                  temperature: float = 1.0, seed: int = 0) -> list[str]:
         """Completions, text only: greedy (evaluation) or sampled (data generation). With an
         adapter set, ``routes`` names each prompt's culture (its adapter serves it)."""
-        from culture_rl.inference.generation import generate_answers
-
         backend = self._hf("completion")
         torch.manual_seed(seed)
 
@@ -241,8 +200,6 @@ class RolloutWorker(WeightReceiver):
                              batch_size: int, routes: Sequence[str | None] | None = None
                              ) -> list[list[float]]:
         """Per prompt, the distribution over its option labels (survey / value answers)."""
-        from culture_rl.inference.generation import option_distributions
-
         backend = self._hf("option scoring")
 
         def run(indices):
@@ -267,8 +224,6 @@ class RolloutWorker(WeightReceiver):
     def lm_losses(self, texts: Sequence[str], batch_size: int,
                   routes: Sequence[str | None] | None = None) -> list[float]:
         """Per text, the mean token NLL (a guard on general language ability)."""
-        from culture_rl.inference.generation import mean_token_nll
-
         backend = self._hf("language-modelling loss")
 
         def run(indices):
@@ -278,8 +233,6 @@ class RolloutWorker(WeightReceiver):
         return self._routed(backend, routes, run)
 
     def fingerprint(self) -> dict[str, float]:
-        from culture_rl.distributed.weight_sync import state_fingerprint
-
         return state_fingerprint(self.model)
 
     def pid(self) -> int:

@@ -34,6 +34,9 @@ import torch
 
 from culture_rl.errors import ConfigError
 from culture_rl.ppo_config import VLLM_GPU_MEMORY_UTILIZATION
+from culture_rl.distributed.weight_sync import unpack_bucket
+from culture_rl.inference.sequences import Rollout
+from culture_rl.models.chat import chat_prompts
 
 # Far apart per step so that step s's prompt seeds never meet step s+1's.
 _SEED_STRIDE = 1_000_003
@@ -92,8 +95,6 @@ def rollout_from_outputs(outputs, pad_token_id: int):
     """A :class:`~culture_rl.inference.rollout.Rollout` from vLLM's ``RequestOutput`` list, in the
     HF backend's layout: prompts left-padded, responses right-padded, the mask covering each
     response up to and including its EOS (vLLM keeps the EOS in ``token_ids``)."""
-    from culture_rl.inference.rollout import Rollout
-
     prompt_rows, response_rows, logprob_rows, texts = [], [], [], []
     for request in outputs:
         for sample in request.outputs:
@@ -147,8 +148,6 @@ class VLLMBackend:
 
     def load_weights(self, bucket) -> int:
         """Load one weight-sync bucket (HF names) through vLLM's loader."""
-        from culture_rl.distributed.weight_sync import unpack_bucket
-
         device = next(self.model.parameters()).device
         tensors = [(name, t.to(device)) for name, t in unpack_bucket(bucket)]
         self.engine.apply_model(lambda model: model.load_weights(weights=tensors))
@@ -165,7 +164,6 @@ class VLLMBackend:
             params.temperature, params.top_p, params.max_new_tokens, params.samples_per_prompt,
             params.greedy, prompt_seed))
             for prompt_seed in prompt_seeds(seed, len(prompts), params.samples_per_prompt)]
-        from culture_rl.models.chat import chat_prompts
 
         # A chat model reads its template, as the HF backend's prompts do; vLLM stops at the
         # model's generation-config EOS ids (its end-of-turn) by itself.

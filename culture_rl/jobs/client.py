@@ -22,6 +22,7 @@ import yaml
 from culture_rl.errors import ConfigError, CultureRLError
 from culture_rl.jobs.workflows import WORKFLOWS, entrypoint
 from culture_rl.redact import redact_text
+from culture_rl.config import load_config
 
 DEFAULT_RUNTIME_ENV = Path(__file__).resolve().parents[2] / "ray_jobs" / "runtime_env.yaml"
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -124,8 +125,6 @@ def prepare_submission(workflow: str, config_path: str, overrides: list[str],
                        working_dir: str | Path = ".", runtime_env: str | Path | None = None
                        ) -> dict:
     """Everything ``JobSubmissionClient.submit_job`` needs, checked locally first."""
-    from culture_rl.config import load_config
-
     if workflow not in WORKFLOWS:
         raise ConfigError(f"unknown workflow {workflow!r}; one of {', '.join(WORKFLOWS)}",
                           field="workflow")

@@ -6,13 +6,12 @@ import sys
 
 from culture_rl.jobs import client as jobs
 from culture_rl.redact import redact_text
+from culture_rl.jobs.workflows import WORKFLOWS
 
 EXIT_INTERRUPTED = 130
 
 
 def add_parsers(commands, parser_class) -> None:
-    from culture_rl.jobs.workflows import WORKFLOWS
-
     submit = commands.add_parser(
         "submit", help="submit a workflow as a Ray job, follow its log, exit with its outcome")
     submit.add_argument("workflow", choices=sorted(WORKFLOWS), metavar="WORKFLOW",

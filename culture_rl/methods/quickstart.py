@@ -24,7 +24,10 @@ from culture_rl.config import ExperimentConfig, write_run_config
 from culture_rl.data.align_data import load_align_data
 from culture_rl.methods.align.ppo import run_ppo
 from culture_rl.methods.align.sft import TINY, base_model_path, run_pretrain, run_sft
+from culture_rl.methods.calm.train import run_calm
 from culture_rl.methods.elicit import elicit_base_associations
+from culture_rl.eval.harness import lookup, plan_evaluation, run_evaluation
+from culture_rl.eval.report import write_report
 
 SUMMARY_KEYS = ("p@1", "p@5", "p@10", "parse_failure_rate")
 SURVEY_KEYS = ("js", "emd", "argmax_agree")
@@ -32,8 +35,6 @@ SURVEY_KEYS = ("js", "emd", "argmax_agree")
 
 def stage_summary(results: dict, model: str, target: str) -> dict:
     """The flat per-stage numbers of summary.json (target culture), plus P@5 per culture."""
-    from culture_rl.eval.harness import lookup
-
     def value(evaluation: str, metric: str, culture: str = target):
         return lookup(results, model, culture, evaluation, metric)
 
@@ -55,8 +56,6 @@ def stage_summary(results: dict, model: str, target: str) -> dict:
 
 def render_results(results: dict) -> str:
     """The target culture's main numbers per model, for the terminal."""
-    from culture_rl.eval.harness import lookup
-
     target = results["target_culture"]
     columns = [("associations", "p@5"), ("associations", "parse_failure_rate"),
                ("ranking", "rho"), ("wvs", "js"), ("value_classification", "accuracy")]
@@ -137,9 +136,6 @@ def render_markdown(summary: dict) -> str:
 
 
 def run_quickstart(config: ExperimentConfig) -> dict:
-    from culture_rl.eval.harness import plan_evaluation, run_evaluation
-    from culture_rl.eval.report import write_report
-
     if config.world.base_associations is not None:  # the world reads them: elicit first
         # ... after the data settings are checked (without the file), so a bad data.culture
         # is one line now, not after minutes of generation.
@@ -160,8 +156,6 @@ def run_quickstart(config: ExperimentConfig) -> dict:
     models = {"base": base, "sft": str(sft.model_dir), "ppo": str(ppo.model_dir)}
     calm = None
     if config.calm.demo:
-        from culture_rl.methods.calm.train import run_calm
-
         print("[quickstart] CALM: CALM against the LoRA baseline on the same budget, and each "
               "module off in turn (calm.demo=false skips this stage)", flush=True)
         calm = run_calm(config, data)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from culture_rl.errors import ConfigError
+from culture_rl.models.loading import load_model
 
 ADAPTER_SET = "adapter_set.json"
 
@@ -59,8 +60,6 @@ def load_adapter_set(folder: str | Path, dtype: str = "float32",
     """The base model with every culture's adapter loaded (unmerged); ``.culture_adapters``
     maps culture -> adapter name."""
     from peft import PeftModel
-
-    from culture_rl.models.loading import load_model
 
     manifest = read_adapter_set(folder)
     base = load_model(manifest["base_model"], dtype, trust_remote_code)

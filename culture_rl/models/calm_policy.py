@@ -16,6 +16,8 @@ from pathlib import Path
 from torch import nn
 
 from culture_rl.calm_config import CalmConfig
+from culture_rl.models.calm import build_calm_model, load_calm_state, calm_state_dict
+from culture_rl.models.loading import load_model
 
 
 def is_calm_export(path) -> bool:
@@ -61,9 +63,6 @@ class CalmPolicy(nn.Module):
 def load_calm_export(folder: str | Path):
     """(CalmModel in eval mode, tokenizer, meta) from a ``calm/export`` folder."""
     from safetensors.torch import load_file
-
-    from culture_rl.models.calm import build_calm_model, load_calm_state
-    from culture_rl.models.loading import load_model
 
     folder = Path(folder)
     meta = json.loads((folder / "calm.json").read_text("utf-8"))
@@ -114,8 +113,6 @@ def save_calm_policy(policy: CalmPolicy, start: str | Path, folder: str | Path) 
     tokenizer, the trained adapter (or model) and CALM modules. Its reference logits
     (``check.safetensors``) belonged to the starting weights and are not copied."""
     from safetensors.torch import save_file
-
-    from culture_rl.models.calm import calm_state_dict
 
     start, folder = Path(start), Path(folder)
     meta = json.loads((start / "calm.json").read_text("utf-8"))

@@ -15,6 +15,8 @@ from typing import Iterable
 
 from culture_rl.config import LoraConfig, ModelConfig
 from culture_rl.errors import ConfigError
+from culture_rl.models import presets
+from culture_rl.models.chat import apply_choice
 
 SPECIAL_TOKENS = {"bos_token": "<|bos|>", "eos_token": "<|endoftext|>", "pad_token": "<|pad|>",
                   "unk_token": "<|unk|>"}
@@ -64,8 +66,6 @@ def check_available(path: str) -> None:
     """ConfigError (field model.path) unless ``path`` is a saved model folder or could be a
     hub name already in the local cache; a preset (culture_rl.models.presets) needs its
     package, and is converted when first loaded."""
-    from culture_rl.models import presets
-
     if presets.is_preset(path):
         presets.gguf_location(str(path))
         return
@@ -90,8 +90,6 @@ def prepare_model(path: str) -> str:
     """:func:`check_available`, and a preset converted now (once, in the driver) rather than by
     every worker that loads it at the same time; returns ``path`` unchanged (a preset keeps its
     name, so each node resolves it in its own cache)."""
-    from culture_rl.models import presets
-
     check_available(path)
     if presets.is_preset(path):
         presets.resolve(path)
@@ -103,9 +101,6 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False,
     """The tokenizer of a model (``chat_template``: ``model.chat_template``, see
     culture_rl.models.chat.apply_choice)."""
     from transformers import AutoTokenizer
-
-    from culture_rl.models import presets
-    from culture_rl.models.chat import apply_choice
 
     check_available(str(path))
     path = presets.resolve(path)
@@ -126,8 +121,6 @@ def load_model(path: str | Path, dtype: str = "float32", trust_remote_code: bool
     base model and applies the adapter."""
     import torch
     from transformers import AutoModelForCausalLM
-
-    from culture_rl.models import presets
 
     check_available(str(path))
     path = presets.resolve(path)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from culture_rl.checkpoints import prune, write_checkpoint
-from culture_rl.eval.evaluate import ranking_parse_failure_rate
+from culture_rl.eval.evaluate import ranking_parse_failure_rate, ranking_scores
 from culture_rl.eval.metrics import length_summary
 from culture_rl.rl import ppo
 from culture_rl.rl.advantages import compute_step_advantages, sequence_kl
@@ -29,6 +29,11 @@ from culture_rl.rl.plan import BatchPlan, batch_plan, check_ppo_plan, ppo_roles
 from culture_rl.rl.prompt_iterator import PromptIterator
 from culture_rl.rl.runtime import STATE, ActorRuntime, PPOJob, PPORunError, latest_checkpoint
 from culture_rl.rl.timing import PhaseTimer
+from culture_rl.distributed.cluster import describe_plan
+from culture_rl.inference.rollout import SamplingParams
+from culture_rl.rl.prefetch import Prefetch
+from culture_rl.rl.rewards import mean_by_culture
+from culture_rl.rl.trainers import CriticTrainer, PolicyTrainer
 
 
 class PPOController:
@@ -59,9 +64,6 @@ class PPOController:
     def start(self, check_resources: bool = True) -> None:
         """Start every actor group (after the resource plan is checked against the cluster,
         unless the caller did) and resume from the latest checkpoint."""
-        from culture_rl.distributed.cluster import describe_plan
-        from culture_rl.rl.trainers import CriticTrainer, PolicyTrainer
-
         config, res, runtime = self.config, self.config.ppo_resources, self.runtime
         roles = {r.name: r for r in ppo_roles(config)}
         print(describe_plan(list(roles.values())), flush=True)
@@ -105,8 +107,6 @@ class PPOController:
         """Start step ``step``'s rollout and reward on a background thread. The prompt
         iterator's position before its batch is kept for checkpoints, so a resumed run draws
         that batch again (generated then from the checkpoint's weights)."""
-        from culture_rl.rl.prefetch import Prefetch
-
         before = self.iterator.state_dict()
         batch = self.iterator.next_batch()
 
@@ -124,8 +124,6 @@ class PPOController:
         return self.iterator.state_dict()
 
     def rollout(self, batch: list[dict], step: int) -> tuple[Experience, list[str]]:
-        from culture_rl.inference.rollout import SamplingParams
-
         cfg, ro = self.config.ppo, self.config.rollout
         params = SamplingParams(temperature=ro.temperature, top_p=ro.top_p,
                                 max_new_tokens=ro.max_new_tokens,
@@ -195,8 +193,6 @@ class PPOController:
     def _step_values(self, exp: Experience, texts: list[str], scores: list[float],
                      rollout_log_probs, timer: PhaseTimer, extra: dict) -> dict:
         """The step's metrics; updates the KL controller with the step's mean KL."""
-        from culture_rl.rl.rewards import mean_by_culture
-
         cfg = self.config.ppo
         mask = exp.response_mask.float()
         kl_per_sequence = sequence_kl(exp.old_log_probs, exp.ref_log_probs, mask,
@@ -241,9 +237,6 @@ class PPOController:
     # ---------------------------------------------------------------- evaluation
     def evaluate_ranking(self) -> dict[str, float]:
         """Greedy answers to the held-out ranking prompts on the rollout workers: mean rho."""
-        from culture_rl.eval.evaluate import ranking_scores
-        from culture_rl.inference.rollout import SamplingParams
-
         prompts = self.job.eval_prompts
         if not prompts:
             return {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from culture_rl.errors import ConfigError
+from culture_rl.distributed.cluster import Role, check_plan, connect
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,6 @@ def batch_plan(config) -> BatchPlan:
 
 def ppo_roles(config) -> list:
     """Every actor group of the PPO loop with its per-actor resources (the resource plan)."""
-    from culture_rl.distributed.cluster import Role
-
     res = config.ppo_resources
     roles = [Role("policy_trainer", res.trainer_workers, res.cpus_per_trainer,
                   res.gpus_per_trainer)]
@@ -73,8 +72,6 @@ def ppo_roles(config) -> list:
 def check_ppo_plan(config) -> None:
     """Join Ray and fail (ResourceError, with the numbers) if the roles cannot fit."""
     import ray
-
-    from culture_rl.distributed.cluster import check_plan, connect
 
     connect(config.resources.address)
     check_plan(ppo_roles(config), ray.cluster_resources(), config.resources.autoscaling)

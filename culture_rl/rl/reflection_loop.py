@@ -32,20 +32,21 @@ from culture_rl.rl.runtime import STATE, ActorRuntime, PPOJob, latest_checkpoint
 from culture_rl.rl.reflection import (best_revisions, improvement_pairs, reflection_template,
                                       repeat_to_multiple, revision_prompts, round_statistics)
 from culture_rl.rl.timing import PhaseTimer
+from culture_rl.distributed.cluster import check_plan, connect, describe_plan
+from culture_rl.errors import CultureRLError
+from culture_rl.inference.rollout import SamplingParams
+from culture_rl.rl.plan import ppo_roles
+from culture_rl.rl.trainers import PolicyTrainer
 
 
 def reflection_roles(config) -> list:
     """The actor groups of the loop (the PPO plan without the critic)."""
-    from culture_rl.rl.plan import ppo_roles
-
     return [role for role in ppo_roles(config) if role.name != "critic_trainer"]
 
 
 def check_reflection_plan(config) -> None:
     """Join Ray and fail (ResourceError, with the numbers) if the roles cannot fit."""
     import ray
-
-    from culture_rl.distributed.cluster import check_plan, connect
 
     connect(config.resources.address)
     check_plan(reflection_roles(config), ray.cluster_resources(), config.resources.autoscaling)
@@ -70,9 +71,6 @@ class ReflectionController:
 
     # ---------------------------------------------------------------- set-up
     def start(self) -> None:
-        from culture_rl.distributed.cluster import describe_plan
-        from culture_rl.rl.trainers import PolicyTrainer
-
         config, res, runtime = self.config, self.config.ppo_resources, self.runtime
         roles = {r.name: r for r in reflection_roles(config)}
         print(describe_plan(list(roles.values())), flush=True)
@@ -113,8 +111,6 @@ class ReflectionController:
                 what: str, greedy: bool = False) -> tuple[Experience, list[str]]:
         """``per_prompt`` answers to each prompt on the rollout group: an Experience (rows in
         prompt order, sample j of prompt i at i * per_prompt + j) and the answer texts."""
-        from culture_rl.inference.rollout import SamplingParams
-
         ro = self.config.rollout
         params = SamplingParams(temperature=ro.temperature, top_p=ro.top_p,
                                 max_new_tokens=ro.max_new_tokens,
@@ -253,8 +249,6 @@ class ReflectionController:
 
     # ---------------------------------------------------------------- the loop
     def run(self, metrics) -> dict:
-        from culture_rl.errors import CultureRLError
-
         cfg = self.cfg
         metrics.truncate_after(self.step)
         if self.step == 0 and cfg.eval_cues:

@@ -20,6 +20,11 @@ from pathlib import Path
 from culture_rl.checkpoints import latest_complete, publish_export
 from culture_rl.errors import CultureRLError
 from culture_rl.rl.experience import Experience
+from culture_rl.distributed.cluster import ActorGroup, gather_replacing_dead
+from culture_rl.inference.pools import contiguous_chunks
+from culture_rl.inference.rollout import RolloutWorker
+from culture_rl.rl.scorers import RewardPool
+from culture_rl.rl.trainers import TrainerSpec
 
 STATE = "controller.json"  # the loop's own state in every checkpoint (step, prompt order, ...)
 TRAINER_GROUPS = ("policy", "critic")
@@ -75,8 +80,6 @@ class ActorRuntime:
     # ---------------------------------------------------------------- set-up
     def trainer_spec(self, learning_rate: float, *, lora: bool, micro_batch_size: int,
                      accumulation: int):
-        from culture_rl.rl.trainers import TrainerSpec
-
         config, res = self.config, self.config.ppo_resources
         return TrainerSpec(
             model_path=self.job.policy_path, deepspeed=config.deepspeed, ppo=config.ppo,
@@ -90,8 +93,6 @@ class ActorRuntime:
                        placement_group=None):
         """A group of trainer ranks (``name``: policy or critic); ``share`` of each bundle,
         on ``placement_group`` when given (colocated with another group)."""
-        from culture_rl.distributed.cluster import ActorGroup
-
         self.groups[name] = ActorGroup(role, actor_class, lambda rank: ((spec, rank), {}),
                                        self.config.ppo_resources.placement_timeout_s,
                                        placement_group=placement_group, share=share)
@@ -99,10 +100,6 @@ class ActorRuntime:
 
     def start_generators_and_scorers(self, role, reward: str) -> None:
         """The rollout group (serving the policy's starting weights) and the reward pool."""
-        from culture_rl.distributed.cluster import ActorGroup
-        from culture_rl.inference.rollout import RolloutWorker
-        from culture_rl.rl.scorers import RewardPool
-
         config, res = self.config, self.config.ppo_resources
         threads = max(1, int(res.cpus_per_rollout))
         self.groups["rollout"] = ActorGroup(
@@ -151,9 +148,6 @@ class ActorRuntime:
     def generate(self, prompts: list[dict], params, seed: int, what: str) -> list:
         """Near-equal contiguous chunks of ``prompts`` to the rollout workers (worker i seeded
         ``seed + i``); returns ((first, last + 1), Rollout) per non-empty chunk, in order."""
-        from culture_rl.distributed.cluster import gather_replacing_dead
-        from culture_rl.inference.pools import contiguous_chunks
-
         group = self.groups["rollout"]
         chunks = contiguous_chunks(len(prompts), len(group))
 

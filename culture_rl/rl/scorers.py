@@ -13,6 +13,7 @@ import ray
 
 from culture_rl.errors import CultureRLError
 from culture_rl.rl.rewards import score_batch
+from culture_rl.distributed.cluster import gather_replacing_dead
 
 
 class RewardScoringError(CultureRLError):
@@ -52,7 +53,6 @@ class RewardPool:
         """Scores in input order; chunks go to the scorers in parallel."""
         if len(answers) != len(metas):
             raise ValueError(f"{len(answers)} answers but {len(metas)} metadata records")
-        from culture_rl.distributed.cluster import gather_replacing_dead
 
         n = len(self.scorers)
         bounds = [(i * len(answers) // n, (i + 1) * len(answers) // n) for i in range(n)]

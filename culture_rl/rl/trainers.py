@@ -24,6 +24,14 @@ from culture_rl.distributed.deepspeed import DeepSpeedStrategy, free_port
 from culture_rl.rl import ppo
 from culture_rl.rl.experience import Experience
 from culture_rl.rl.modeling import ValueModel, response_log_probs, response_values
+from culture_rl.distributed.weight_sync import (sync_weights, close_shared_staging,
+                                                close_sync_groups, state_fingerprint,
+                                                iter_export_tensors)
+from culture_rl.errors import ConfigError
+from culture_rl.models.calm_policy import (is_calm_export, load_calm_policy, mark_trainable,
+                                          save_calm_policy)
+from culture_rl.models.loading import load_model, peft_lora_config, load_tokenizer
+from culture_rl.rl.preference import reflection_loss
 
 
 @dataclass(frozen=True)
@@ -131,9 +139,6 @@ class _DeepSpeedTrainer(ABC):
 
 class _PolicyTrainer(_DeepSpeedTrainer):
     def _build_model(self):
-        from culture_rl.models.calm_policy import is_calm_export
-        from culture_rl.models.loading import load_model, peft_lora_config
-
         self.reference = None
         if is_calm_export(self.spec.model_path):
             return self._build_calm_policy()
@@ -151,9 +156,6 @@ class _PolicyTrainer(_DeepSpeedTrainer):
     def _build_calm_policy(self):
         """A CALM export: its adapter (or base) and CALM modules train further, a frozen copy
         is the reference (switching the adapter off would drop what CALM trained)."""
-        from culture_rl.errors import ConfigError
-        from culture_rl.models.calm_policy import load_calm_policy, mark_trainable
-
         if self.spec.deepspeed.zero_stage == 3:
             raise ConfigError("a CALM policy trains with ZeRO 0-2 (its export is written from "
                               "unpartitioned weights)", field="deepspeed.zero_stage")
@@ -202,8 +204,6 @@ class _PolicyTrainer(_DeepSpeedTrainer):
         DPO against the reference log-probs the controller put in ``ref_log_probs``. One
         optimizer step per micro batch of pairs (the spec's accumulation is 1), so the row
         count must be a multiple of the micro batch size, the same on every rank."""
-        from culture_rl.rl.preference import reflection_loss
-
         chosen, rejected = self._device(chosen), self._device(rejected)
         size = self.spec.micro_batch_size
 
@@ -228,8 +228,6 @@ class _PolicyTrainer(_DeepSpeedTrainer):
         """Send the current (LoRA-merged) weights to the rollout workers (``transport``: see
         ``rollout.sync_transport``). Under ZeRO-3 every rank joins the gathers; rank 0 sends
         (and alone builds the collective group)."""
-        from culture_rl.distributed.weight_sync import sync_weights
-
         return sync_weights(self.engine.module, receivers if self.strategy.is_rank_0 else [],
                             bucket_mb, gather_zero3=self.spec.deepspeed.zero_stage == 3,
                             timeout_s=timeout_s, share_pages=share_pages, transport=transport)
@@ -237,26 +235,17 @@ class _PolicyTrainer(_DeepSpeedTrainer):
     def close(self) -> None:
         """Free what outlives a killed process: the weight-sync files in /dev/shm, and the
         collective weight-sync groups (their receivers leave them too)."""
-        from culture_rl.distributed.weight_sync import close_shared_staging, close_sync_groups
-
         close_shared_staging()
         close_sync_groups()
 
     def fingerprint(self) -> dict[str, float]:
         """Per-tensor sums of the weights the generators should hold (LoRA merged)."""
-        from culture_rl.distributed.weight_sync import state_fingerprint
-
         return state_fingerprint(self.engine.module,
                                  gather_zero3=self.spec.deepspeed.zero_stage == 3)
 
     def export(self, folder: str) -> None:
         """A plain Hugging Face model with the adapter merged (rank 0 writes ``folder``)."""
-        from culture_rl.distributed.weight_sync import iter_export_tensors
-        from culture_rl.models.loading import load_model, load_tokenizer
-
         if getattr(self, "calm_start", None) is not None:  # a CALM export again
-            from culture_rl.models.calm_policy import save_calm_policy
-
             if self.strategy.is_rank_0:
                 save_calm_policy(self.engine.module, self.calm_start, folder)
             return
@@ -286,8 +275,6 @@ class _PolicyTrainer(_DeepSpeedTrainer):
 
 class _CriticTrainer(_DeepSpeedTrainer):
     def _build_model(self):
-        from culture_rl.models.loading import load_model
-
         lm = load_model(self.spec.model_path, self.spec.dtype, self.spec.trust_remote_code)
         if hasattr(lm, "merge_and_unload"):
             lm = lm.merge_and_unload()

@@ -25,6 +25,7 @@ from transformers import TrainerCallback
 
 from culture_rl.distributed.metrics import RayGauges
 from culture_rl.redact import redact
+from culture_rl.eval.metrics import precision_at_k
 
 # Inside Ray Train workers, print() is patched to go through the root logger *and*, when a
 # library has wrapped sys.stdout, to the stream as well, so each line showed up twice on the
@@ -124,7 +125,6 @@ class HeldOutPrecision(TrainerCallback):
         # Imported here, not at module level: culture_rl.eval.metrics pulls in scipy.stats
         # (~0.4 s), which every Ray Train worker paid at start-up even with no held-out cues.
         from culture_rl.inference.generation import generate_answers
-        from culture_rl.eval.metrics import precision_at_k
 
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
         # Strided shards; under ZeRO-3 every rank must run the same number of batches, so each

@@ -47,6 +47,11 @@ from culture_rl.train.calm_loop import CalmLoop
 from culture_rl.train.sft import FINISHED, StageFolders, TrainingError
 from culture_rl.train.worker_process import (quiet_ray_train_reports, restore_builtin_print,
                                              root_cause)
+from culture_rl.distributed.cluster import check_resources, connect
+from culture_rl.distributed.deepspeed import DeepSpeedStrategy, torch_backend
+from culture_rl.distributed.train_settings import ray_train_settings
+from culture_rl.models.loading import load_tokenizer
+from culture_rl.train.callbacks import worker_log
 
 
 def variant_config(calm: CalmConfig, variant: str) -> CalmConfig:
@@ -111,10 +116,6 @@ def calm_worker(loop_config: dict) -> None:
     import ray.train
     import torch
 
-    from culture_rl.distributed.deepspeed import DeepSpeedStrategy
-    from culture_rl.models.loading import load_tokenizer
-    from culture_rl.train.callbacks import worker_log
-
     quiet_ray_train_reports()
     job: CalmJob = loop_config["job"]
     use_gpu: bool = loop_config["use_gpu"]
@@ -176,10 +177,6 @@ def calm_worker(loop_config: dict) -> None:
 def _fit(job: CalmJob, resources: ResourcesConfig, name: str) -> None:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    from culture_rl.distributed.cluster import check_resources, connect
-    from culture_rl.distributed.deepspeed import torch_backend
-    from culture_rl.distributed.train_settings import ray_train_settings
 
     connect(resources.address)
     check_resources(resources)

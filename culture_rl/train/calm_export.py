@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 from culture_rl.train.calm_data import CalmRows
 from culture_rl.checkpoints import publish_export
+from culture_rl.models.calm import calm_state_dict
+from culture_rl.train.callbacks import worker_log
 
 if TYPE_CHECKING:
     from culture_rl.train.calm import CalmJob
@@ -22,9 +24,6 @@ def export_calm(job: CalmJob, engine, strategy, tokenizer, scores: dict, step: i
     import torch
     import torch.distributed as dist
     from safetensors.torch import save_file
-
-    from culture_rl.models.calm import calm_state_dict
-    from culture_rl.train.callbacks import worker_log
 
     model = engine.module
     # Reference logits of a few held-out inputs (the LM's and the classifier's), on every rank:

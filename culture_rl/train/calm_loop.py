@@ -26,6 +26,8 @@ from culture_rl.eval.metrics import accuracy, macro_f1
 from culture_rl.train.callbacks import append_jsonl, drop_records_after, worker_log
 from culture_rl.train.calm_data import CalmRows, per_culture_batches, rank_batches, steps_per_epoch
 from culture_rl.train.sft import TrainingError
+from culture_rl.models.calm import build_calm_model, routing_by_culture
+from culture_rl.models.loading import load_model, peft_lora_config
 
 if TYPE_CHECKING:
     from culture_rl.train.calm import CalmJob
@@ -49,7 +51,6 @@ def learning_rate_factor(step: int, total: int, warmup: int, schedule: str) -> f
 def classification_scores(y_true: list[str], y_pred: list[str], cultures: list,
                           labels: list[str], subsets: list | None = None) -> dict:
     """Accuracy and macro-F1 overall, per culture and (when the rows carry one) per subset."""
-
     def part(idx: list[int]) -> dict:
         t, p = [y_true[i] for i in idx], [y_pred[i] for i in idx]
         return {"accuracy": accuracy(t, p), "macro_f1": macro_f1(t, p, labels), "n": len(idx)}
@@ -65,9 +66,6 @@ def classification_scores(y_true: list[str], y_pred: list[str], cultures: list,
 
 
 def _build_model(job: CalmJob, calm: CalmConfig):
-    from culture_rl.models.calm import build_calm_model
-    from culture_rl.models.loading import load_model, peft_lora_config
-
     base = load_model(job.model_path, job.dtype, job.trust_remote_code)
     if job.lora is not None:
         from peft import get_peft_model
@@ -130,8 +128,6 @@ def _predict(engine, rows: CalmRows, label_names, rank: int, world: int,
 
 def evaluate_held_out(engine, rows: CalmRows, job: CalmJob, rank: int, world: int) -> dict:
     """Held-out classification scores and (with MoE) the mean gate weight per culture."""
-    from culture_rl.models.calm import routing_by_culture
-
     predictions = _predict(engine, rows, job.label_names, rank, world)
     y_true = [r["label"] for r in job.eval_rows]
     y_pred = [p for p, _ in predictions]

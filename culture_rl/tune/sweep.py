@@ -42,6 +42,10 @@ from culture_rl.tune.plan import (asha_max_t, changed_settings, count_trials, gr
                                   max_concurrent, normalise_point, param_space, random_trial_name,
                                   require_cap_when_autoscaling, trial_resources,
                                   with_absolute_paths)
+from culture_rl.data.align_data import load_align_data
+from culture_rl.distributed.cluster import connect
+from culture_rl.methods.align.sft import TINY, run_pretrain
+from culture_rl.tune.trial import PerCultureASHA, SweepProgress, SweepTrial
 
 FINISHED_STATUS, STOPPED_STATUS, ERROR_STATUS = "finished", "stopped early", "error"
 
@@ -165,8 +169,6 @@ def _make_tuner(config: ExperimentConfig, cultures: list[str], folder: Path, con
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from culture_rl.tune.trial import PerCultureASHA, SweepProgress, SweepTrial
-
     sweep = config.sweep
     # The driver of a trial only starts and watches its Ray Train run; the Train workers get
     # their own placement group (Train V2), so the trial reserves just the driver's share.
@@ -220,8 +222,6 @@ def describe_plan(config: ExperimentConfig, cultures: list[str], total: int,
 def prepare_base_model(config: ExperimentConfig, data) -> None:
     """``model.path: tiny``: pretrain the tiny base once, before any trial starts, so all
     trials fine-tune the same base (a finished pretrain stage is a no-op)."""
-    from culture_rl.methods.align.sft import TINY, run_pretrain
-
     if config.model.path == TINY:
         run_pretrain(config, data)
 
@@ -230,9 +230,6 @@ def run_sweep(config: ExperimentConfig) -> SweepResult:
     """Validate, plan the concurrency, pretrain the tiny base if needed, run (or resume) the
     Tuner, and write the per-culture best-configuration table and the plot."""
     import ray
-
-    from culture_rl.distributed.cluster import connect
-    from culture_rl.data.align_data import load_align_data
 
     validate(config)
     config = with_absolute_paths(config)

@@ -22,6 +22,9 @@ from ray.train import UserCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from culture_rl.tune.plan import epoch_results, normalise_point, trial_config
+from culture_rl.data.align_data import load_align_data
+from culture_rl.methods.align.sft import build_sft_job
+from culture_rl.train.sft import FINISHED, run_stage
 
 STOP_FILE = "stop_requested"
 POLL_S = 1.0
@@ -49,10 +52,6 @@ class SweepTrial(tune.Trainable):
     def setup(self, config, base=None, folder=None):
         from ray.util.queue import Queue
 
-        from culture_rl.train.sft import FINISHED
-        from culture_rl.data.align_data import load_align_data
-        from culture_rl.methods.align.sft import build_sft_job
-
         self.point = normalise_point(config)
         run_config = trial_config(base, self.point)
         data = load_align_data(run_config)  # the world files were written by the driver
@@ -73,8 +72,6 @@ class SweepTrial(tune.Trainable):
         self.thread.start()
 
     def _train(self, resources) -> None:
-        from culture_rl.train.sft import run_stage
-
         try:
             run_stage(self.job, resources, callbacks=[EpochToTrial(self.results)])
         except BaseException as err:  # re-raised by step() so Tune records the trial's error

@@ -25,7 +25,11 @@ from culture_rl.rl.plan import BatchPlan, batch_plan, check_ppo_plan
 from culture_rl.data.align_data import AlignData, load_align_data
 from culture_rl.data.ranking_prompts import eval_ranking_prompts, ranking_prompts
 from culture_rl.models.paths import resolve_policy_path
-from culture_rl.methods.align.sft import stage_dir
+from culture_rl.methods.align.sft import (TINY, pretrained_tiny_path, run_pretrain, run_sft,
+                                         stage_dir)
+from culture_rl.distributed.metrics import StepMetrics
+from culture_rl.rl.ppo import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, POLICY_LOSSES
+from culture_rl.rl.rewards import REWARD_FUNCTIONS
 
 SFT = "sft"
 
@@ -41,9 +45,6 @@ class PPOResult:
 def validate(config: ExperimentConfig) -> BatchPlan:
     """What pydantic cannot check alone -- names only the registries know, batch sizes that
     must divide -- fails here, before any model is trained or any actor started."""
-    from culture_rl.rl.ppo import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, POLICY_LOSSES
-    from culture_rl.rl.rewards import REWARD_FUNCTIONS
-
     for registry, field in ((REWARD_FUNCTIONS, "reward"),
                             (ADVANTAGE_ESTIMATORS, "advantage_estimator"),
                             (POLICY_LOSSES, "policy_loss"), (KL_ESTIMATORS, "kl_estimator")):
@@ -78,8 +79,6 @@ def policy_start(config: ExperimentConfig, data: AlignData, path: str | None = N
         return resolve_policy_path(path, field)
     export = stage_dir(config, SFT) / "export"
     if not (export / "finished.json").is_file():
-        from culture_rl.methods.align.sft import TINY, pretrained_tiny_path, run_pretrain, run_sft
-
         print(f"[{field.split('.')[0]}] {field} is 'sft' and {export} holds no finished SFT "
               "model: training it first", flush=True)
         if config.model.path == TINY and not (pretrained_tiny_path(config) / "config.json"
@@ -96,8 +95,6 @@ def _result(job: PPOJob, metrics: dict, already: bool) -> PPOResult:
 def run_ppo(config: ExperimentConfig, data: AlignData, plan: BatchPlan | None = None
             ) -> PPOResult:
     """Train PPO (``plan``: what :func:`validate` returned, when the caller checked first)."""
-    from culture_rl.distributed.metrics import StepMetrics
-
     plan = plan if plan is not None else validate(config)
     folder = stage_dir(config, "ppo")
     if (folder / "export" / FINISHED).is_file():

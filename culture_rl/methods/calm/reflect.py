@@ -21,7 +21,13 @@ from culture_rl.errors import ConfigError
 from culture_rl.checkpoints import FINISHED
 from culture_rl.rl.runtime import PPOJob
 from culture_rl.data.align_data import AlignData, load_align_data
-from culture_rl.methods.align.sft import TINY, pretrained_tiny_path, stage_dir
+from culture_rl.methods.align.sft import TINY, pretrained_tiny_path, run_pretrain, stage_dir
+from culture_rl.data.ranking_prompts import heldout_ranking_cues
+from culture_rl.distributed.metrics import StepMetrics
+from culture_rl.methods.align.ppo import policy_start
+from culture_rl.models.paths import resolve_policy_path
+from culture_rl.rl.reflection_loop import ReflectionController, check_reflection_plan
+from culture_rl.rl.rewards import REWARD_FUNCTIONS
 
 TASK_REWARDS = {"associations": "association_overlap", "ranking": "ranking_spearman"}
 PRETRAIN = "pretrain"
@@ -51,8 +57,6 @@ def cultures_of(config: ExperimentConfig, data: AlignData) -> list[str]:
 
 def validate(config: ExperimentConfig, data: AlignData) -> None:
     """Names the registries know, cultures the data has: checked before any Ray work."""
-    from culture_rl.rl.rewards import REWARD_FUNCTIONS
-
     if reward_of(config) not in REWARD_FUNCTIONS:
         raise ConfigError(f"unknown reward {reward_of(config)!r}; registered: "
                           f"{', '.join(sorted(REWARD_FUNCTIONS))}", field="reflect.reward")
@@ -93,8 +97,6 @@ def _cues(data: AlignData, culture: str, names: list[str]) -> list[str]:
 
 
 def build_job(config: ExperimentConfig, data: AlignData, policy_path: str) -> PPOJob:
-    from culture_rl.data.ranking_prompts import heldout_ranking_cues
-
     cfg = config.reflect
     train_cues = data.split[cfg.prompt_split]
     held = heldout_ranking_cues(config, data, cfg.prompt_split, limit=False)
@@ -128,9 +130,6 @@ def resolve_start(config: ExperimentConfig, data: AlignData) -> str:
     """``reflect.policy_path``: 'sft' and other paths as PPO resolves them; 'pretrain' is this
     run's base model (pretrained first for the tiny preset); 'calm' this run's CALM export
     (the CALM model with its identity state, trained further as it is)."""
-    from culture_rl.models.paths import resolve_policy_path
-    from culture_rl.methods.align.ppo import policy_start
-
     path = config.reflect.policy_path
     if path == CALM:
         return _calm_start(config)
@@ -139,8 +138,6 @@ def resolve_start(config: ExperimentConfig, data: AlignData) -> str:
     if config.model.path != TINY:
         return resolve_policy_path(config.model.path, "reflect.policy_path")
     if not (pretrained_tiny_path(config) / "config.json").is_file():
-        from culture_rl.methods.align.sft import run_pretrain
-
         run_pretrain(config, data)
     return str(pretrained_tiny_path(config))
 
@@ -200,9 +197,6 @@ def write_results(config: ExperimentConfig, data: AlignData, folder: Path) -> li
 def run_reflect(config: ExperimentConfig, data: AlignData, checked: bool = False
                 ) -> ReflectResult:
     """Run the reflection loop (``checked``: :func:`validate` passed already, in :func:`plan`)."""
-    from culture_rl.distributed.metrics import StepMetrics
-    from culture_rl.rl.reflection_loop import ReflectionController, check_reflection_plan
-
     if not checked:
         validate(config, data)
     folder = stage_dir(config, "reflect")

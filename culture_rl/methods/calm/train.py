@@ -26,7 +26,11 @@ from culture_rl.train.calm import CalmJob, run_calm_stage, run_compare_stage
 from culture_rl.train.calm_data import split_statements
 from culture_rl.train.calm_loop import LOSS_TERMS
 from culture_rl.data.align_data import AlignData, load_align_data
-from culture_rl.methods.align.sft import TINY, pretrained_tiny_path, stage_dir
+from culture_rl.methods.align.sft import TINY, pretrained_tiny_path, run_pretrain, stage_dir
+from culture_rl.models.loading import prepare_model
+from culture_rl.data import examples
+from culture_rl.data.statements import load_statements
+from culture_rl.data.value_tasks import culture_dependent_statements
 
 MODULES = ("disentangle", "contrastive", "prototypes", "cross_attention", "moe", "fusion")
 
@@ -34,8 +38,6 @@ MODULES = ("disentangle", "contrastive", "prototypes", "cross_attention", "moe",
 def load_statements_for(config: ExperimentConfig, data: AlignData) -> list[dict]:
     """The statements of ``calm.task``: the culture-dependent task's rows (with their own
     ``split``) or the loaded / world statements."""
-    from culture_rl.data.statements import load_statements
-
     if config.calm.task.name == "culture_dependent":
         return culture_dependent_rows(config, data)
     path = config.data.statements_path or (data.world_files or {}).get("statements")
@@ -54,8 +56,6 @@ def load_statements_for(config: ExperimentConfig, data: AlignData) -> list[dict]
 
 
 def culture_dependent_rows(config: ExperimentConfig, data: AlignData) -> list[dict]:
-    from culture_rl.data.value_tasks import culture_dependent_statements
-
     task = config.calm.task
     if config.data.statements_path or data.world is None:
         raise ConfigError("the culture_dependent task is built from the synthetic world; "
@@ -113,8 +113,6 @@ def build_calm_rows(statements: list[dict], fraction: float, seed: int
 def lm_rows(config: ExperimentConfig, data: AlignData, cultures: list[str]) -> list[dict]:
     """Association prompt/completion rows of every culture with norms (culture in the prompt,
     no class label): the optional LM task."""
-    from culture_rl.data import examples
-
     rows = []
     for culture_id, culture in enumerate(cultures):
         norms = data.norms_by_culture.get(culture)
@@ -134,8 +132,6 @@ def lm_rows(config: ExperimentConfig, data: AlignData, cultures: list[str]) -> l
 def calm_base_path(config: ExperimentConfig) -> str | None:
     """The base model CALM wraps; None: the tiny model must be pretrained first."""
     if config.model.path != TINY:
-        from culture_rl.models.loading import prepare_model
-
         return prepare_model(config.model.path)
     path = pretrained_tiny_path(config)
     return str(path) if (path / "config.json").is_file() else None
@@ -252,8 +248,6 @@ def run_calm(config: ExperimentConfig, data: AlignData, job: CalmJob | None = No
     if calm_base_path(config) is None:
         print(f"[calm] no pretrained tiny base in {pretrained_tiny_path(config)}; pretraining "
               "it first", flush=True)
-        from culture_rl.methods.align.sft import run_pretrain
-
         run_pretrain(config, data)
         job = build_calm_job(config, data)
     print(f"[calm] base {job.model_path}; {len(job.train_rows)} training rows, "

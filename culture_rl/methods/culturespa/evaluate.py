@@ -18,6 +18,9 @@ from culture_rl.data import prompts
 from culture_rl.models.chat import AnswerBegun
 from culture_rl.methods.culturespa.stages import MANIFEST, stage_key
 from culture_rl.data.align_data import AlignData
+from culture_rl.eval.evaluate import survey_scores
+from culture_rl.eval.harness import model_stamp
+from culture_rl.models.adapters import read_adapter_set
 
 
 def ccot_distributions(config, questions, culture, inference, routes=None):
@@ -43,8 +46,6 @@ def survey_alignment(config: ExperimentConfig, inference, culture: str, promptin
     """Mean alignment of the model's answers with ``culture``'s survey distributions.
     ``routing`` (adapter sets): 'adapter' serves every prompt with ``culture``'s adapter,
     'base' with the adapters off, 'none' sends no routes (a plain model)."""
-    from culture_rl.eval.evaluate import survey_scores
-
     questions = [q for q in survey if culture in q.distributions]
     routes = {"none": None, "adapter": [culture] * len(questions),
               "base": [None] * len(questions)}[routing]
@@ -113,8 +114,6 @@ def evaluate_models(config: ExperimentConfig, data: AlignData, plan,
 
 
 def _has_adapter(adapter_set: str, culture: str) -> bool:
-    from culture_rl.models.adapters import read_adapter_set
-
     return culture in read_adapter_set(adapter_set)["adapters"]
 
 
@@ -159,8 +158,6 @@ def render_report(results: dict, stats: dict) -> str:
 
 def evaluate_step(config, data, plan, models, group, upstream_key, folder) -> dict:
     """The evaluation, or its results when its manifest matches (same data, models, settings)."""
-    from culture_rl.eval.harness import model_stamp
-
     key = stage_key(upstream_key, {n: model_stamp(p) for n, p in models.items()},
                config.spa.ccot, config.spa.ccot_max_new_tokens, config.spa.lm_guard_docs,
                config.spa.specific_culture_in_prompt,

@@ -36,7 +36,13 @@ from culture_rl.methods.culturespa.evaluate import ccot_distributions, evaluate_
 from culture_rl.methods.culturespa.instances import related_instances, training_rows
 from culture_rl.methods.culturespa.stages import run_step, stage_key
 from culture_rl.methods.culturespa.questions import QUESTION_FORMS, collect, question_form
-from culture_rl.data.align_data import AlignData, resolve_cultures
+from culture_rl.data.align_data import AlignData, resolve_cultures, load_align_data
+from culture_rl.data.surveys import load_survey
+from culture_rl.eval.harness import EvaluationGroup, model_stamp
+from culture_rl.methods.align.sft import run_pretrain
+from culture_rl.models.adapters import write_adapter_set
+from culture_rl.models.paths import resolve_policy_path
+from culture_rl.train.sft import TrainJob, run_stage
 
 PROGRESS_CHUNK = 64  # prompts per actor between progress lines
 
@@ -58,9 +64,6 @@ def spa_dir(config: ExperimentConfig) -> Path:
 def load_spa_data(config: ExperimentConfig) -> AlignData:
     """Your survey (``data.survey_path``; no association norms needed), else the synthetic
     world with its survey and base corpus."""
-    from culture_rl.data.surveys import load_survey
-    from culture_rl.data.align_data import load_align_data
-
     if config.data.survey_path is None:
         return load_align_data(config)
     survey = load_survey(config.data.survey_path,
@@ -71,8 +74,6 @@ def load_spa_data(config: ExperimentConfig) -> AlignData:
 
 def plan_spa(config: ExperimentConfig, data: AlignData) -> SpaPlan:
     """Check cultures, topics and the starting model before any Ray work."""
-    from culture_rl.models.paths import resolve_policy_path
-
     spa = config.spa
     if not data.survey:
         raise ConfigError("CultureSPA needs seed survey questions (data.survey_path)",
@@ -189,8 +190,6 @@ def answer_distributions(config: ExperimentConfig, questions: list[dict], cultur
 
 
 def _train(config: ExperimentConfig, name: str, folder: Path, rows: list[dict], base: str):
-    from culture_rl.train.sft import TrainJob, run_stage
-
     job = TrainJob(stage=name, stage_dir=str(folder), model_path=base, train=config.spa.train,
                    deepspeed=config.deepspeed, lora=config.lora, train_rows=rows,
                    dtype=config.model.dtype, trust_remote_code=config.model.trust_remote_code,
@@ -213,8 +212,6 @@ def fine_tune(config: ExperimentConfig, plan: SpaPlan, instances: list[dict]) ->
     Their folders carry a key of the training data and settings (``joint-<key>``), so a rerun
     with the same ones finds its finished (or resumable) runs, and changed settings train anew
     beside them instead of reusing a model made from other data."""
-    from culture_rl.models.adapters import write_adapter_set
-
     spa = config.spa
     key = stage_key(instances, _targets(config), spa.specific_culture_in_prompt,
                spa.train.model_dump(mode="json"), config.lora.model_dump(mode="json"),
@@ -252,15 +249,11 @@ def fine_tune(config: ExperimentConfig, plan: SpaPlan, instances: list[dict]) ->
 
 def run_spa(config: ExperimentConfig, data: AlignData, plan: SpaPlan | None = None) -> dict:
     """Run every stage (``plan``: what :func:`plan_spa` returned, when checked already)."""
-    from culture_rl.eval.harness import EvaluationGroup
-    from culture_rl.methods.align.sft import run_pretrain
-
     plan = plan or plan_spa(config, data)
     out = spa_dir(config)
     if config.spa.model_path == "pretrain" and not Path(plan.model_path).is_dir():
         print("[spa] no base model in this run yet: pretraining it first", flush=True)
         run_pretrain(config, data)
-    from culture_rl.eval.harness import model_stamp
 
     workers = config.eval.workers
     # What the data stages depend on (the fine-tuning and evaluation settings are keyed later).
