@@ -12,4 +12,25 @@ Every method module keeps one protocol, which the CLI and the Ray job entrypoint
   run folder, so bad input is one line and leaves nothing behind;
 - ``run(plan)`` runs it (resuming from what a run folder holds) and returns its result;
 - ``summary(result)`` is the line the CLI prints at the end (None when ``run`` printed a report).
+
+Every plan is a :class:`MethodPlan`.
 """
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from culture_rl.config import ExperimentConfig
+    from culture_rl.data.align_data import AlignData
+
+
+@dataclass(frozen=True)
+class MethodPlan:
+    """What a method's ``plan(config)`` checked, for its ``run(plan)``."""
+    config: ExperimentConfig
+    data: AlignData
+    # What the checks built, the method's own: the training job (pretrain, SFT, CALM), the
+    # batch plan (PPO), the stage plan (CultureSPA); None for reflection.
+    prepared: Any = None

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 from culture_rl.config import ExperimentConfig
 from culture_rl.data.align_data import load_align_data
-from culture_rl.methods.align.sft import StagePlan, build_pretrain_job, run, summary
+from culture_rl.methods import MethodPlan
+from culture_rl.methods.align.sft import build_pretrain_job, run, summary
 
 __all__ = ["plan", "run", "summary"]
 
 
-def plan(config: ExperimentConfig) -> StagePlan:
+def plan(config: ExperimentConfig) -> MethodPlan:
     """The corpus loaded and the pretraining job built before any Ray work."""
-    return StagePlan(build_pretrain_job(config, load_align_data(config)), config.resources)
+    data = load_align_data(config)
+    return MethodPlan(config, data, build_pretrain_job(config, data))

@@ -25,6 +25,7 @@ from culture_rl.rl.plan import BatchPlan, batch_plan, check_ppo_plan
 from culture_rl.data.align_data import AlignData, load_align_data
 from culture_rl.data.ranking_prompts import eval_ranking_prompts, ranking_prompts
 from culture_rl.models.paths import resolve_policy_path
+from culture_rl.methods import MethodPlan
 from culture_rl.methods.align.sft import (TINY, pretrained_tiny_path, run_pretrain, run_sft,
                                          stage_dir)
 from culture_rl.distributed.metrics import StepMetrics
@@ -121,21 +122,13 @@ def run_ppo(config: ExperimentConfig, data: AlignData, plan: BatchPlan | None = 
     return _result(job, last, False)
 
 
-@dataclass(frozen=True)
-class PPOPlan:
-    """A checked PPO run: the config, its data and its batch plan."""
-    config: ExperimentConfig
-    data: AlignData
-    batch: BatchPlan
-
-
-def plan(config: ExperimentConfig) -> PPOPlan:
+def plan(config: ExperimentConfig) -> MethodPlan:
     batch = validate(config)  # needs no data: a bad batch setting must not write the world first
-    return PPOPlan(config, load_align_data(config), batch)
+    return MethodPlan(config, load_align_data(config), batch)
 
 
-def run(plan: PPOPlan) -> PPOResult:
-    return run_ppo(plan.config, plan.data, plan.batch)
+def run(plan: MethodPlan) -> PPOResult:
+    return run_ppo(plan.config, plan.data, plan.prepared)
 
 
 def summary(result: PPOResult) -> str:

@@ -5,18 +5,18 @@ weights, plain LM loss); ``sft`` fine-tunes a base model with LoRA on the target
 association norms (completion-only loss). Both go through :func:`culture_rl.train.sft.run_stage`.
 
 The method protocol (:mod:`culture_rl.methods`): :func:`plan` checks a config into a
-:class:`StagePlan`, :func:`run` trains it, :func:`summary` is the line the CLI prints; the
+:class:`~culture_rl.methods.MethodPlan`, :func:`run` trains it, :func:`summary` is the line the CLI prints; the
 pretraining stage shares :func:`run` and :func:`summary` (:mod:`culture_rl.methods.pretrain`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from culture_rl.config import ExperimentConfig, ResourcesConfig
+from culture_rl.config import ExperimentConfig
 from culture_rl.data import examples, prompts
 from culture_rl.errors import ConfigError
+from culture_rl.methods import MethodPlan
 from culture_rl.models.loading import build_tiny_model, check_available, prepare_model
 from culture_rl.train.sft import StageResult, TrainJob, run_stage
 from culture_rl.data.align_data import AlignData, load_align_data
@@ -111,20 +111,15 @@ def run_sft(config: ExperimentConfig, data: AlignData) -> StageResult:
     return run_stage(build_sft_job(config, data), config.resources)
 
 
-@dataclass(frozen=True)
-class StagePlan:
-    """A checked training stage: its job (examples, folders, settings) and its resources."""
-    job: TrainJob
-    resources: ResourcesConfig
-
-
-def plan(config: ExperimentConfig) -> StagePlan:
+def plan(config: ExperimentConfig) -> MethodPlan:
     """ALIGN SFT: the data loaded and the job built (every input checked) before any Ray work."""
-    return StagePlan(build_sft_job(config, load_align_data(config)), config.resources)
+    data = load_align_data(config)
+    return MethodPlan(config, data, build_sft_job(config, data))
 
 
-def run(plan: StagePlan) -> StageResult:
-    return run_stage(plan.job, plan.resources)
+def run(plan: MethodPlan) -> StageResult:
+    """Train the stage ``plan`` built (pretraining's too: :mod:`culture_rl.methods.pretrain`)."""
+    return run_stage(plan.prepared, plan.config.resources)
 
 
 def summary(result: StageResult) -> str:

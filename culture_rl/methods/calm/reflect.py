@@ -21,6 +21,7 @@ from culture_rl.errors import ConfigError
 from culture_rl.checkpoints import FINISHED
 from culture_rl.rl.runtime import PPOJob
 from culture_rl.data.align_data import AlignData, load_align_data
+from culture_rl.methods import MethodPlan
 from culture_rl.methods.align.sft import TINY, pretrained_tiny_path, run_pretrain, stage_dir
 from culture_rl.data.ranking_prompts import heldout_ranking_cues
 from culture_rl.distributed.metrics import StepMetrics
@@ -224,20 +225,13 @@ def run_reflect(config: ExperimentConfig, data: AlignData, checked: bool = False
     return ReflectResult(export, rounds)
 
 
-@dataclass(frozen=True)
-class ReflectPlan:
-    """A checked reflection run: the config and its data."""
-    config: ExperimentConfig
-    data: AlignData
-
-
-def plan(config: ExperimentConfig) -> ReflectPlan:
+def plan(config: ExperimentConfig) -> MethodPlan:
     # Reward and cultures are checked before the world is written or Ray is joined.
     validate(config, load_align_data(config, write_world=False))
-    return ReflectPlan(config, load_align_data(config))
+    return MethodPlan(config, load_align_data(config))
 
 
-def run(plan: ReflectPlan) -> ReflectResult:
+def run(plan: MethodPlan) -> ReflectResult:
     return run_reflect(plan.config, plan.data, checked=True)
 
 

@@ -17,7 +17,6 @@ Outputs under ``<run>/calm/``: ``metrics.jsonl``, ``export/`` (see
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from culture_rl.config import ExperimentConfig
@@ -26,6 +25,7 @@ from culture_rl.train.calm import CalmJob, run_calm_stage, run_compare_stage
 from culture_rl.train.calm_data import split_statements
 from culture_rl.train.calm_loop import LOSS_TERMS
 from culture_rl.data.align_data import AlignData, load_align_data
+from culture_rl.methods import MethodPlan
 from culture_rl.methods.align.sft import TINY, pretrained_tiny_path, run_pretrain, stage_dir
 from culture_rl.models.loading import prepare_model
 from culture_rl.data import examples
@@ -272,22 +272,14 @@ def run_calm(config: ExperimentConfig, data: AlignData, job: CalmJob | None = No
     return results
 
 
-@dataclass(frozen=True)
-class CalmPlan:
-    """A checked CALM run: the config, its data and the job built from them."""
-    config: ExperimentConfig
-    data: AlignData
-    job: CalmJob
-
-
-def plan(config: ExperimentConfig) -> CalmPlan:
+def plan(config: ExperimentConfig) -> MethodPlan:
     """Statements, labels and settings checked (the job built) before any Ray work."""
     data = load_align_data(config)
-    return CalmPlan(config, data, build_calm_job(config, data))
+    return MethodPlan(config, data, build_calm_job(config, data))
 
 
-def run(plan: CalmPlan) -> dict:
-    return run_calm(plan.config, plan.data, plan.job)
+def run(plan: MethodPlan) -> dict:
+    return run_calm(plan.config, plan.data, plan.prepared)
 
 
 def summary(results: dict) -> str | None:

@@ -32,6 +32,7 @@ from culture_rl.data import prompts
 from culture_rl.errors import ConfigError
 from culture_rl.models.chat import uses_chat
 from culture_rl.models.loading import load_tokenizer
+from culture_rl.methods import MethodPlan
 from culture_rl.methods.culturespa.evaluate import ccot_distributions, evaluate_step, render_report
 from culture_rl.methods.culturespa.instances import related_instances, training_rows
 from culture_rl.methods.culturespa.stages import run_step, stage_key
@@ -317,22 +318,14 @@ def run_spa(config: ExperimentConfig, data: AlignData, plan: SpaPlan | None = No
 # ------------------------------------------------------------------------------- the protocol
 
 
-@dataclass(frozen=True)
-class SpaRunPlan:
-    """A checked CultureSPA run (:mod:`culture_rl.methods` protocol): config, data, stages."""
-    config: ExperimentConfig
-    data: AlignData
-    stages: SpaPlan
-
-
-def plan(config: ExperimentConfig) -> SpaRunPlan:
+def plan(config: ExperimentConfig) -> MethodPlan:
     """Cultures, topics and the starting model checked before any Ray work."""
     data = load_spa_data(config)
-    return SpaRunPlan(config, data, plan_spa(config, data))
+    return MethodPlan(config, data, plan_spa(config, data))
 
 
-def run(plan: SpaRunPlan) -> dict:
-    return run_spa(plan.config, plan.data, plan.stages)
+def run(plan: MethodPlan) -> dict:
+    return run_spa(plan.config, plan.data, plan.prepared)
 
 
 def summary(result: dict) -> str | None:
