@@ -147,6 +147,39 @@ def _new_staging(nbytes: int) -> torch.Tensor:
     return torch.from_numpy(np.empty(nbytes, dtype=np.uint8))
 
 
+class BucketContents:
+    """What the bucket being packed holds so far, and the one grouping rule every packer
+    shares (:func:`make_buckets`, the broadcast's ``pack_broadcast_buckets``): consecutive
+    tensors of one dtype, at most ``bucket_bytes`` a bucket, a bigger tensor alone."""
+
+    def __init__(self):
+        self.names: list[str] = []
+        self.shapes: list[tuple[int, ...]] = []
+        self.dtype: torch.dtype | None = None
+        self.used = 0  # bytes
+
+    def full_for(self, tensor: torch.Tensor, nbytes: int, bucket_bytes: int) -> bool:
+        """Whether ``tensor`` must start the next bucket (this one holds something)."""
+        return bool(self.names) and (tensor.dtype != self.dtype
+                                     or self.used + nbytes > bucket_bytes)
+
+    def add(self, name: str, tensor: torch.Tensor, nbytes: int) -> None:
+        self.dtype = tensor.dtype
+        self.names.append(name)
+        self.shapes.append(tuple(tensor.shape))
+        self.used += nbytes
+
+    def close(self) -> tuple[list[str], list[tuple[int, ...]], str, int]:
+        """The finished bucket's names, shapes, dtype name and bytes; empty again after."""
+        closed = self.names, self.shapes, dtype_name(self.dtype), self.used
+        self.names, self.shapes, self.used = [], [], 0
+        return closed
+
+
+def tensor_bytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
 def make_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int, *,
                  transient: bool = False, shared: SharedStaging | None = None,
                  share_pages: bool = False) -> Iterator[Bucket | SharedBucket]:
@@ -163,31 +196,28 @@ def make_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes
     yields :class:`SharedBucket` s (marked ``share_pages`` when asked).
     """
     staging = _new_staging(0)
-    names: list[str] = []
-    shapes: list[tuple[int, ...]] = []
-    dtype, used, index, path = None, 0, -1, ""
+    contents = BucketContents()
+    index, path = -1, ""
 
     def bucket() -> Bucket | SharedBucket:
+        dtype = contents.dtype
+        names, shapes, dtype_text, used = contents.close()
         if shared is not None:
-            return SharedBucket(list(names), list(shapes), dtype_name(dtype), path, used,
-                                share_pages)
+            return SharedBucket(names, shapes, dtype_text, path, used, share_pages)
         flat = staging[:used].view(_transport_dtype(dtype)).numpy()
-        return Bucket(list(names), list(shapes), dtype_name(dtype), flat)
+        return Bucket(names, shapes, dtype_text, flat)
 
     for name, tensor in named_tensors:
-        nbytes = tensor.numel() * tensor.element_size()
-        if names and (tensor.dtype != dtype or used + nbytes > bucket_bytes):
+        nbytes = tensor_bytes(tensor)
+        if contents.full_for(tensor, nbytes, bucket_bytes):
             yield bucket()
-            names.clear()
-            shapes.clear()
-            used = 0
         if (transient and shared is None and nbytes >= bucket_bytes
                 and tensor.device.type == "cpu" and tensor.is_contiguous()):
             flat = tensor.detach().reshape(-1).view(_transport_dtype(tensor.dtype)).numpy()
             yield Bucket([name], [tuple(tensor.shape)], dtype_name(tensor.dtype), flat)
             continue
-        if not names:
-            dtype, capacity = tensor.dtype, max(bucket_bytes, nbytes)
+        if not contents.names:
+            capacity = max(bucket_bytes, nbytes)
             index += 1
             if shared is not None:
                 path, staging = shared.slot(index, capacity)
@@ -197,12 +227,10 @@ def make_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]], bucket_bytes
                 if getattr(_STAGING, "buffer", staging).numel() < capacity:
                     _STAGING.buffer = _new_staging(capacity)
                 staging = _STAGING.buffer
-        target = staging[used:used + nbytes].view(tensor.dtype).view(tensor.shape)
-        target.copy_(tensor)  # also gathers a non-contiguous tensor, and GPU -> host
-        names.append(name)
-        shapes.append(tuple(tensor.shape))
-        used += nbytes
-    if names:
+        target = staging[contents.used:contents.used + nbytes].view(tensor.dtype)
+        target.view(tensor.shape).copy_(tensor)  # also gathers a non-contiguous tensor, GPU -> host
+        contents.add(name, tensor, nbytes)
+    if contents.names:
         yield bucket()
 
 

@@ -23,8 +23,8 @@ from typing import Iterable, Iterator
 import torch
 
 from culture_rl.distributed.weight_export import unwrap_model
-from culture_rl.distributed.weight_sync.buckets import (BroadcastBucket, WeightSyncError,
-                                                        await_acks, dtype_name)
+from culture_rl.distributed.weight_sync.buckets import (BroadcastBucket, BucketContents,
+                                                        WeightSyncError, await_acks, tensor_bytes)
 from culture_rl.distributed.weight_sync.groups import SyncGroup, peer_info, process_group, \
     shared_gpus
 
@@ -72,31 +72,23 @@ def pack_broadcast_buckets(named_tensors: Iterable[tuple[str, torch.Tensor]],
     Yields each bucket's metadata and its packed bytes; the bytes are valid until the next
     bucket but one is packed, unless the caller reports a broadcast with ``staging.sent``, which
     is then waited for first."""
-    names: list[str] = []
-    shapes: list[tuple[int, ...]] = []
-    dtype, used = None, 0
+    contents = BucketContents()
     buffer = torch.empty(0, dtype=torch.uint8)
 
     def bucket() -> tuple[BroadcastBucket, torch.Tensor]:
-        return (BroadcastBucket(list(names), list(shapes), dtype_name(dtype), used),
-                buffer[:used])
+        meta = BroadcastBucket(*contents.close())
+        return meta, buffer[:meta.nbytes]
 
     for name, tensor in named_tensors:
-        nbytes = tensor.numel() * tensor.element_size()
-        if names and (tensor.dtype != dtype or used + nbytes > bucket_bytes):
+        nbytes = tensor_bytes(tensor)
+        if contents.full_for(tensor, nbytes, bucket_bytes):
             yield bucket()
-            names.clear()
-            shapes.clear()
-            used = 0
-        if not names:
-            dtype = tensor.dtype
+        if not contents.names:
             buffer = staging.take(max(bucket_bytes, nbytes))
-        target = buffer[used:used + nbytes].view(tensor.dtype).view(tensor.shape)
-        target.copy_(tensor)  # gathers a non-contiguous tensor; GPU -> host for gloo
-        names.append(name)
-        shapes.append(tuple(tensor.shape))
-        used += nbytes
-    if names:
+        target = buffer[contents.used:contents.used + nbytes].view(tensor.dtype)
+        target.view(tensor.shape).copy_(tensor)  # gathers a non-contiguous tensor; to host for gloo
+        contents.add(name, tensor, nbytes)
+    if contents.names:
         yield bucket()
 
 
