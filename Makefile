@@ -65,7 +65,7 @@ gpu-bundle: $(STAMP)
 # docs/config.md, the config reference, from the schema's help text (tests/unit/test_docs.py
 # fails when it is out of date).
 docs: $(STAMP)
-	$(PY) -m culture_rl.config_docs --write docs/config.md
+	$(PY) -m culture_rl.config.docs --write docs/config.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from culture_rl.commands import COMMANDS, EXIT_FAILED
 from culture_rl.config import ExperimentConfig, config_to_yaml, describe_fields, load_config
-from culture_rl.errors import CultureRLError, ConfigError, DataError, ResourceError
-from culture_rl.storage import check_storage
+from culture_rl.core.errors import CultureRLError, ConfigError, DataError, ResourceError
+from culture_rl.core.storage import check_storage
 
 INPUT_ERRORS = (ConfigError, DataError, ResourceError)
 EXIT_BAD_INPUT = 2
@@ -108,7 +108,7 @@ def run_command(args, config) -> int:
 
 def _first_missing(path: Path) -> Path | None:
     """The outermost folder of ``path`` that does not exist yet (what a run would create)."""
-    from culture_rl.storage import outermost_missing
+    from culture_rl.core.storage import outermost_missing
 
     return outermost_missing(path)
 

@@ -16,7 +16,7 @@ from culture_rl.data import examples
 from culture_rl.data.surveys import SurveyQuestion, load_survey
 from culture_rl.data.swow import AssociationNorms, load_swow
 from culture_rl.data.synthetic import CultureWorld, generate_world
-from culture_rl.errors import ConfigError
+from culture_rl.core.errors import ConfigError
 
 
 @dataclass

@@ -20,12 +20,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from culture_rl.errors import ConfigError
+from culture_rl.config.world import (ENGLISH_CUES_PER_TOPIC, ENGLISH_RESPONSES_PER_TOPIC,
+                                     WorldConfig)
+from culture_rl.core.errors import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from culture_rl.world_config import WorldConfig
 
 # topic -> (cue words, response words), space-separated.
 _TOPICS: dict[str, tuple[str, str]] = {
@@ -76,8 +76,8 @@ _TOPICS: dict[str, tuple[str, str]] = {
 }
 TOPICS: dict[str, tuple[list[str], list[str]]] = {
     topic: (cues.split(), responses.split()) for topic, (cues, responses) in _TOPICS.items()}
-CUES_PER_TOPIC = 16
-RESPONSES_PER_TOPIC = 30
+CUES_PER_TOPIC = ENGLISH_CUES_PER_TOPIC  # the config section checks settings against these
+RESPONSES_PER_TOPIC = ENGLISH_RESPONSES_PER_TOPIC
 
 
 

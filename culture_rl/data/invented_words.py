@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from culture_rl.world_config import WorldConfig
+    from culture_rl.config.world import WorldConfig
 
 _CONSONANTS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"

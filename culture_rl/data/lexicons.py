@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from culture_rl.data.tabular import read_table
-from culture_rl.errors import DataError
+from culture_rl.core.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from culture_rl.data.tabular import iter_jsonl
-from culture_rl.errors import DataError
+from culture_rl.core.errors import DataError
 
 
 def load_statements(path: str | Path) -> list[dict]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from culture_rl.data.tabular import iter_jsonl, read_table
-from culture_rl.errors import DataError
+from culture_rl.core.errors import DataError
 
 logger = logging.getLogger(__name__)
 

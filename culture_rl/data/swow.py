@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from culture_rl.data.tabular import check_columns, read_table
-from culture_rl.errors import DataError
+from culture_rl.core.errors import DataError
 
 AssociationNorms = dict[str, list[tuple[str, int]]]
 """cue -> [(response, count)], most frequent first, ties broken alphabetically."""

@@ -48,7 +48,7 @@ from culture_rl.data.world_survey import VALUE_PHRASES, make_survey
 from culture_rl.data.lexicons import write_brysbaert, write_warriner
 from culture_rl.data.surveys import SurveyQuestion, write_survey_goqa_csv, write_survey_jsonl
 from culture_rl.data.swow import AssociationNorms, load_swow, write_swow_aggregated
-from culture_rl.errors import ConfigError
+from culture_rl.core.errors import ConfigError
 
 CULTURE_NAMES = ["Avalor", "Borenia", "Calyxa", "Dravonia", "Elunia", "Fenmark", "Galdoria",
                  "Hestara"]

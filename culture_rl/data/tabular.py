@@ -1,7 +1,7 @@
 """Shared readers for the user's CSV / TSV / JSONL data files.
 
 Every loader in ``culture_rl.data`` goes through these helpers so that a malformed file always
-fails the same way: a :class:`~culture_rl.errors.DataError` whose message names the file and the
+fails the same way: a :class:`~culture_rl.core.errors.DataError` whose message names the file and the
 1-based physical line (the header is line 1), never a bare ``KeyError`` or ``UnicodeDecodeError``
 from deep inside a training job.
 """
@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from culture_rl.errors import DataError
+from culture_rl.core.errors import DataError
 
 _BOM = b"\xef\xbb\xbf"
 

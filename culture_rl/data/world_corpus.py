@@ -19,7 +19,7 @@ from culture_rl.data.world_survey import answer_distribution, ccot_thought
 
 if TYPE_CHECKING:
     from culture_rl.data.synthetic import Culture
-    from culture_rl.world_config import WorldConfig
+    from culture_rl.config.world import WorldConfig
 
 
 def community_ccot_docs(cfg: WorldConfig, dims: list[str], survey: list[SurveyQuestion],

@@ -13,7 +13,7 @@ from culture_rl.data.surveys import SurveyQuestion
 
 if TYPE_CHECKING:
     from culture_rl.data.synthetic import Culture
-    from culture_rl.world_config import WorldConfig
+    from culture_rl.config.world import WorldConfig
 
 WVS_TOPICS = ["social values and norms", "happiness and well-being", "social capital and trust",
               "economic values", "corruption", "migration", "security", "post-materialism",

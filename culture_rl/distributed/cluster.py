@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 
 from culture_rl.config import ResourcesConfig
-from culture_rl.errors import ResourceError
+from culture_rl.core.errors import ResourceError
 
 
 def connect(address: str | None = None):

@@ -17,7 +17,7 @@ import re
 import time
 from pathlib import Path
 
-from culture_rl.redact import redact
+from culture_rl.core.redact import redact
 
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
 

@@ -28,10 +28,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from culture_rl.config import ExperimentConfig, config_to_yaml
-from culture_rl.errors import ConfigError
+from culture_rl.core.errors import ConfigError
 from culture_rl.eval.evaluate import (EVALUATIONS, EvalInputs, evaluate, lexical_comparisons,
                                       sample_statements)
-from culture_rl.redact import redact_text
+from culture_rl.core.redact import redact_text
 from culture_rl.data.align_data import AlignData, resolve_cultures
 from culture_rl.data.lexicons import load_brysbaert, load_warriner, merge_lexicons
 from culture_rl.data.ranking_prompts import eval_ranking_prompts

@@ -18,7 +18,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from culture_rl.errors import DataError
+from culture_rl.core.errors import DataError
 from culture_rl.eval import plots
 from culture_rl.eval.render import Code, Image, Section, Table, to_html, to_markdown
 from culture_rl.eval.report_data import (Records, fmt, grid, load_eval, load_metrics,

@@ -10,7 +10,7 @@ import math
 import re
 from pathlib import Path
 
-from culture_rl.errors import DataError
+from culture_rl.core.errors import DataError
 from culture_rl.eval.render import Bold, Table
 
 SCHEMA = 1  # of eval.json

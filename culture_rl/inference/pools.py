@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence
 
-from culture_rl.errors import CultureRLError
+from culture_rl.core.errors import CultureRLError
 from culture_rl.inference.generation import generate_answers, option_distributions, mean_token_nll
 from culture_rl.distributed.cluster import gather_replacing_dead
 from culture_rl.models.adapters import routed

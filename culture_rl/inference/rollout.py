@@ -18,9 +18,9 @@ import ray
 import torch
 
 from culture_rl.distributed.weight_sync import WeightReceiver, state_fingerprint
-from culture_rl.errors import ConfigError
+from culture_rl.core.errors import ConfigError
 from culture_rl.models.chat import chat_prompts, stop_token_ids, apply_choice
-from culture_rl.ppo_config import VLLM_GPU_MEMORY_UTILIZATION
+from culture_rl.config.ppo import VLLM_GPU_MEMORY_UTILIZATION
 from culture_rl.distributed.metrics import RayGauges
 from culture_rl.inference.generation import generate_answers, option_distributions, mean_token_nll
 from culture_rl.inference.sequences import Rollout, SamplingParams, response_mask

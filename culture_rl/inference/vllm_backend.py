@@ -32,8 +32,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from culture_rl.errors import ConfigError
-from culture_rl.ppo_config import VLLM_GPU_MEMORY_UTILIZATION
+from culture_rl.core.errors import ConfigError
+from culture_rl.config.ppo import VLLM_GPU_MEMORY_UTILIZATION
 from culture_rl.distributed.weight_sync import unpack_bucket
 from culture_rl.inference.sequences import Rollout
 from culture_rl.models.chat import chat_prompts

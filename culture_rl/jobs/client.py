@@ -19,9 +19,9 @@ from pathlib import Path
 
 import yaml
 
-from culture_rl.errors import ConfigError, CultureRLError
+from culture_rl.core.errors import ConfigError, CultureRLError
 from culture_rl.jobs.workflows import WORKFLOWS, entrypoint
-from culture_rl.redact import redact_text
+from culture_rl.core.redact import redact_text
 from culture_rl.config import load_config
 
 DEFAULT_RUNTIME_ENV = Path(__file__).resolve().parents[2] / "ray_jobs" / "runtime_env.yaml"

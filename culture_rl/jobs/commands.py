@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from culture_rl.jobs import client as jobs
-from culture_rl.redact import redact_text
+from culture_rl.core.redact import redact_text
 from culture_rl.jobs.workflows import WORKFLOWS
 
 EXIT_INTERRUPTED = 130

@@ -35,7 +35,7 @@ from culture_rl.data import prompts
 from culture_rl.data.english_words import brysbaert_concreteness
 from culture_rl.data.swow import load_swow, write_swow_aggregated
 from culture_rl.data.synthetic import generate_world
-from culture_rl.errors import ConfigError
+from culture_rl.core.errors import ConfigError
 from culture_rl.inference.generation import generate_answers
 from culture_rl.eval.metrics import split_answer
 from culture_rl.models.loading import load_model, load_tokenizer, prepare_model

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Callable, Sequence
 
-from culture_rl.errors import ConfigError
+from culture_rl.core.errors import ConfigError
 from culture_rl.models.loading import load_model
 
 ADAPTER_SET = "adapter_set.json"

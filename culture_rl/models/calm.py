@@ -2,7 +2,7 @@
 
 CALM has no public code; its abstract is the specification. :class:`CalmModel` wraps any Hugging
 Face causal LM (frozen, LoRA via peft, or fully trainable) and adds small modules, each switched
-off by one config flag (``culture_rl.calm_config.CalmConfig``)::
+off by one config flag (``culture_rl.config.calm.CalmConfig``)::
 
     base hidden states (layer calm.feature_layer)
       -> Disentangler            task semantics | explicit cultural concepts | latent signals
@@ -40,7 +40,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from culture_rl.calm_config import CalmConfig
+from culture_rl.config.calm import CalmConfig
 from culture_rl.models.calm_losses import (IGNORE_INDEX, extend_for_prefix, load_balancing_loss,
                                            masked_cross_entropy, orthogonality_loss, pool_tokens,
                                            prototype_loss, routing_by_culture,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from culture_rl.calm_config import CalmConfig
+from culture_rl.config.calm import CalmConfig
 from culture_rl.models.calm_losses import (masked_cross_entropy, orthogonality_loss, pool_tokens,
                                            prototype_loss, supervised_contrastive_loss)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
-from culture_rl.calm_config import CalmConfig
+from culture_rl.config.calm import CalmConfig
 from culture_rl.models.calm import build_calm_model, load_calm_state, calm_state_dict
 from culture_rl.models.loading import load_model
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 from culture_rl.config import LoraConfig, ModelConfig
-from culture_rl.errors import ConfigError
+from culture_rl.core.errors import ConfigError
 from culture_rl.models import presets
 from culture_rl.models.chat import apply_choice
 

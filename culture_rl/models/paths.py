@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from culture_rl.errors import ConfigError
+from culture_rl.core.errors import ConfigError
 from culture_rl.models.calm_policy import is_calm_export
 from culture_rl.models.loading import check_available
 

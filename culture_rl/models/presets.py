@@ -27,7 +27,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from culture_rl.errors import ConfigError
+from culture_rl.core.errors import ConfigError
 
 CACHE_ENV = "CULTURE_RL_MODEL_CACHE"
 

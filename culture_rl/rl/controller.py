@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from culture_rl.checkpoints import prune, write_checkpoint
+from culture_rl.core.checkpoints import prune, write_checkpoint
 from culture_rl.eval.evaluate import ranking_parse_failure_rate, ranking_scores
 from culture_rl.eval.metrics import length_summary
 from culture_rl.rl import ppo

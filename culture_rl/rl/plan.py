@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from culture_rl.errors import ConfigError
+from culture_rl.core.errors import ConfigError
 from culture_rl.distributed.cluster import Role, check_plan, connect
 
 

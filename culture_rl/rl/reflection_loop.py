@@ -24,7 +24,7 @@ import json
 
 import torch
 
-from culture_rl.checkpoints import prune, write_checkpoint
+from culture_rl.core.checkpoints import prune, write_checkpoint
 from culture_rl.rl.experience import Experience
 from culture_rl.rl.ppo import masked_mean
 from culture_rl.rl.prompt_iterator import PromptIterator
@@ -33,7 +33,7 @@ from culture_rl.rl.reflection import (best_revisions, improvement_pairs, reflect
                                       repeat_to_multiple, revision_prompts, round_statistics)
 from culture_rl.rl.timing import PhaseTimer
 from culture_rl.distributed.cluster import check_plan, connect, describe_plan
-from culture_rl.errors import CultureRLError
+from culture_rl.core.errors import CultureRLError
 from culture_rl.inference.rollout import SamplingParams
 from culture_rl.rl.plan import ppo_roles
 from culture_rl.rl.trainers import PolicyTrainer

@@ -17,8 +17,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from culture_rl.checkpoints import latest_complete, publish_export
-from culture_rl.errors import CultureRLError
+from culture_rl.core.checkpoints import latest_complete, publish_export
+from culture_rl.core.errors import CultureRLError
 from culture_rl.rl.experience import Experience
 from culture_rl.distributed.cluster import ActorGroup, gather_replacing_dead
 from culture_rl.inference.pools import contiguous_chunks
@@ -55,7 +55,7 @@ class PPOJob:
 
 def latest_checkpoint(folder: Path, pattern: str = "step_*") -> Path | None:
     """The newest complete checkpoint: renamed from ``.partial`` only after its manifest was
-    written, and still matching it (see :mod:`culture_rl.checkpoints`). A damaged one is
+    written, and still matching it (see :mod:`culture_rl.core.checkpoints`). A damaged one is
     skipped with one warning line, and the one before it is used."""
     return latest_complete(folder, pattern, required=(STATE,),
                            warn=lambda line: print(f"[ppo] warning: {line}", flush=True))

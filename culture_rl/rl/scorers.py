@@ -11,7 +11,7 @@ from typing import Mapping, Sequence
 
 import ray
 
-from culture_rl.errors import CultureRLError
+from culture_rl.core.errors import CultureRLError
 from culture_rl.rl.rewards import score_batch
 from culture_rl.distributed.cluster import gather_replacing_dead
 

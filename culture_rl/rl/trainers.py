@@ -27,7 +27,7 @@ from culture_rl.rl.modeling import ValueModel, response_log_probs, response_valu
 from culture_rl.distributed.weight_sync import (sync_weights, close_shared_staging,
                                                 close_sync_groups, state_fingerprint,
                                                 iter_export_tensors)
-from culture_rl.errors import ConfigError
+from culture_rl.core.errors import ConfigError
 from culture_rl.models.calm_policy import (is_calm_export, load_calm_policy, mark_trainable,
                                           save_calm_policy)
 from culture_rl.models.loading import load_model, peft_lora_config, load_tokenizer

@@ -24,7 +24,7 @@ from typing import Sequence
 from transformers import TrainerCallback
 
 from culture_rl.distributed.metrics import RayGauges
-from culture_rl.redact import redact
+from culture_rl.core.redact import redact
 from culture_rl.eval.metrics import precision_at_k
 
 # Inside Ray Train workers, print() is patched to go through the root logger *and*, when a

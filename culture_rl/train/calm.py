@@ -40,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from culture_rl.calm_config import CalmConfig, CalmTrainConfig
+from culture_rl.config.calm import CalmConfig, CalmTrainConfig
 from culture_rl.config import DeepSpeedConfig, LoraConfig, ResourcesConfig
 from culture_rl.train.calm_export import export_calm
 from culture_rl.train.calm_loop import CalmLoop

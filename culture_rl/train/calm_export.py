@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from culture_rl.train.calm_data import CalmRows
-from culture_rl.checkpoints import publish_export
+from culture_rl.core.checkpoints import publish_export
 from culture_rl.models.calm import calm_state_dict
 from culture_rl.train.callbacks import worker_log
 

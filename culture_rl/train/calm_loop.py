@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from culture_rl.calm_config import CalmConfig, CalmTrainConfig
+from culture_rl.config.calm import CalmConfig, CalmTrainConfig
 from culture_rl.eval.metrics import accuracy, macro_f1
 from culture_rl.train.callbacks import append_jsonl, drop_records_after, worker_log
 from culture_rl.train.calm_data import CalmRows, per_culture_batches, rank_batches, steps_per_epoch

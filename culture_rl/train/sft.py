@@ -26,10 +26,10 @@ import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from culture_rl.checkpoints import FINISHED, publish_export  # noqa: F401 (FINISHED re-exported)
+from culture_rl.core.checkpoints import FINISHED, publish_export  # noqa: F401 (FINISHED re-exported)
 from culture_rl.config import DeepSpeedConfig, LoraConfig, ResourcesConfig, TrainConfig
 from culture_rl.distributed.deepspeed import build_deepspeed_config, describe_batch, torch_backend
-from culture_rl.errors import CultureRLError
+from culture_rl.core.errors import CultureRLError
 from culture_rl.train.worker_process import (quiet_ray_train_reports, restore_builtin_print,
                                              root_cause)
 from culture_rl.distributed.cluster import connect, check_resources

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from culture_rl.config import ExperimentConfig, ResourcesConfig, SweepConfig
-from culture_rl.errors import ConfigError, ResourceError
+from culture_rl.core.errors import ConfigError, ResourceError
 from culture_rl.tune.report import HYPER_PARAMETERS
 
 # Settings that may change between a sweep and its resumption. Everything else is fixed: a

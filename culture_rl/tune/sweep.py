@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from culture_rl.config import ExperimentConfig, config_to_yaml
-from culture_rl.errors import ConfigError
+from culture_rl.core.errors import ConfigError
 from culture_rl.tune.report import render_markdown, write_report
 from culture_rl.tune.plan import (asha_max_t, changed_settings, count_trials, grid_trial_name,
                                   max_concurrent, normalise_point, param_space, random_trial_name,

@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
 
     from culture_rl.config import load_config
-    from culture_rl.errors import ConfigError
+    from culture_rl.core.errors import ConfigError
     from culture_rl.models.loading import build_tiny_model
     from culture_rl.rl.controller import PPOController
     from culture_rl.rl.plan import batch_plan

@@ -41,7 +41,7 @@ DRIVER = textwrap.dedent(r"""
     import ray
     from culture_rl.config import load_config
     from culture_rl.distributed.cluster import ActorGroup, check_plan, describe_plan
-    from culture_rl.errors import ResourceError
+    from culture_rl.core.errors import ResourceError
     from culture_rl.rl.plan import ppo_roles
 
     config = load_config(sys.argv[1], sys.argv[2:])

@@ -15,7 +15,7 @@ import ray
 
 from culture_rl.config import load_config
 from culture_rl.distributed.metrics import StepMetrics
-from culture_rl.errors import ResourceError
+from culture_rl.core.errors import ResourceError
 from culture_rl.rl.controller import PPOController
 from culture_rl.rl.runtime import PPORunError, latest_checkpoint
 from culture_rl.data.align_data import load_align_data

@@ -15,7 +15,7 @@ import os
 import pytest
 
 from culture_rl.config import load_config
-from culture_rl.errors import CultureRLError
+from culture_rl.core.errors import CultureRLError
 from culture_rl.data.align_data import load_align_data
 from culture_rl.methods.calm.reflect import run_reflect
 

@@ -37,7 +37,7 @@ from pydantic import BaseModel
 
 from culture_rl.cli import build_parser, main
 from culture_rl.config import ExperimentConfig, parse_override
-from culture_rl.errors import ResourceError
+from culture_rl.core.errors import ResourceError
 from tests.support import bad_input_counter as counter
 
 REPO = Path(__file__).resolve().parents[2]

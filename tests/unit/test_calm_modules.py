@@ -11,7 +11,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from culture_rl.calm_config import CalmConfig
+from culture_rl.config.calm import CalmConfig
 from culture_rl.models.calm import (CalmModel, CulturalCrossAttention, CultureMoE,
                                     CulturePrototypes, Disentangler, IdentityFusion,
                                     build_calm_model, calm_parameters, calm_state_dict,

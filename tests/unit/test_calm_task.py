@@ -11,7 +11,7 @@ import pytest
 from culture_rl.data import value_tasks
 from culture_rl.data.synthetic import generate_world
 from culture_rl.data.value_tasks import culture_dependent_statements, value_reading
-from culture_rl.errors import ConfigError
+from culture_rl.core.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

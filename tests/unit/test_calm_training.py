@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from culture_rl.calm_config import CalmConfig
-from culture_rl.errors import ConfigError
+from culture_rl.config.calm import CalmConfig
+from culture_rl.core.errors import ConfigError
 from culture_rl.train.calm import variant_config
 from culture_rl.train.calm_data import (per_culture_batches, rank_batches, split_statements,
                                         steps_per_epoch)

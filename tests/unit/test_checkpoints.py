@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from culture_rl.checkpoints import (MANIFEST, CheckpointError, build_manifest, latest_complete,
+from culture_rl.core.checkpoints import (MANIFEST, CheckpointError, build_manifest, latest_complete,
                                     prune, verify_manifest, write_checkpoint, write_manifest)
 from tests.support.mounts import tmpfs
 
@@ -130,7 +130,7 @@ def test_torch_save_on_a_full_disk_is_reported_with_the_free_space(tmp_path):
 
 
 def test_publish_export_replaces_the_old_export_and_marks_the_new_one_finished(tmp_path):
-    from culture_rl.checkpoints import FINISHED, publish_export
+    from culture_rl.core.checkpoints import FINISHED, publish_export
 
     target = tmp_path / "export"
     target.mkdir()

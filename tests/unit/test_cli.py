@@ -159,7 +159,7 @@ def test_a_late_config_error_keeps_the_stages_that_finished(tmp_path, capsys, mo
     usable question after the base was pretrained) keeps the run folder; with nothing finished
     the folder this call made is removed as for any bad input."""
     import culture_rl.cli as cli
-    from culture_rl.errors import ConfigError
+    from culture_rl.core.errors import ConfigError
 
     def run_then_fail(args, config):
         if finished:
@@ -202,7 +202,7 @@ def test_every_method_keeps_the_plan_run_summary_protocol():
 def test_a_method_plan_fails_before_the_run_folder_is_written(tmp_path, capsys):
     """plan(config) is where a bad setting stops a method: nothing of the run is written."""
     from culture_rl.config import load_config
-    from culture_rl.errors import ConfigError
+    from culture_rl.core.errors import ConfigError
     from culture_rl.methods.align import ppo
 
     config = load_config(None, [f"run.storage_path={tmp_path}", "ppo.reward=no_such_reward"])

@@ -388,7 +388,7 @@ def test_rayjob_run_folder_off_the_shared_volume_is_rejected():
 
 
 def test_rayjob_entrypoint_overrides_are_checked():
-    from culture_rl.errors import ConfigError
+    from culture_rl.core.errors import ConfigError
 
     with pytest.raises(ConfigError):
         entrypoint_problems("python -m ray_jobs.align_ppo --config "

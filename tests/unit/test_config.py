@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from culture_rl.config import ExperimentConfig, describe_fields, load_config, parse_override
-from culture_rl.errors import ConfigError
+from culture_rl.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from culture_rl.config import ExperimentConfig, describe_fields
-from culture_rl.config_docs import main, render_config_reference
+from culture_rl.config.docs import main, render_config_reference
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_MD = ROOT / "docs" / "config.md"
-REGENERATE = "make docs (python -m culture_rl.config_docs --write docs/config.md)"
+REGENERATE = "make docs (python -m culture_rl.config.docs --write docs/config.md)"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 _FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.MULTILINE | re.DOTALL)
@@ -84,7 +84,7 @@ def test_every_field_is_in_the_config_reference():
 def test_config_reference_rows():
     text = render_config_reference()
     assert text.startswith("# Config reference\n")
-    assert "python -m culture_rl.config_docs --write docs/config.md" in text
+    assert "python -m culture_rl.config.docs --write docs/config.md" in text
     row = next(line for line in text.splitlines() if line.startswith("| `sft.learning_rate` |"))
     cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", row)[1:-1]]
     default = ExperimentConfig.model_fields["sft"].annotation.model_fields["learning_rate"].default

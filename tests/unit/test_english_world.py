@@ -9,10 +9,11 @@ import pytest
 
 from culture_rl.cli import main
 from culture_rl.config import WorldConfig, load_config
+from culture_rl.config.world import ENGLISH_TOPICS
 from culture_rl.data import english_words
 from culture_rl.data.lexicons import load_brysbaert
 from culture_rl.data.synthetic import generate_world
-from culture_rl.errors import ConfigError
+from culture_rl.core.errors import ConfigError
 from culture_rl.methods.elicit import count_associations, kept_words
 
 ENGLISH = WorldConfig(vocabulary="english", num_cues=32, num_topics=8, num_survey_questions=8,
@@ -24,6 +25,7 @@ def test_the_shipped_words_are_english_rated_and_each_used_once():
     everything = [w for cues, responses in english_words.TOPICS.values() for w in cues + responses]
     assert len(everything) == len(set(everything))
     assert all(w in rated for w in everything)
+    assert len(english_words.TOPICS) == ENGLISH_TOPICS  # what the world config checks against
     assert all(len(cues) == english_words.CUES_PER_TOPIC
                and len(responses) == english_words.RESPONSES_PER_TOPIC
                for cues, responses in english_words.TOPICS.values())

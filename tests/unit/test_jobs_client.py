@@ -14,7 +14,7 @@ import yaml
 
 from culture_rl.cli import main
 from culture_rl.distributed.metrics import gauge_updates
-from culture_rl.errors import ConfigError
+from culture_rl.core.errors import ConfigError
 from culture_rl.jobs import client
 from culture_rl.jobs.workflows import WORKFLOWS, entrypoint
 

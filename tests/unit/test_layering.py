@@ -1,8 +1,8 @@
 """The package's layering, read from its source: subpackages import each other one way only.
 
 Counted are all imports, at module level and inside functions (a lazy import closes a loop as
-surely as an eager one; it only hides it). The core below -- data, models, inference,
-distributed, train, rl, eval -- imports no method (methods/) and no operation
+surely as an eager one; it only hides it). The core below -- core, config, data, models,
+inference, distributed, train, rl, eval -- imports no method (methods/) and no operation
 (tune, jobs).
 """
 
@@ -23,7 +23,9 @@ def _subpackage(module: str) -> str | None:
     return None
 
 
-CORE = ("data", "models", "inference", "distributed", "train", "rl", "eval")
+CORE = ("core", "config", "data", "models", "inference", "distributed", "train", "rl", "eval")
+# The bottom of the core, which every layer above may import: what each of them may import.
+BOTTOM = {"core": set(), "config": {"core"}}
 ABOVE_THE_CORE = ("methods", "tune", "jobs")
 
 
@@ -89,6 +91,13 @@ def test_the_core_imports_no_method_folder():
     assert upward == []
 
 
+def test_core_and_config_import_nothing_above_them():
+    graph = subpackage_graph()
+    above = {low: {high: files for high, files in graph.get(low, {}).items() if high not in ok}
+             for low, ok in BOTTOM.items()}
+    assert above == {low: {} for low in BOTTOM}
+
+
 def test_the_cycle_finder_finds_a_cycle():
     # The check above can fail: a loop through three subpackages is reported as one.
     graph = {"eval": {"methods": ["e.py"]}, "methods": {"rl": ["m.py"]},
@@ -121,7 +130,7 @@ LAZY_IMPORTS_ALLOWED = {
     "culture_rl/cli.py": "`culture-rl --help` and a bad config's one-line error take 0.2 s; "
                          "the workflows behind them import torch and Ray (about 3 s)",
     "culture_rl/commands.py": "likewise: a command imports its method only when it runs",
-    "culture_rl/config_loading.py": "config.py imports this module at its end (re-export), "
+    "culture_rl/config/loading.py": "config.py imports this module at its end (re-export), "
                                     "so the schema is only complete inside a call",
     "culture_rl/models/calm_state.py": "models/calm.py imports this module",
     "culture_rl/train/sft.py": "the callbacks and the ledger take ~3 s (peft, transformers' "

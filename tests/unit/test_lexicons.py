@@ -14,7 +14,7 @@ from culture_rl.data.lexicons import (
     write_brysbaert,
     write_warriner,
 )
-from culture_rl.errors import DataError
+from culture_rl.core.errors import DataError
 
 # The published Warriner CSV starts with an unnamed row-index column and has many more columns.
 WARRINER = (

@@ -9,7 +9,7 @@ import pytest
 
 
 def shown(message: str, category=FutureWarning) -> bool:
-    from culture_rl.library_warnings import silence_library_deprecations
+    from culture_rl.core.library_warnings import silence_library_deprecations
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -8,7 +8,7 @@ import torch
 
 from culture_rl.distributed.cluster import Role, check_plan, describe_plan, plan_totals
 from culture_rl.distributed.metrics import StepMetrics, gauge_name
-from culture_rl.errors import ConfigError, ResourceError
+from culture_rl.core.errors import ConfigError, ResourceError
 from culture_rl.rl.advantages import compute_step_advantages
 from culture_rl.rl.plan import BatchPlan
 from culture_rl.rl.prompt_iterator import PromptIterator

@@ -4,7 +4,7 @@ conversion itself runs on the real model in tests/integration/test_real_model.py
 
 import pytest
 
-from culture_rl.errors import ConfigError
+from culture_rl.core.errors import ConfigError
 from culture_rl.models import presets
 from culture_rl.models.loading import check_available
 

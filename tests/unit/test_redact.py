@@ -14,7 +14,7 @@ import yaml
 from culture_rl.cli import main
 from culture_rl.config import config_to_yaml, load_config, write_run_config
 from culture_rl.distributed.metrics import StepMetrics
-from culture_rl.redact import (REDACTED, literal_secrets, looks_secret, redact, redact_text,
+from culture_rl.core.redact import (REDACTED, literal_secrets, looks_secret, redact, redact_text,
                                text_secrets)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -145,7 +145,7 @@ def test_ray_auth_token_is_read_only_from_the_environment_or_its_file(monkeypatc
     mentions = {p.relative_to(REPO).as_posix() for p in (REPO / "culture_rl").rglob("*.py")
                 if re.search(r"auth_token|RAY_AUTH_TOKEN", p.read_text("utf-8"))}
     assert mentions <= {"culture_rl/jobs/client.py", "culture_rl/distributed/local_autoscaler.py",
-                        "culture_rl/redact.py"}, mentions
+                        "culture_rl/core/redact.py"}, mentions
     client_source = (REPO / "culture_rl" / "jobs" / "client.py").read_text("utf-8")
     assert "read_text" not in client_source.split("def enable_token_auth")[1].split("\ndef ")[0]
 

@@ -11,7 +11,7 @@ import torch
 
 from culture_rl.cli import main
 from culture_rl.config import load_config
-from culture_rl.errors import ConfigError
+from culture_rl.core.errors import ConfigError
 from culture_rl.rl.preference import dpo_loss, reflection_loss, sequence_log_prob, sft_loss
 from culture_rl.rl.reflection import (DEFAULT_TEMPLATES, Pair, best_revisions, improvement_pairs,
                                       reflection_prompt, reflection_template, repeat_to_multiple,

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from culture_rl.errors import DataError
+from culture_rl.core.errors import DataError
 from culture_rl.eval import plots, report
 from culture_rl.eval.report import write_report
 from tests.support.report_fixture import (COMMAND, CONFIG_YAML, FIGURES, build_run, eval_json,

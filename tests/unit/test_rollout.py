@@ -56,7 +56,7 @@ def write_calm_export(base_folder, folder, injection: str = "hook"):
 
     from safetensors.torch import save_file
 
-    from culture_rl.calm_config import CalmConfig
+    from culture_rl.config.calm import CalmConfig
     from culture_rl.models.calm import build_calm_model, calm_state_dict
     from culture_rl.models.loading import load_model, load_tokenizer
 
@@ -130,7 +130,7 @@ def test_greedy_decoding_is_deterministic_whatever_the_seed(backend):
 def test_vllm_backend_without_vllm_or_a_gpu_is_a_config_error_naming_the_field():
     import importlib.util
 
-    from culture_rl.errors import ConfigError
+    from culture_rl.core.errors import ConfigError
     from culture_rl.inference.vllm_backend import VLLMBackend
 
     if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():

@@ -278,7 +278,7 @@ def test_adapter_set_names_a_missing_adapter_or_culture(adapter_set, tmp_path):
     import json
     import shutil
 
-    from culture_rl.errors import ConfigError
+    from culture_rl.core.errors import ConfigError
     from culture_rl.inference.pools import LocalInference
     from culture_rl.models.loading import load_tokenizer
     from culture_rl.models.adapters import ADAPTER_SET, load_adapter_set, read_adapter_set

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from culture_rl.cli import main
-from culture_rl.errors import ConfigError
-from culture_rl.storage import check_storage
+from culture_rl.core.errors import ConfigError
+from culture_rl.core.storage import check_storage
 from tests.support.mounts import fill, tmpfs
 
 REPO = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ from culture_rl.data.surveys import (
     write_survey_goqa_csv,
     write_survey_jsonl,
 )
-from culture_rl.errors import DataError
+from culture_rl.core.errors import DataError
 
 DD = "defaultdict(<class 'list'>, "
 

@@ -11,7 +11,7 @@ import pytest
 
 from culture_rl.cli import main
 from culture_rl.config import ResourcesConfig, SweepConfig, load_config
-from culture_rl.errors import ConfigError, ResourceError
+from culture_rl.core.errors import ConfigError, ResourceError
 from culture_rl.tune import plan as sweep_plan
 from culture_rl.tune import report, sweep
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from culture_rl.data.swow import load_swow, write_swow_aggregated
-from culture_rl.errors import DataError
+from culture_rl.core.errors import DataError
 
 RAW_HEADER = "participantID,age,gender,nativeLanguage,country,section,cue,R1,R2,R3\n"
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from culture_rl.config import load_config
-from culture_rl.errors import ConfigError
-from culture_rl.ppo_config import VLLM_GPU_MEMORY_UTILIZATION
+from culture_rl.core.errors import ConfigError
+from culture_rl.config.ppo import VLLM_GPU_MEMORY_UTILIZATION
 from culture_rl.inference.vllm_backend import (engine_arguments, prompt_seeds, rollout_from_outputs,
                                                sampled_log_probs, sampling_arguments)
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from culture_rl.distributed.weight_export import unwrap_model
-from culture_rl.errors import CultureRLError
+from culture_rl.core.errors import CultureRLError
 
 
 class WeightSyncError(CultureRLError, RuntimeError):

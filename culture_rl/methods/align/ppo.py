@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from culture_rl.config import ExperimentConfig
-from culture_rl.errors import ConfigError
-from culture_rl.checkpoints import FINISHED
+from culture_rl.core.errors import ConfigError
+from culture_rl.core.checkpoints import FINISHED
 from culture_rl.rl.controller import PPOController
 from culture_rl.rl.runtime import PPOJob
 from culture_rl.rl.plan import BatchPlan, batch_plan, check_ppo_plan

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from culture_rl.config import ExperimentConfig
 from culture_rl.data import examples, prompts
-from culture_rl.errors import ConfigError
+from culture_rl.core.errors import ConfigError
 from culture_rl.methods import MethodPlan
 from culture_rl.models.loading import build_tiny_model, check_available, prepare_model
 from culture_rl.train.sft import StageResult, TrainJob, run_stage

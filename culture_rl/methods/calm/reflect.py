@@ -17,8 +17,8 @@ from pathlib import Path
 
 from culture_rl.config import ExperimentConfig
 from culture_rl.data import examples, prompts as templates
-from culture_rl.errors import ConfigError
-from culture_rl.checkpoints import FINISHED
+from culture_rl.core.errors import ConfigError
+from culture_rl.core.checkpoints import FINISHED
 from culture_rl.rl.runtime import PPOJob
 from culture_rl.data.align_data import AlignData, load_align_data
 from culture_rl.methods import MethodPlan

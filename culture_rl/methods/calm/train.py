@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from culture_rl.config import ExperimentConfig
-from culture_rl.errors import ConfigError
+from culture_rl.core.errors import ConfigError
 from culture_rl.train.calm import CalmJob, run_calm_stage, run_compare_stage
 from culture_rl.train.calm_data import split_statements
 from culture_rl.train.calm_loop import LOSS_TERMS

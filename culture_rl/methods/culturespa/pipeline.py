@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 
 from culture_rl.config import ExperimentConfig
 from culture_rl.data import prompts
-from culture_rl.errors import ConfigError
+from culture_rl.core.errors import ConfigError
 from culture_rl.models.chat import uses_chat
 from culture_rl.models.loading import load_tokenizer
 from culture_rl.methods import MethodPlan

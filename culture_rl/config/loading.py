@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from culture_rl.config_base import FieldProblem
-from culture_rl.errors import ConfigError
-from culture_rl.redact import redact
+from culture_rl.config.base import FieldProblem
+from culture_rl.core.errors import ConfigError
+from culture_rl.core.redact import redact
 
 if TYPE_CHECKING:
     from culture_rl.config import ExperimentConfig

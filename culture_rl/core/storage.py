@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from culture_rl.errors import ConfigError
+from culture_rl.core.errors import ConfigError
 
 FIELD = "run.storage_path"
 # Big enough that a file system with no room left refuses it (tmpfs and ext4 allocate whole

@@ -1,5 +1,5 @@
 """The base of every config section (kept apart from config.py, which imports the sections
-that live in their own modules, e.g. calm_config.py)."""
+that live in their own modules, e.g. config/calm.py)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The ``sweep:`` config section: Ray Tune over cultures x SFT hyper-parameters
 (culture_rl/tune).
 
-``ExperimentConfig.sweep`` (culture_rl/config.py).
+``ExperimentConfig.sweep`` (culture_rl/config/__init__.py).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
 
-from culture_rl.config_base import ConfigSection, CultureKey
+from culture_rl.config.base import ConfigSection, CultureKey
 
 class SweepConfig(ConfigSection):
     """``culture-rl sweep``: Ray Tune over cultures x SFT hyper-parameters (culture_rl/tune)."""

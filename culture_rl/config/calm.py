@@ -1,6 +1,6 @@
 """The ``calm:`` config section: CALM's modules, their ablation flags and loss weights.
 
-``ExperimentConfig.calm`` (culture_rl/config.py). Every module of
+``ExperimentConfig.calm`` (culture_rl/config/__init__.py). Every module of
 :mod:`culture_rl.models.calm` is one flag (``calm.<module>.enabled=false``), so each ablation of
 the paper is one override. What each option means, and why its default is what it is, is written
 in the "Design choices" section of :mod:`culture_rl.models.calm`.
@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from culture_rl.config_base import FieldProblem, ConfigSection
+from culture_rl.config.base import FieldProblem, ConfigSection
 
 
 class DisentangleConfig(ConfigSection):

@@ -1,6 +1,6 @@
 """The ``world:`` config section: the seeded synthetic culture world (culture_rl/data/synthetic.py).
 
-``ExperimentConfig.world`` (culture_rl/config.py).
+``ExperimentConfig.world`` (culture_rl/config/__init__.py).
 """
 
 from __future__ import annotations
@@ -9,8 +9,14 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from culture_rl.config_base import FieldProblem, ConfigSection
-from culture_rl.data import english_words as words
+from culture_rl.config.base import FieldProblem, ConfigSection
+
+# The size of the English vocabulary (culture_rl/data/english_words.py holds its words, and
+# takes these numbers from here: the config sits below the data, so the words cannot be read
+# here; tests/unit/test_english_world.py checks that every topic has exactly these counts).
+ENGLISH_TOPICS = 8
+ENGLISH_CUES_PER_TOPIC = 16
+ENGLISH_RESPONSES_PER_TOPIC = 30
 
 
 class WorldConfig(ConfigSection):
@@ -89,19 +95,19 @@ class WorldConfig(ConfigSection):
         if self.vocabulary != "english":
             return self
 
-        if self.num_topics > len(words.TOPICS):
-            raise FieldProblem("num_topics", f"the English vocabulary has {len(words.TOPICS)} "
+        if self.num_topics > ENGLISH_TOPICS:
+            raise FieldProblem("num_topics", f"the English vocabulary has {ENGLISH_TOPICS} "
                                f"topics, not {self.num_topics}")
         per_topic = -(-self.num_cues // self.num_topics)
-        if per_topic > words.CUES_PER_TOPIC:
+        if per_topic > ENGLISH_CUES_PER_TOPIC:
             raise FieldProblem("num_cues", f"{self.num_cues} cues over {self.num_topics} topics "
                                f"need {per_topic} a topic; the English vocabulary has "
-                               f"{words.CUES_PER_TOPIC}")
+                               f"{ENGLISH_CUES_PER_TOPIC}")
         needed = (self.shared_responses_per_cue + 2
                   + self.num_cultures * (self.specific_responses_per_cue + 1))
-        if needed > words.RESPONSES_PER_TOPIC:
+        if needed > ENGLISH_RESPONSES_PER_TOPIC:
             raise FieldProblem("specific_responses_per_cue", f"shared_responses_per_cue + 2 + "
                                f"num_cultures x (specific_responses_per_cue + 1) = {needed} "
                                f"response words a topic; the English vocabulary has "
-                               f"{words.RESPONSES_PER_TOPIC}")
+                               f"{ENGLISH_RESPONSES_PER_TOPIC}")
         return self

@@ -5,9 +5,9 @@ dotted name, type, default and help text (the pydantic ``description``). The fie
 order, come from :func:`culture_rl.config.describe_fields` (what ``culture-rl config fields``
 prints); this module only looks each one up in the schema and formats it as a table row.
 
-    python -m culture_rl.config_docs                          # print the Markdown
-    python -m culture_rl.config_docs --write docs/config.md   # (re)write the file (make docs)
-    python -m culture_rl.config_docs --check docs/config.md   # exit 1 when it is out of date
+    python -m culture_rl.config.docs                          # print the Markdown
+    python -m culture_rl.config.docs --write docs/config.md   # (re)write the file (make docs)
+    python -m culture_rl.config.docs --check docs/config.md   # exit 1 when it is out of date
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pydantic.fields import FieldInfo
 
 from culture_rl.config import ExperimentConfig, describe_fields
 
-COMMAND = "python -m culture_rl.config_docs --write docs/config.md"
+COMMAND = "python -m culture_rl.config.docs --write docs/config.md"
 
 # describe_fields lines: "section.path: help" for a section, "  dotted.path = default  # help"
 # for a field; only the dotted path is read back, the rest comes from the schema itself.
@@ -145,7 +145,7 @@ def render_config_reference() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m culture_rl.config_docs",
+    parser = argparse.ArgumentParser(prog="python -m culture_rl.config.docs",
                                      description="Print, write or check docs/config.md.")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--write", metavar="FILE", type=Path, help="write the reference to FILE")
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         if current != text:
             what = "is out of date" if current is not None else "does not exist"
             print(f"{args.check} {what}: regenerate it with `make docs` (python -m "
-                  f"culture_rl.config_docs --write {args.check})", file=sys.stderr)
+                  f"culture_rl.config.docs --write {args.check})", file=sys.stderr)
             return 1
         return 0
     sys.stdout.write(text)

@@ -1,6 +1,6 @@
 """The ``spa:`` config section: the CultureSPA pipeline (culture_rl/spa).
 
-``ExperimentConfig.spa`` (culture_rl/config.py).
+``ExperimentConfig.spa`` (culture_rl/config/__init__.py).
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from culture_rl.config_base import ConfigSection
-from culture_rl.train_config import TrainConfig
+from culture_rl.config.base import ConfigSection
+from culture_rl.config.train import TrainConfig
 
 WVS_TOPIC_AREAS = ["social values and norms", "happiness and well-being",
                    "social capital and trust", "economic values", "corruption", "migration",

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from culture_rl.errors import CultureRLError
+from culture_rl.core.errors import CultureRLError
 
 MANIFEST = "manifest.json"
 PARTIAL = ".partial"

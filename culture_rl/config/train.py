@@ -1,8 +1,8 @@
 """The training-loop settings shared by ``pretrain:``, ``sft:`` and ``spa.train:`` (TRL's
 SFTTrainer under Ray Train; culture_rl/train/sft.py).
 
-``ExperimentConfig.pretrain`` / ``.sft`` and ``SpaConfig.train`` (culture_rl/config.py,
-culture_rl/spa_config.py).
+``ExperimentConfig.pretrain`` / ``.sft`` and ``SpaConfig.train`` (culture_rl/config/__init__.py,
+culture_rl/config/spa.py).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from culture_rl.config_base import ConfigSection
+from culture_rl.config.base import ConfigSection
 
 class TrainConfig(ConfigSection):
     epochs: float = Field(3, gt=0, description="Passes over the training set.")

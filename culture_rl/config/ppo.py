@@ -1,7 +1,7 @@
 """The PPO config sections: ``ppo:`` (ALIGN's PPO on the ranking reward), ``rollout:`` (the
 generators and the weight sync to them) and ``ppo_resources:`` (the actor groups' placement).
 
-``ExperimentConfig.ppo`` / ``.rollout`` / ``.ppo_resources`` (culture_rl/config.py); the loop
+``ExperimentConfig.ppo`` / ``.rollout`` / ``.ppo_resources`` (culture_rl/config/__init__.py); the loop
 that reads them is :mod:`culture_rl.rl.controller`.
 """
 
@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from culture_rl.config_base import FieldProblem, ConfigSection
+from culture_rl.config.base import FieldProblem, ConfigSection
 
 # vLLM's own default is 0.92 of the GPU; leave room for the CUDA context of the NCCL
 # weight-sync group.

@@ -1,9 +1,9 @@
 """Typed run configuration (the schema), loaded from YAML with ``extends:`` and dotted
-command-line overrides (the loading is in :mod:`culture_rl.config_loading`, re-exported here).
+command-line overrides (the loading is in :mod:`culture_rl.config.loading`, re-exported here).
 
 Every field carries its help text (``culture-rl config fields`` prints them), so a config file
 documents itself. Any problem — unknown key, wrong type, impossible value — becomes one
-:class:`~culture_rl.errors.ConfigError` naming the file the offending value came from and the
+:class:`~culture_rl.core.errors.ConfigError` naming the file the offending value came from and the
 dotted field path, e.g. ``configs/x.yaml: sft.learning_rate: Input should be greater than 0``.
 """
 
@@ -14,19 +14,19 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-# The section base class lives apart so that section modules such as calm_config.py can build
+# The section base class lives apart so that section modules such as config/calm.py can build
 # on it without importing this module (which imports them). The sections defined elsewhere are
 # re-exported here, so `from culture_rl.config import TrainConfig` keeps working.
-from culture_rl.config_base import (ConfigSection, CultureKey,  # noqa: E402,F401  (re-exported)
+from culture_rl.config.base import (ConfigSection, CultureKey,  # noqa: E402,F401  (re-exported)
                                     FieldProblem)
-from culture_rl.calm_config import CalmConfig  # noqa: E402
-from culture_rl.reflect_config import ReflectConfig  # noqa: E402
-from culture_rl.ppo_config import (PPOConfig, PPOResourcesConfig,  # noqa: E402,F401
+from culture_rl.config.calm import CalmConfig  # noqa: E402
+from culture_rl.config.reflect import ReflectConfig  # noqa: E402
+from culture_rl.config.ppo import (PPOConfig, PPOResourcesConfig,  # noqa: E402,F401
                                    RolloutConfig)  # (re-exported)
-from culture_rl.world_config import WorldConfig  # noqa: E402,F401
-from culture_rl.train_config import TrainConfig  # noqa: E402,F401
-from culture_rl.spa_config import SpaConfig  # noqa: E402,F401
-from culture_rl.sweep_config import SweepConfig  # noqa: E402,F401
+from culture_rl.config.world import WorldConfig  # noqa: E402,F401
+from culture_rl.config.train import TrainConfig  # noqa: E402,F401
+from culture_rl.config.spa import SpaConfig  # noqa: E402,F401
+from culture_rl.config.sweep import SweepConfig  # noqa: E402,F401
 
 
 class RunConfig(ConfigSection):
@@ -287,8 +287,8 @@ class ExperimentConfig(ConfigSection):
         return Path(self.run.storage_path).expanduser().resolve() / self.run.name
 
 
-# Reading files and overrides into the schema lives in config_loading.py; importing it last, once
+# Reading files and overrides into the schema lives in config/loading.py; importing it last, once
 # ExperimentConfig exists, keeps `from culture_rl.config import load_config` working.
-from culture_rl.config_loading import (COMMAND_LINE, config_to_yaml,  # noqa: E402,F401
+from culture_rl.config.loading import (COMMAND_LINE, config_to_yaml,  # noqa: E402,F401
                                        describe_fields, load_config, parse_override,
                                        write_run_config)
