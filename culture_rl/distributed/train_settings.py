@@ -12,10 +12,25 @@ import contextlib
 import os
 
 from culture_rl.config import ResourcesConfig
+from culture_rl.distributed.deepspeed import torch_backend
 
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 WORKER_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 HEALTH_CHECK_TIMEOUT_ENV = "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S"
+
+
+def worker_group(resources: ResourcesConfig) -> dict:
+    """The ``TorchTrainer`` arguments every training stage (SFT, CALM) shares: the worker
+    group the resource plan asks for, and its collective backend (gloo on CPU, NCCL on GPU)
+    with the config's timeout."""
+    import ray.train
+    from ray.train.torch import TorchConfig
+
+    return {"scaling_config": ray.train.ScalingConfig(
+                num_workers=resources.num_workers, use_gpu=resources.use_gpu,
+                resources_per_worker={"CPU": resources.cpus_per_worker}),
+            "torch_config": TorchConfig(backend=torch_backend(resources.use_gpu),
+                                        timeout_s=int(resources.collective_timeout_s))}
 
 
 def train_controller_env(resources: ResourcesConfig, single_node: bool) -> dict[str, str]:

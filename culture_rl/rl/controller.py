@@ -27,7 +27,7 @@ from culture_rl.rl.advantages import compute_step_advantages, sequence_kl
 from culture_rl.rl.experience import Experience
 from culture_rl.rl.plan import BatchPlan, batch_plan, check_ppo_plan, ppo_roles
 from culture_rl.rl.prompt_iterator import PromptIterator
-from culture_rl.rl.runtime import STATE, ActorRuntime, PPOJob, PPORunError, latest_checkpoint
+from culture_rl.rl.runtime import STATE, ActorRuntime, PPOJob, PPORunError
 from culture_rl.rl.timing import PhaseTimer
 from culture_rl.distributed.cluster import describe_plan
 from culture_rl.inference.rollout import SamplingParams
@@ -90,16 +90,13 @@ class PPOController:
         self._resume_if_possible()
 
     def _resume_if_possible(self) -> None:
-        checkpoint = latest_checkpoint(self.job.checkpoint_dir, self.CHECKPOINTS)
-        if checkpoint is None:
+        resumed = self.runtime.resume(self.iterator)
+        if resumed is None:
             return
-        state = json.loads((checkpoint / STATE).read_text("utf-8"))
-        self.runtime.load_trainers(checkpoint)
+        self.resumed_from, state = resumed
         self.step = int(state["step"])
-        self.iterator.load_state_dict(state["prompts"])
         self.kl.load_state_dict(state["kl"])
-        self.resumed_from = checkpoint
-        print(f"[ppo] resumed from {checkpoint} at step {self.step}", flush=True)
+        print(f"[ppo] resumed from {self.resumed_from} at step {self.step}", flush=True)
         self.sync()  # the generators start from the SFT weights: bring them up to date
 
     # ---------------------------------------------------------------- phases

@@ -28,7 +28,7 @@ from culture_rl.core.checkpoints import prune, write_checkpoint
 from culture_rl.rl.experience import Experience
 from culture_rl.rl.ppo import masked_mean
 from culture_rl.rl.prompt_iterator import PromptIterator
-from culture_rl.rl.runtime import STATE, ActorRuntime, PPOJob, latest_checkpoint
+from culture_rl.rl.runtime import STATE, ActorRuntime, PPOJob
 from culture_rl.rl.reflection import (best_revisions, improvement_pairs, reflection_template,
                                       repeat_to_multiple, revision_prompts, round_statistics)
 from culture_rl.rl.timing import PhaseTimer
@@ -89,15 +89,12 @@ class ReflectionController:
         self._resume_if_possible()
 
     def _resume_if_possible(self) -> None:
-        checkpoint = latest_checkpoint(self.job.checkpoint_dir, self.CHECKPOINTS)
-        if checkpoint is None:
+        resumed = self.runtime.resume(self.iterator)
+        if resumed is None:
             return
-        state = json.loads((checkpoint / STATE).read_text("utf-8"))
-        self.runtime.load_trainers(checkpoint)
+        self.resumed_from, state = resumed
         self.step = int(state["round"])
-        self.iterator.load_state_dict(state["prompts"])
-        self.resumed_from = checkpoint
-        print(f"[reflect] resumed from {checkpoint} after round {self.step}", flush=True)
+        print(f"[reflect] resumed from {self.resumed_from} after round {self.step}", flush=True)
         self.runtime.sync()  # the generators start from the starting model: bring them up to date
 
     def export(self):

@@ -12,6 +12,7 @@ loads the trainers; exports the policy; and shuts everything down.
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from dataclasses import dataclass, field
@@ -219,6 +220,17 @@ class ActorRuntime:
                 self.get([a.load.remote(str(checkpoint / name))
                           for a in self.groups[name].actors],
                          f"loading the {name} from {checkpoint}")
+
+    def resume(self, iterator) -> tuple[Path, dict] | None:
+        """Load the newest complete checkpoint of this loop into the trainers and the prompt
+        ``iterator``; that checkpoint and the loop's state in it (None: nothing to resume)."""
+        checkpoint = latest_checkpoint(self.job.checkpoint_dir, self.checkpoints)
+        if checkpoint is None:
+            return None
+        state = json.loads((checkpoint / STATE).read_text("utf-8"))
+        self.load_trainers(checkpoint)
+        iterator.load_state_dict(state["prompts"])
+        return checkpoint, state
 
     def export(self, steps: int) -> Path:
         """The policy as a plain Hugging Face model in the job's export folder."""

@@ -45,11 +45,10 @@ from culture_rl.config import DeepSpeedConfig, LoraConfig, ResourcesConfig
 from culture_rl.train.calm_export import export_calm
 from culture_rl.train.calm_loop import CalmLoop
 from culture_rl.train.sft import FINISHED, StageFolders, TrainingError
-from culture_rl.train.worker_process import (quiet_ray_train_reports, restore_builtin_print,
-                                             root_cause)
+from culture_rl.train.worker_process import root_cause, start_worker
 from culture_rl.distributed.cluster import check_resources, connect
-from culture_rl.distributed.deepspeed import DeepSpeedStrategy, torch_backend
-from culture_rl.distributed.train_settings import ray_train_settings
+from culture_rl.distributed.deepspeed import DeepSpeedStrategy
+from culture_rl.distributed.train_settings import ray_train_settings, worker_group
 from culture_rl.models.loading import load_tokenizer
 from culture_rl.train.callbacks import worker_log
 
@@ -112,16 +111,9 @@ class CalmJob(StageFolders):
 
 def calm_worker(loop_config: dict) -> None:
     """The per-worker loop Ray Train runs (one DeepSpeed rank per worker)."""
-    restore_builtin_print()
-    import ray.train
-    import torch
-
-    quiet_ray_train_reports()
-    job: CalmJob = loop_config["job"]
-    use_gpu: bool = loop_config["use_gpu"]
-    torch.set_num_threads(loop_config["threads"])
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
+    start = start_worker(loop_config)
+    job: CalmJob = start.job
+    use_gpu, rank, world = start.use_gpu, start.rank, start.world_size
     tokenizer = load_tokenizer(job.model_path, job.trust_remote_code, job.chat_template)
     micro = job.train.per_culture * len(job.culture_names)
 
@@ -176,7 +168,7 @@ def calm_worker(loop_config: dict) -> None:
 
 def _fit(job: CalmJob, resources: ResourcesConfig, name: str) -> None:
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
     connect(resources.address)
     check_resources(resources)
@@ -185,11 +177,7 @@ def _fit(job: CalmJob, resources: ResourcesConfig, name: str) -> None:
         calm_worker,
         train_loop_config={"job": job, "use_gpu": resources.use_gpu,
                            "threads": max(1, int(resources.cpus_per_worker))},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=resources.num_workers, use_gpu=resources.use_gpu,
-            resources_per_worker={"CPU": resources.cpus_per_worker}),
-        torch_config=TorchConfig(backend=torch_backend(resources.use_gpu),
-                                 timeout_s=int(resources.collective_timeout_s)),
+        **worker_group(resources),
         run_config=ray.train.RunConfig(
             name=name, storage_path=str(Path(job.stage_dir).parent),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),

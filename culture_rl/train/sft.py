@@ -28,12 +28,11 @@ from pathlib import Path
 
 from culture_rl.core.checkpoints import FINISHED, publish_export  # noqa: F401 (FINISHED re-exported)
 from culture_rl.config import DeepSpeedConfig, LoraConfig, ResourcesConfig, TrainConfig
-from culture_rl.distributed.deepspeed import build_deepspeed_config, describe_batch, torch_backend
+from culture_rl.distributed.deepspeed import build_deepspeed_config, describe_batch
 from culture_rl.core.errors import CultureRLError
-from culture_rl.train.worker_process import (quiet_ray_train_reports, restore_builtin_print,
-                                             root_cause)
+from culture_rl.train.worker_process import root_cause, start_worker
 from culture_rl.distributed.cluster import connect, check_resources
-from culture_rl.distributed.train_settings import ray_train_settings
+from culture_rl.distributed.train_settings import ray_train_settings, worker_group
 from culture_rl.models.chat import sft_example
 from culture_rl.models.loading import load_model, load_tokenizer, peft_lora_config, export_merged
 
@@ -211,9 +210,8 @@ def use_dense_lm_head(trainer) -> bool:
 
 def train_worker(loop_config: dict) -> None:
     """The per-worker loop Ray Train runs (one DeepSpeed rank per worker)."""
-    restore_builtin_print()
+    start = start_worker(loop_config)
     import ray.train
-    import torch
     from datasets import Dataset
     from ray.train.huggingface.transformers import prepare_trainer
     from transformers import PrinterCallback
@@ -224,13 +222,8 @@ def train_worker(loop_config: dict) -> None:
     # the workers need them, the driver that only launches the workers should not wait.
     from culture_rl.train.callbacks import worker_log
 
-    quiet_ray_train_reports()
-    job: TrainJob = loop_config["job"]
-    use_gpu: bool = loop_config["use_gpu"]
-    torch.set_num_threads(loop_config["threads"])
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
-
+    job: TrainJob = start.job
+    use_gpu, rank, world_size = start.use_gpu, start.rank, start.world_size
     tokenizer = load_tokenizer(job.model_path, job.trust_remote_code, job.chat_template)
     model = load_model(job.model_path, job.dtype, job.trust_remote_code)
     args = sft_args(job, world_size, use_gpu, loop_config["scratch_dir"])
@@ -260,7 +253,7 @@ def train_worker(loop_config: dict) -> None:
         trainer.train()
 
     _export(job, trainer, tokenizer, rank)
-    if context.get_local_rank() == 0:
+    if start.local_rank == 0:
         shutil.rmtree(loop_config["scratch_dir"], ignore_errors=True)
 
 
@@ -339,7 +332,7 @@ def run_stage(job: TrainJob, resources: ResourcesConfig, callbacks: list | None 
         return _result_of(job, already_finished=True)
 
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
     connect(resources.address)
     check_resources(resources)
@@ -350,11 +343,7 @@ def run_stage(job: TrainJob, resources: ResourcesConfig, callbacks: list | None 
         train_loop_config={"job": job, "use_gpu": resources.use_gpu,
                            "threads": max(1, int(resources.cpus_per_worker)),
                            "scratch_dir": str(scratch)},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=resources.num_workers, use_gpu=resources.use_gpu,
-            resources_per_worker={"CPU": resources.cpus_per_worker}),
-        torch_config=TorchConfig(backend=torch_backend(resources.use_gpu),
-                                 timeout_s=int(resources.collective_timeout_s)),
+        **worker_group(resources),
         # Ray Train resumes from <storage_path>/<name>: that is the stage's own folder, so a
         # stage trained anew beside another (CultureSPA's keyed joint-<key> folders) never
         # resumes from the other's checkpoints.

@@ -5,6 +5,8 @@ CALM worker loops."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 
 def restore_builtin_print() -> None:
@@ -28,6 +30,30 @@ def quiet_ray_train_reports() -> None:
     except ImportError:
         return
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True)
+class WorkerStart:
+    """What every worker loop reads first: its job, whether it trains on a GPU, its rank."""
+    job: Any
+    use_gpu: bool
+    rank: int
+    world_size: int
+    local_rank: int  # on its node
+
+
+def start_worker(loop_config: dict) -> WorkerStart:
+    """The first steps of a Ray Train worker loop (SFT and CALM): print and report logging
+    fixed, the torch threads the resource plan gave this worker, and its place in the group."""
+    restore_builtin_print()  # before Ray Train's own modules are imported below
+    import ray.train
+    import torch
+
+    quiet_ray_train_reports()
+    torch.set_num_threads(loop_config["threads"])
+    context = ray.train.get_context()
+    return WorkerStart(loop_config["job"], loop_config["use_gpu"], context.get_world_rank(),
+                       context.get_world_size(), context.get_local_rank())
 
 
 def root_cause(err: BaseException) -> str:

@@ -62,7 +62,7 @@ def test_a_manifest_without_the_required_state_is_incomplete(tmp_path):
 
 
 def test_latest_checkpoint_skips_a_truncated_one_with_one_warning(tmp_path, capsys):
-    from culture_rl.rl.controller import latest_checkpoint
+    from culture_rl.rl.runtime import latest_checkpoint
 
     folder = tmp_path / "checkpoints"
     first, second = fake_checkpoint(folder, 1), fake_checkpoint(folder, 2)
