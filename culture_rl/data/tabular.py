@@ -143,10 +143,11 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     text = read_text(path)
     if not text.strip():
         raise DataError("empty file (expected one JSON object per line)", path=path, line=1)
-    return _jsonl_objects(text, path)
+    return jsonl_objects(text, path)
 
 
-def _jsonl_objects(text: str, path: str | Path) -> Iterator[tuple[int, dict]]:
+def jsonl_objects(text: str, path: str | Path) -> Iterator[tuple[int, dict]]:
+    """``(line, object)`` for each non-blank line of JSON Lines ``text`` read from ``path``."""
     # Split on "\n" only: str.splitlines() also breaks on U+2028 etc., which may legally appear
     # inside JSON strings and would shift every later line number.
     for number, line in enumerate(text.split("\n"), start=1):

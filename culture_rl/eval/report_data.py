@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from culture_rl.core.errors import DataError
+from culture_rl.data.tabular import jsonl_objects
 from culture_rl.eval.render import Bold, Table
 
 SCHEMA = 1  # of eval.json
@@ -42,18 +43,8 @@ def load_eval(path: Path) -> dict:
 
 
 def load_metrics(path: Path) -> list[dict]:
-    rows = []
-    for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"not a JSON record: {error.msg}", path=path, line=number) from None
-        if not isinstance(row, dict):
-            raise DataError("not a JSON object", path=path, line=number)
-        rows.append(row)
-    return rows
+    """A training run's metrics.jsonl (empty while its first step is still running)."""
+    return [row for _, row in jsonl_objects(path.read_text("utf-8"), path)]
 
 
 def metrics_files(run_dir: Path) -> list[Path]:

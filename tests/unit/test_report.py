@@ -254,3 +254,17 @@ def test_malformed_calm_results_name_the_file(tmp_path):
     with pytest.raises(DataError, match="results.json"):
         write_report(run)
     assert not (run / "report.md").exists()
+
+
+def test_metrics_files_read_with_the_data_loaders_line_numbers(tmp_path):
+    # U+2028 may stand inside a JSON string: it must not split the record nor shift the lines.
+    from culture_rl.eval.report_data import load_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("")
+    assert load_metrics(path) == []  # a run whose first step has not finished yet
+    path.write_text('{"step": 1}\n\n{"step": 2, "note": "a\u2028b"}\n{"step": \n')
+    with pytest.raises(DataError, match="metrics.jsonl.*line 4"):
+        load_metrics(path)
+    path.write_text('{"step": 1}\n\n{"step": 2, "note": "a\u2028b"}\n')
+    assert [row["step"] for row in load_metrics(path)] == [1, 2]
