@@ -1,6 +1,6 @@
 """The ``reflect:`` config section: CALM's self-prompted reflective learning (`culture-rl reflect`).
 
-``ExperimentConfig.reflect`` (culture_rl/config/__init__.py). The loop runs on the PPO issue's parts: the
+``ExperimentConfig.reflect`` (in culture_rl/config). The loop runs on the PPO issue's parts: the
 rollout workers (``rollout``), the reward scorer pool, the policy trainer and the weight sync, on
 the actor groups sized by ``ppo_resources`` (the critic is not started). What each round does is
 written in :mod:`culture_rl.rl.reflection_loop`.

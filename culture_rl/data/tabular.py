@@ -1,9 +1,9 @@
 """Shared readers for the user's CSV / TSV / JSONL data files.
 
 Every loader in ``culture_rl.data`` goes through these helpers so that a malformed file always
-fails the same way: a :class:`~culture_rl.core.errors.DataError` whose message names the file and the
-1-based physical line (the header is line 1), never a bare ``KeyError`` or ``UnicodeDecodeError``
-from deep inside a training job.
+fails the same way: a :class:`~culture_rl.core.errors.DataError` whose message names the file
+and the 1-based physical line (the header is line 1), never a bare ``KeyError`` or
+``UnicodeDecodeError`` from deep inside a training job.
 """
 
 from __future__ import annotations

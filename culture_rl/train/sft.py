@@ -26,7 +26,8 @@ import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from culture_rl.core.checkpoints import FINISHED, publish_export  # noqa: F401 (FINISHED re-exported)
+from culture_rl.core.checkpoints import (FINISHED,  # noqa: F401 (re-exported)
+                                         publish_export)
 from culture_rl.config import DeepSpeedConfig, LoraConfig, ResourcesConfig, TrainConfig
 from culture_rl.distributed.deepspeed import build_deepspeed_config, describe_batch
 from culture_rl.core.errors import CultureRLError

@@ -5,8 +5,9 @@ weights, plain LM loss); ``sft`` fine-tunes a base model with LoRA on the target
 association norms (completion-only loss). Both go through :func:`culture_rl.train.sft.run_stage`.
 
 The method protocol (:mod:`culture_rl.methods`): :func:`plan` checks a config into a
-:class:`~culture_rl.methods.MethodPlan`, :func:`run` trains it, :func:`summary` is the line the CLI prints; the
-pretraining stage shares :func:`run` and :func:`summary` (:mod:`culture_rl.methods.pretrain`).
+:class:`~culture_rl.methods.MethodPlan`, :func:`run` trains it, :func:`summary` is the line the
+CLI prints; the pretraining stage shares :func:`run` and :func:`summary`
+(:mod:`culture_rl.methods.pretrain`).
 """
 
 from __future__ import annotations
