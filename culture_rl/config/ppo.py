@@ -1,12 +1,13 @@
 """The PPO config sections: ``ppo:`` (ALIGN's PPO on the ranking reward), ``rollout:`` (the
 generators and the weight sync to them) and ``ppo_resources:`` (the actor groups' placement).
 
-``ExperimentConfig.ppo`` / ``.rollout`` / ``.ppo_resources`` (culture_rl/config/__init__.py); the loop
+``ExperimentConfig.ppo`` / ``.rollout`` / ``.ppo_resources`` (in culture_rl/config); the loop
 that reads them is :mod:`culture_rl.rl.controller`.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -16,6 +17,12 @@ from culture_rl.config.base import FieldProblem, ConfigSection
 # vLLM's own default is 0.92 of the GPU; leave room for the CUDA context of the NCCL
 # weight-sync group.
 VLLM_GPU_MEMORY_UTILIZATION = 0.85
+
+# The advantage estimators that compare the samples of one prompt (so need two or more), and
+# those that train no critic; culture_rl/rl/ppo.py registers them all (the config sits below
+# it, so the names are kept here; tests/unit/test_ppo_math.py checks that both agree).
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
+CRITIC_FREE_ESTIMATORS = (*GROUP_ESTIMATORS, "reinforce_pp")
 
 
 class PPOConfig(ConfigSection):
@@ -30,8 +37,23 @@ class PPOConfig(ConfigSection):
                                  "word samples).")
     reward: str = Field("ranking_spearman", description="Registered reward function.")
     advantage_estimator: str = Field("gae", description="Registered advantage estimator: 'gae' "
-                                     "(with a critic) or 'grpo' (group-relative, no critic).")
-    policy_loss: str = Field("ppo_clip", description="Registered policy loss.")
+                                     "(with a critic); without one: 'grpo' (group-relative), "
+                                     "'dr_grpo' (no std division), 'rloo' (leave-one-out), "
+                                     "'reinforce_pp' (REINFORCE++: global whitening) or "
+                                     "'reinforce_pp_baseline' (group mean subtracted first).")
+    policy_loss: str = Field("ppo_clip", description="Registered policy loss: 'ppo_clip' "
+                             "(token ratios) or 'gspo' (one length-normalised ratio per "
+                             "sequence, GSPO).")
+    loss_aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum"] = Field(
+        "token_mean", description="How ppo_clip's per-token losses become one number: the "
+        "mean over all tokens of the batch (DAPO, OpenRLHF), the mean over sequences of each "
+        "one's token mean (the GRPO paper), or of each one's token sum divided by the longest "
+        "possible response (rollout.max_new_tokens; Dr. GRPO: no length bias).")
+    clip_ratio_low: float | None = Field(None, gt=0, lt=1, description="Lower ratio clip, "
+                                         "1 - low (default: clip_range).")
+    clip_ratio_high: float | None = Field(None, gt=0, description="Upper ratio clip, 1 + "
+                                          "high (default: clip_range; DAPO's clip-higher "
+                                          "uses 0.28 with low 0.2).")
     rollout_batch_size: int = Field(64, gt=0, description="Prompts per PPO step (ALIGN: 64). "
                                     "Samples per step = prompts x samples_per_prompt.")
     samples_per_prompt: int = Field(1, gt=0, description="Responses sampled per prompt (>1 "
@@ -87,9 +109,16 @@ class PPOConfig(ConfigSection):
                                f"exceeds the samples per step ({samples} = rollout_batch_size "
                                f"{self.rollout_batch_size} x samples_per_prompt "
                                f"{self.samples_per_prompt})")
-        if self.advantage_estimator == "grpo" and self.samples_per_prompt < 2:
-            raise FieldProblem("samples_per_prompt", "advantage_estimator 'grpo' needs "
-                               f"samples_per_prompt >= 2 (got {self.samples_per_prompt})")
+        if self.advantage_estimator in GROUP_ESTIMATORS and self.samples_per_prompt < 2:
+            raise FieldProblem("samples_per_prompt", f"advantage_estimator "
+                               f"'{self.advantage_estimator}' compares the samples of a "
+                               f"prompt: it needs samples_per_prompt >= 2 (got "
+                               f"{self.samples_per_prompt})")
+        if (self.advantage_estimator in CRITIC_FREE_ESTIMATORS
+                and "critic_learning_rate" in self.model_fields_set):
+            warnings.warn(f"ppo.critic_learning_rate is set but advantage_estimator "
+                          f"'{self.advantage_estimator}' trains no critic: it is not used",
+                          stacklevel=2)
         return self
 
 

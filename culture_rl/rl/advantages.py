@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from culture_rl.config.ppo import GROUP_ESTIMATORS
 from culture_rl.rl import ppo
 from culture_rl.rl.experience import Experience
 
@@ -18,20 +19,23 @@ def compute_step_advantages(exp: Experience, *, estimator: str, kl_estimator: st
                             kl_coef: float, gamma: float, lam: float, whiten: bool
                             ) -> Experience:
     """Fill rewards, advantages and returns of a batch that has scores, old and reference
-    log-probs (and values, for GAE). GRPO folds the KL penalty into each sequence's score."""
+    log-probs (and values, for GAE). The sequence-level estimators (GRPO, Dr. GRPO, RLOO) fold
+    the KL penalty into each sequence's score; the token-level ones (GAE, REINFORCE++) put it
+    on every token's reward, the score on the last."""
     mask = exp.response_mask.float()
     kl = sequence_kl(exp.old_log_probs, exp.ref_log_probs, mask, kl_estimator)
-    if estimator == "grpo":
-        penalised = exp.scores.float() - kl_coef * kl.sum(1)
-        group_ids = torch.tensor([m["group"] for m in exp.meta])
-        advantages, returns = ppo.compute_advantages("grpo", scores=penalised, mask=mask,
-                                                     group_ids=group_ids)
-        rewards = ppo.token_level_rewards(penalised, torch.zeros_like(kl), mask, 0.0)
+    group_ids = (torch.tensor([m["group"] for m in exp.meta])  # the prompt a sample answers
+                 if estimator in GROUP_ESTIMATORS else None)
+    if estimator in ppo.SEQUENCE_LEVEL_ESTIMATORS:
+        scores = exp.scores.float() - kl_coef * kl.sum(1)
+        rewards = ppo.token_level_rewards(scores, torch.zeros_like(kl), mask, 0.0)
     else:
-        rewards = ppo.token_level_rewards(exp.scores.float(), kl, mask, kl_coef)
-        values = exp.values if exp.values is not None else torch.zeros_like(rewards)
-        advantages, returns = ppo.compute_advantages(estimator, rewards=rewards, values=values,
-                                                     mask=mask, gamma=gamma, lam=lam)
+        scores = exp.scores.float()
+        rewards = ppo.token_level_rewards(scores, kl, mask, kl_coef)
+    values = exp.values if exp.values is not None else torch.zeros_like(rewards)
+    advantages, returns = ppo.compute_advantages(estimator, scores=scores, rewards=rewards,
+                                                 values=values, mask=mask,
+                                                 group_ids=group_ids, gamma=gamma, lam=lam)
     if whiten:
         advantages = ppo.masked_whiten(advantages, mask)
     exp.rewards, exp.advantages, exp.returns = rewards, advantages * mask, returns

@@ -51,7 +51,7 @@ class PPOController:
             plan = batch_plan(config)
             plan.check()
         self.plan = plan
-        self.use_critic = cfg.advantage_estimator != "grpo"
+        self.use_critic = ppo.needs_critic(cfg.advantage_estimator)
         self.kl = (ppo.AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
                    if cfg.adaptive_kl else ppo.FixedKLController(cfg.kl_coef))
         self.iterator = PromptIterator(job.prompts, cfg.rollout_batch_size, config.run.seed)

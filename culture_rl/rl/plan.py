@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from culture_rl.core.errors import ConfigError
 from culture_rl.distributed.cluster import Role, check_plan, connect
+from culture_rl.rl.ppo import needs_critic
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def ppo_roles(config) -> list:
     res = config.ppo_resources
     roles = [Role("policy_trainer", res.trainer_workers, res.cpus_per_trainer,
                   res.gpus_per_trainer)]
-    if config.ppo.advantage_estimator != "grpo":  # GRPO needs no critic
+    if needs_critic(config.ppo.advantage_estimator):  # GRPO, RLOO, REINFORCE++: none
         roles.append(Role("critic_trainer", res.trainer_workers, res.cpus_per_trainer,
                           res.gpus_per_trainer,
                           colocated_with="policy_trainer" if res.colocate else None))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from culture_rl.config.ppo import CRITIC_FREE_ESTIMATORS
 from culture_rl.rl.registry import Registry
 
 ADVANTAGE_ESTIMATORS = Registry("advantage estimator")
@@ -154,24 +155,147 @@ def group_relative(scores: torch.Tensor, mask: torch.Tensor, *, group_ids: torch
     return per_token, per_token
 
 
+def _per_group(scores: torch.Tensor, group_ids: torch.Tensor, fn) -> torch.Tensor:
+    """``fn(group's scores) -> their advantages``, group by group, as one float tensor."""
+    out = torch.zeros_like(scores, dtype=torch.float32)
+    for group in torch.unique(group_ids):
+        members = group_ids == group
+        out[members] = fn(scores[members].float())
+    return out
+
+
+@register_advantage_estimator("dr_grpo")
+def dr_grpo(scores: torch.Tensor, mask: torch.Tensor, *, group_ids: torch.Tensor, **_
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-like training"): GRPO without the
+    division by the group's std, which weights questions by how (un)certain the model is; the
+    other half, no length normalisation, is ``ppo.loss_aggregation: seq_mean_token_sum``."""
+    per_token = _per_group(scores, group_ids, lambda s: s - s.mean()).unsqueeze(1) * mask
+    return per_token, per_token
+
+
+@register_advantage_estimator("rloo")
+def rloo(scores: torch.Tensor, mask: torch.Tensor, *, group_ids: torch.Tensor, **_
+         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE leave-one-out (Ahmadian et al. 2024): a sample's baseline is the mean score
+    of the other samples of its prompt, s_i - (sum_j s_j - s_i) / (n - 1); no critic."""
+    def leave_one_out(s: torch.Tensor) -> torch.Tensor:
+        n = s.numel()
+        return s - (s.sum() - s) / (n - 1) if n > 1 else torch.zeros_like(s)
+    per_token = _per_group(scores, group_ids, leave_one_out).unsqueeze(1) * mask
+    return per_token, per_token
+
+
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """G_t = sum_{k >= t} gamma^(k-t) r_k over the real tokens of each row."""
+    rewards = rewards * mask
+    running = torch.zeros_like(rewards[:, 0])
+    out = torch.zeros_like(rewards)
+    for t in reversed(range(rewards.shape[1])):
+        running = rewards[:, t] + gamma * running
+        out[:, t] = running
+    return out * mask
+
+
+@register_advantage_estimator("reinforce_pp")
+def reinforce_pp(rewards: torch.Tensor, mask: torch.Tensor, *, gamma: float = 1.0, **_
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE++ (Hu 2025, OpenRLHF's ``reinforce``): the token-level reward (score on the
+    last token, the KL penalty on every token) summed to a return per token, whitened over the
+    whole batch (its "global advantage normalisation"); no critic and no group."""
+    returns = discounted_returns(rewards, mask, gamma)
+    return masked_whiten(returns, mask) * mask, returns
+
+
+@register_advantage_estimator("reinforce_pp_baseline")
+def reinforce_pp_baseline(rewards: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, *,
+                          group_ids: torch.Tensor, gamma: float = 1.0, **_
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE++-baseline (OpenRLHF's ``reinforce_baseline``): each score minus its group's
+    mean score first, then REINFORCE++ (returns of the token rewards, whitened globally)."""
+    baseline = scores.float() - _per_group(scores, group_ids, lambda s: s - s.mean())
+    return reinforce_pp(token_level_rewards(-baseline, torch.zeros_like(rewards), mask, 0.0)
+                        + rewards, mask, gamma=gamma)
+
+
+# Estimators of one advantage per sequence: the KL penalty is folded into its score.
+SEQUENCE_LEVEL_ESTIMATORS = ("grpo", "dr_grpo", "rloo")
+
+
+def needs_critic(name: str) -> bool:
+    """Whether an estimator learns from a value model (GAE); all others compare samples or
+    returns and train no critic."""
+    return name not in CRITIC_FREE_ESTIMATORS
+
+
 def compute_advantages(name: str, **inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The registered estimator ``name`` on ``inputs`` (scores, rewards, values, mask,
+    group_ids, gamma, lam: each takes what it needs)."""
     return ADVANTAGE_ESTIMATORS.lookup(name)(**inputs)
 
 
 # ------------------------------------------------------------------------------ losses
 
 
+def aggregate_loss(per_token: torch.Tensor, mask: torch.Tensor, mode: str = "token_mean",
+                   max_length: int = 0) -> torch.Tensor:
+    """Per-token losses [B, T] to one number (``ppo.loss_aggregation``): ``token_mean`` over
+    every real token of the batch; ``seq_mean_token_mean``: each sequence's token mean, then
+    the mean over sequences (long answers count no more than short ones); ``seq_mean_token_sum``
+    each sequence's token sum over a constant ``max_length`` (the padded width when 0), then the
+    mean: Dr. GRPO's fix of the length bias."""
+    mask = mask.to(per_token.dtype)
+    if mode == "token_mean":
+        return masked_mean(per_token, mask)
+    sums = (per_token * mask).sum(1)
+    if mode == "seq_mean_token_mean":
+        return (sums / mask.sum(1).clamp_min(1)).mean()
+    if mode == "seq_mean_token_sum":
+        return (sums / (max_length or mask.shape[1])).mean()
+    raise ValueError(f"unknown loss aggregation {mode!r}")
+
+
 @register_policy_loss("ppo_clip")
 def clipped_policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor,
                         advantages: torch.Tensor, mask: torch.Tensor, *, clip_eps: float = 0.2,
+                        clip_low: float | None = None, clip_high: float | None = None,
+                        aggregation: str = "token_mean", max_length: int = 0,
                         **_) -> dict[str, torch.Tensor]:
-    """PPO's clipped surrogate. Returns loss, clip_fraction (share of tokens where the clipped
-    term won) and approx_kl (mean of old - new log-prob)."""
+    """PPO's clipped surrogate, the ratio clipped to [1 - low, 1 + high] (both ``clip_eps``
+    unless given: DAPO's clip-higher sets high > low). Returns loss (aggregated as
+    :func:`aggregate_loss` says), clip_fraction (share of tokens where the clipped term won)
+    and approx_kl (mean of old - new log-prob)."""
+    low, high = clip_low or clip_eps, clip_high or clip_eps
     ratio = torch.exp(log_probs - old_log_probs)
     unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps)
-    return {"loss": masked_mean(torch.maximum(unclipped, clipped), mask),
+    clipped = -advantages * torch.clamp(ratio, 1 - low, 1 + high)
+    return {"loss": aggregate_loss(torch.maximum(unclipped, clipped), mask, aggregation,
+                                   max_length),
             "clip_fraction": masked_mean((clipped > unclipped).float(), mask),
+            "approx_kl": masked_mean(old_log_probs - log_probs, mask)}
+
+
+@register_policy_loss("gspo")
+def sequence_policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor,
+                         advantages: torch.Tensor, mask: torch.Tensor, *, clip_eps: float = 0.2,
+                         clip_low: float | None = None, clip_high: float | None = None,
+                         **_) -> dict[str, torch.Tensor]:
+    """GSPO (Zheng et al. 2025): one importance ratio per sequence, the geometric mean of its
+    token ratios, exp(mean_t(log pi - log pi_old)), clipped to [1 - low, 1 + high] (the paper
+    uses 3e-4 and 4e-4: ratios this smooth move little), against the sequence's advantage (its
+    tokens' mean); the mean over sequences. Written per token (GSPO-token) so every token of a
+    sequence gets the sequence ratio's gradient: s_i,t = sg[s_i] pi_t / sg[pi_t]."""
+    low, high = clip_low or clip_eps, clip_high or clip_eps
+    mask = mask.to(log_probs.dtype)
+    lengths = mask.sum(1).clamp_min(1)
+    log_ratio = ((log_probs - old_log_probs) * mask).sum(1) / lengths
+    token_ratio = torch.exp(log_ratio.detach().unsqueeze(1) + log_probs - log_probs.detach())
+    seq_advantage = ((advantages * mask).sum(1) / lengths).unsqueeze(1)
+    unclipped = -seq_advantage * token_ratio
+    clipped = -seq_advantage * torch.clamp(token_ratio, 1 - low, 1 + high)
+    per_token = torch.maximum(unclipped, clipped)
+    return {"loss": aggregate_loss(per_token, mask, "seq_mean_token_mean"),
+            "clip_fraction": ((clipped > unclipped)[:, 0].float()).mean(),
             "approx_kl": masked_mean(old_log_probs - log_probs, mask)}
 
 

@@ -88,7 +88,8 @@ class ActorRuntime:
             world_size=res.trainer_workers, micro_batch_size=micro_batch_size,
             gradient_accumulation_steps=accumulation, use_gpu=res.gpus_per_trainer > 0,
             threads=max(1, int(res.cpus_per_trainer)), dtype=config.model.dtype,
-            trust_remote_code=config.model.trust_remote_code, seed=config.run.seed)
+            trust_remote_code=config.model.trust_remote_code, seed=config.run.seed,
+            max_response_tokens=config.rollout.max_new_tokens)
 
     def start_trainers(self, name: str, role, actor_class, spec, share: float = 1.0,
                        placement_group=None):

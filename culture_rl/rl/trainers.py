@@ -49,6 +49,7 @@ class TrainerSpec:
     dtype: str = "float32"
     trust_remote_code: bool = False
     seed: int = 42
+    max_response_tokens: int = 0  # rollout.max_new_tokens: the constant of seq_mean_token_sum
 
 
 def _micro_batches(exp: Experience, size: int) -> list[Experience]:
@@ -189,7 +190,10 @@ class _PolicyTrainer(_DeepSpeedTrainer):
             log_probs, entropy = response_log_probs(self.engine, micro, with_entropy=True)
             out = ppo.policy_loss(cfg.policy_loss, log_probs=log_probs,
                                   old_log_probs=micro.old_log_probs, advantages=micro.advantages,
-                                  mask=micro.response_mask, clip_eps=cfg.clip_range)
+                                  mask=micro.response_mask, clip_eps=cfg.clip_range,
+                                  clip_low=cfg.clip_ratio_low, clip_high=cfg.clip_ratio_high,
+                                  aggregation=cfg.loss_aggregation,
+                                  max_length=self.spec.max_response_tokens)
             mean_entropy = ppo.masked_mean(entropy, micro.response_mask)
             return out["loss"] - cfg.entropy_coef * mean_entropy, {
                 "policy_loss": out["loss"], "entropy": mean_entropy,

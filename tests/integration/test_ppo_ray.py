@@ -388,3 +388,23 @@ def test_overlapped_rollout_is_one_step_off_policy_and_resumes_without_losing_a_
     for fingerprint in served:
         assert all(fingerprint[k] == pytest.approx(trained[k], rel=1e-6, abs=1e-6)
                    for k in trained)
+
+
+def test_critic_free_rloo_with_the_sequence_level_gspo_loss_trains_a_step(ray_session, tmp_path,
+                                                                          tiny_policy):
+    """RLOO starts no critic; GSPO with DAPO's asymmetric clip and Dr. GRPO's aggregation runs
+    through the real trainer (the pure maths: tests/unit/test_ppo_math.py)."""
+    with pytest.warns(UserWarning, match="trains no critic"):  # SMALL sets a critic rate
+        config = ppo_config(tmp_path, tiny_policy, "rloo", [
+            "ppo.advantage_estimator=rloo", "ppo.policy_loss=gspo", "ppo.max_steps=1",
+            "ppo.clip_ratio_low=0.0003", "ppo.clip_ratio_high=0.0004",
+            "ppo.loss_aggregation=seq_mean_token_sum", "ppo.entropy_coef=0.01"])
+    controller = controller_for(config, tiny_policy)
+    try:
+        controller.start()
+        assert set(controller.runtime.groups) == {"policy", "rollout"}
+        values = controller.run_step(1)
+    finally:
+        controller.shutdown()
+    assert values["policy_loss"] == values["policy_loss"] and values["kl"] == values["kl"]
+    assert 0.0 <= values["clip_fraction"] <= 1.0

@@ -1,3 +1,4 @@
+import warnings
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,19 @@ def test_blank_data_path_means_unset(tmp_path):
     config = load_config(path, ['data.statements_path=""'])
     assert config.data.swow_path is None and config.data.warriner_path is None
     assert config.data.statements_path is None
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "dr_grpo", "rloo", "reinforce_pp_baseline"])
+def test_group_estimators_need_two_samples_a_prompt(estimator):
+    with pytest.raises(ConfigError, match=f"ppo.samples_per_prompt.*'{estimator}'"):
+        load_config(None, [f"ppo.advantage_estimator={estimator}", "ppo.samples_per_prompt=1"])
+    load_config(None, ["ppo.advantage_estimator=reinforce_pp", "ppo.samples_per_prompt=1"])
+
+
+def test_a_critic_learning_rate_without_a_critic_is_a_warning():
+    with pytest.warns(UserWarning, match="trains no critic"):
+        load_config(None, ["ppo.advantage_estimator=rloo", "ppo.samples_per_prompt=2",
+                           "ppo.mini_batch_size=16", "ppo.critic_learning_rate=1e-5"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config(None, ["ppo.advantage_estimator=gae", "ppo.critic_learning_rate=1e-5"])

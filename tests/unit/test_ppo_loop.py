@@ -79,6 +79,25 @@ def test_step_advantages_grpo_compare_samples_of_one_prompt():
     assert exp.advantages[0, 3] == 0  # padding stays zero
 
 
+@pytest.mark.parametrize("estimator", ["gae", "grpo", "dr_grpo", "rloo", "reinforce_pp",
+                                       "reinforce_pp_baseline"])
+def test_every_estimator_fills_a_step_and_keeps_padding_zero(estimator):
+    exp = compute_step_advantages(_experience([1.0, 0.0], groups=[7, 7]), estimator=estimator,
+                                  kl_estimator="k1", kl_coef=0.1, gamma=1.0, lam=1.0,
+                                  whiten=False)
+    assert exp.advantages.shape == exp.returns.shape == exp.rewards.shape == (2, 4)
+    assert exp.advantages[0, 3] == 0 and exp.advantages[1, 2:].abs().sum() == 0
+    assert exp.advantages[0, 0] > exp.advantages[1, 0]  # the better-scored answer leads
+
+
+def test_group_estimators_need_each_samples_prompt():
+    exp = _experience([1.0, 0.0])
+    exp.meta = [{} for _ in exp.meta]  # samples that do not say which prompt they answer
+    with pytest.raises(KeyError, match="group"):
+        compute_step_advantages(exp, estimator="rloo", kl_estimator="k1", kl_coef=0.0,
+                                gamma=1.0, lam=1.0, whiten=False)
+
+
 def test_response_mask_keeps_tokens_through_the_first_eos():
     ids = torch.tensor([[5, 6, 2, 0, 0], [5, 5, 5, 5, 5], [2, 0, 0, 0, 0]])
     assert response_mask(ids, eos_token_id=2).tolist() == [

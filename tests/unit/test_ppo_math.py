@@ -128,3 +128,100 @@ def test_kl_controllers():
 def test_registries_refuse_duplicates():
     with pytest.raises(ValueError, match="twice"):
         ppo.register_kl_estimator("k1")(lambda a, b: a)
+
+
+# ------------------------------------------------------------------ critic-free estimators
+GROUPS = torch.tensor([0, 0, 0, 1, 1])
+SCORES = torch.tensor([1.0, 2.0, 6.0, 4.0, 4.0])
+ONE_TOKEN = torch.ones(5, 2)
+
+
+def test_dr_grpo_is_grpo_without_the_std_division():
+    adv, ret = ppo.compute_advantages("dr_grpo", scores=SCORES, mask=ONE_TOKEN, group_ids=GROUPS)
+    # group 0 mean 3: -2, -1, +3; group 1: identical scores, no signal
+    assert adv[:, 0].tolist() == pytest.approx([-2.0, -1.0, 3.0, 0.0, 0.0])
+    assert torch.equal(adv, ret) and torch.equal(adv[:, 0], adv[:, 1])
+
+
+def test_rloo_baseline_leaves_the_sample_itself_out():
+    adv, _ = ppo.compute_advantages("rloo", scores=SCORES, mask=ONE_TOKEN, group_ids=GROUPS)
+    # sample 0: 1 - (2 + 6) / 2 = -3; sample 1: 2 - 3.5 = -1.5; sample 2: 6 - 1.5 = 4.5
+    assert adv[:, 0].tolist() == pytest.approx([-3.0, -1.5, 4.5, 0.0, 0.0])
+    # = n / (n - 1) times GRPO's centring without the std (Dr. GRPO)
+    dr, _ = ppo.compute_advantages("dr_grpo", scores=SCORES, mask=ONE_TOKEN, group_ids=GROUPS)
+    assert torch.allclose(adv[:3], dr[:3] * 3 / 2)
+
+
+def test_reinforce_pp_whitens_the_returns_over_the_whole_batch():
+    rewards = torch.tensor([[0.0, -0.1, 1.0], [-0.2, 2.0, 0.0]])
+    adv, ret = ppo.compute_advantages("reinforce_pp", rewards=rewards, mask=MASK, gamma=1.0)
+    assert torch.allclose(ret, torch.tensor([[0.9, 0.9, 1.0], [1.8, 2.0, 0.0]]))
+    real = torch.tensor([0.9, 0.9, 1.0, 1.8, 2.0])
+    expected = (real - real.mean()) / real.std()  # masked_whiten: unbiased std over real tokens
+    assert adv[MASK.bool()].tolist() == pytest.approx(expected.tolist(), rel=1e-4)
+    assert adv[1, 2] == 0
+    half, _ = ppo.compute_advantages("reinforce_pp", rewards=rewards, mask=MASK, gamma=0.5)
+    assert not torch.allclose(half, adv)  # gamma discounts the later rewards
+
+
+def test_reinforce_pp_baseline_subtracts_the_group_mean_score_first():
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0], [1.0, 1.0]])
+    scores = torch.tensor([1.0, 3.0, 5.0, 9.0])
+    groups = torch.tensor([0, 0, 1, 1])
+    rewards = ppo.token_level_rewards(scores, torch.zeros(4, 2), mask, 0.0)
+    _, ret = ppo.compute_advantages("reinforce_pp_baseline", rewards=rewards, scores=scores,
+                                    mask=mask, group_ids=groups, gamma=1.0)
+    # group means 2 and 7: the returns are the centred scores on every real token
+    assert torch.allclose(ret, torch.tensor([[-1.0, -1.0], [1.0, 0.0], [-2.0, -2.0], [2.0, 2.0]]))
+
+
+def test_the_config_knows_which_registered_estimators_train_no_critic():
+    from culture_rl.config.ppo import CRITIC_FREE_ESTIMATORS, GROUP_ESTIMATORS
+
+    assert set(CRITIC_FREE_ESTIMATORS) <= set(ppo.ADVANTAGE_ESTIMATORS)
+    assert set(GROUP_ESTIMATORS) <= set(CRITIC_FREE_ESTIMATORS)
+    assert {n for n in ppo.ADVANTAGE_ESTIMATORS if ppo.needs_critic(n)} == {"gae"}
+    assert set(ppo.SEQUENCE_LEVEL_ESTIMATORS) <= set(GROUP_ESTIMATORS)
+
+
+# ------------------------------------------------------------------ loss shapes
+def test_loss_aggregations_by_hand():
+    per_token = torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    assert ppo.aggregate_loss(per_token, mask).item() == pytest.approx(10 / 4)
+    assert ppo.aggregate_loss(per_token, mask, "seq_mean_token_mean").item() == pytest.approx(
+        (2.0 + 4.0) / 2)
+    # Dr. GRPO: token sums over one constant length, so a long answer is not diluted
+    assert ppo.aggregate_loss(per_token, mask, "seq_mean_token_sum", 8).item() == pytest.approx(
+        (6 / 8 + 4 / 8) / 2)
+    assert ppo.aggregate_loss(per_token, mask, "seq_mean_token_sum").item() == pytest.approx(
+        (6 / 3 + 4 / 3) / 2)  # 0: the padded width
+    with pytest.raises(ValueError, match="aggregation"):
+        ppo.aggregate_loss(per_token, mask, "median")
+
+
+def test_clip_higher_lets_a_good_token_rise_further_than_a_bad_one_falls():
+    old = torch.zeros(1, 2)
+    new = torch.log(torch.tensor([[1.5, 0.5]]))
+    adv = torch.tensor([[1.0, -1.0]])
+    out = ppo.policy_loss("ppo_clip", log_probs=new, old_log_probs=old, advantages=adv,
+                          mask=torch.ones(1, 2), clip_eps=0.2, clip_low=0.2, clip_high=0.28)
+    # token 1: max(-1.5, -1.28) = -1.28; token 2: max(0.5, 0.8) = 0.8
+    assert out["loss"].item() == pytest.approx((-1.28 + 0.8) / 2)
+
+
+def test_gspo_uses_one_geometric_mean_ratio_per_sequence():
+    old = torch.zeros(2, 2)
+    new = torch.log(torch.tensor([[1.1, 1.0], [2.0, 0.5]])).requires_grad_()
+    adv = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    out = ppo.policy_loss("gspo", log_probs=new, old_log_probs=old, advantages=adv, mask=mask,
+                          clip_eps=0.2)
+    # sequence 0: ratio sqrt(1.1 * 1.0) = 1.0488, inside the clip: -1.0488; sequence 1: its
+    # one real token, ratio 2.0 clipped to 1.2 against advantage 1: -1.2. Mean over sequences.
+    assert out["loss"].item() == pytest.approx((-math.sqrt(1.1) - 1.2) / 2, rel=1e-5)
+    assert out["clip_fraction"].item() == pytest.approx(0.5)
+    out["loss"].backward()
+    # the gradient of the sequence ratio: every token of sequence 0 the same, -s_0 / (2 * 2)
+    assert new.grad[0].tolist() == pytest.approx([-math.sqrt(1.1) / 4] * 2, rel=1e-5)
+    assert new.grad[1].tolist() == pytest.approx([0.0, 0.0])  # clipped, and padding
