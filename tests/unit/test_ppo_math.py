@@ -225,3 +225,18 @@ def test_gspo_uses_one_geometric_mean_ratio_per_sequence():
     # the gradient of the sequence ratio: every token of sequence 0 the same, -s_0 / (2 * 2)
     assert new.grad[0].tolist() == pytest.approx([-math.sqrt(1.1) / 4] * 2, rel=1e-5)
     assert new.grad[1].tolist() == pytest.approx([0.0, 0.0])  # clipped, and padding
+
+
+def test_entropy_and_token_log_probs_match_trls_own_functions():
+    # TRL 1.16 keeps these two as functions (its GRPO advantages and losses are inline in the
+    # trainer); the same tensors must give the same numbers, to float32 rounding (the two sum
+    # in different orders: differences of ~1e-6 on logits of size ~10, on any CPU).
+    from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 11, generator=generator) * 3
+    tokens = torch.randint(0, 11, (3, 5), generator=generator)
+    assert torch.allclose(ppo.entropy_from_logits(logits), entropy_from_logits(logits),
+                          atol=1e-5)
+    assert torch.allclose(ppo.log_probs_of(logits, tokens), selective_log_softmax(logits, tokens),
+                          atol=1e-5)
