@@ -282,6 +282,15 @@ class ExperimentConfig(ConfigSection):
                                "rollout.vllm_gpu_memory_utilization to at most that")
         return self
 
+    @model_validator(mode="after")
+    def _overlong_buffer_fits(self) -> "ExperimentConfig":
+        if self.ppo.overlong_buffer >= self.rollout.max_new_tokens:
+            raise FieldProblem("ppo.overlong_buffer", f"ppo.overlong_buffer "
+                               f"{self.ppo.overlong_buffer} must be below "
+                               f"rollout.max_new_tokens {self.rollout.max_new_tokens} (the "
+                               "penalty ramps over the last overlong_buffer tokens)")
+        return self
+
     @property
     def run_dir(self) -> Path:
         return Path(self.run.storage_path).expanduser().resolve() / self.run.name

@@ -49,6 +49,12 @@ class PPOConfig(ConfigSection):
         "mean over all tokens of the batch (DAPO, OpenRLHF), the mean over sequences of each "
         "one's token mean (the GRPO paper), or of each one's token sum divided by the longest "
         "possible response (rollout.max_new_tokens; Dr. GRPO: no length bias).")
+    overlong_buffer: int = Field(0, ge=0, description="DAPO's soft overlong punishment: over "
+                                 "the last this many tokens before rollout.max_new_tokens the "
+                                 "score falls linearly by up to overlong_penalty (a response "
+                                 "cut at the limit loses all of it); 0: off.")
+    overlong_penalty: float = Field(1.0, ge=0, description="The most the overlong punishment "
+                                    "takes from a score (DAPO: 1).")
     clip_ratio_low: float | None = Field(None, gt=0, lt=1, description="Lower ratio clip, "
                                          "1 - low (default: clip_range).")
     clip_ratio_high: float | None = Field(None, gt=0, description="Upper ratio clip, 1 + "

@@ -150,6 +150,10 @@ class PPOController:
         self.prefetched = None
         rollout_log_probs = exp.old_log_probs
         exp.scores = torch.tensor(scores, dtype=torch.float32)
+        if cfg.overlong_buffer:  # the metrics' reward_mean includes it; reward_mean/<culture> not
+            exp.scores += ppo.overlong_penalty(exp.response_mask.sum(1),
+                                               self.config.rollout.max_new_tokens,
+                                               cfg.overlong_buffer, cfg.overlong_penalty)
         if cfg.overlap_rollout and step < cfg.max_steps:
             self._prefetch_rollout(step + 1)
         with self.runtime.trainer_calls:

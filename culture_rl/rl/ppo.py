@@ -234,6 +234,15 @@ def compute_advantages(name: str, **inputs) -> tuple[torch.Tensor, torch.Tensor]
     return ADVANTAGE_ESTIMATORS.lookup(name)(**inputs)
 
 
+def overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int, factor: float = 1.0
+                     ) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), added to each score: 0 up to
+    ``max_length - buffer`` tokens, then falling linearly to ``-factor`` at ``max_length`` (a
+    response that long was cut, not finished)."""
+    over = (lengths.float() - (max_length - buffer)).clamp_min(0)
+    return -factor * (over / buffer).clamp(max=1.0)
+
+
 # ------------------------------------------------------------------------------ losses
 
 

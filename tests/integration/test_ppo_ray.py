@@ -392,13 +392,14 @@ def test_overlapped_rollout_is_one_step_off_policy_and_resumes_without_losing_a_
 
 def test_critic_free_rloo_with_the_sequence_level_gspo_loss_trains_a_step(ray_session, tmp_path,
                                                                           tiny_policy):
-    """RLOO starts no critic; GSPO with DAPO's asymmetric clip and Dr. GRPO's aggregation runs
-    through the real trainer (the pure maths: tests/unit/test_ppo_math.py)."""
+    """RLOO starts no critic; GSPO with DAPO's asymmetric clip and overlong punishment and Dr.
+    GRPO's aggregation runs through the real trainer (the maths: tests/unit/test_ppo_math.py)."""
     with pytest.warns(UserWarning, match="trains no critic"):  # SMALL sets a critic rate
         config = ppo_config(tmp_path, tiny_policy, "rloo", [
             "ppo.advantage_estimator=rloo", "ppo.policy_loss=gspo", "ppo.max_steps=1",
             "ppo.clip_ratio_low=0.0003", "ppo.clip_ratio_high=0.0004",
-            "ppo.loss_aggregation=seq_mean_token_sum", "ppo.entropy_coef=0.01"])
+            "ppo.loss_aggregation=seq_mean_token_sum", "ppo.entropy_coef=0.01",
+            "ppo.overlong_buffer=4"])
     controller = controller_for(config, tiny_policy)
     try:
         controller.start()
@@ -408,3 +409,9 @@ def test_critic_free_rloo_with_the_sequence_level_gspo_loss_trains_a_step(ray_se
         controller.shutdown()
     assert values["policy_loss"] == values["policy_loss"] and values["kl"] == values["kl"]
     assert 0.0 <= values["clip_fraction"] <= 1.0
+    # reward_mean has the overlong punishment in it, the per-culture means (one culture here)
+    # do not: the punishment only takes, and all of 1 from an answer cut at the 8-token limit.
+    (raw,) = [v for k, v in values.items() if k.startswith("reward_mean/")]
+    assert values["reward_mean"] <= raw
+    if values["response_length_at_limit_share"] == 1.0:
+        assert values["reward_mean"] == pytest.approx(raw - 1.0)

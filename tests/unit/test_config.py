@@ -193,3 +193,10 @@ def test_a_critic_learning_rate_without_a_critic_is_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_config(None, ["ppo.advantage_estimator=gae", "ppo.critic_learning_rate=1e-5"])
+
+
+def test_the_overlong_buffer_must_fit_below_the_generation_limit():
+    with pytest.raises(ConfigError, match="ppo.overlong_buffer 16 must be below"):
+        load_config(None, ["ppo.overlong_buffer=16", "rollout.max_new_tokens=16"])
+    assert load_config(None, ["ppo.overlong_buffer=4", "rollout.max_new_tokens=16"]
+                       ).ppo.overlong_buffer == 4

@@ -240,3 +240,11 @@ def test_entropy_and_token_log_probs_match_trls_own_functions():
                           atol=1e-5)
     assert torch.allclose(ppo.log_probs_of(logits, tokens), selective_log_softmax(logits, tokens),
                           atol=1e-5)
+
+
+def test_overlong_penalty_ramps_over_the_buffer_by_hand():
+    lengths = torch.tensor([10, 16, 18, 20])
+    # max 20, buffer 4: free up to 16 tokens, then -1/4 per token, -1 at the limit
+    assert ppo.overlong_penalty(lengths, 20, 4).tolist() == pytest.approx(
+        [0.0, 0.0, -0.5, -1.0])
+    assert ppo.overlong_penalty(lengths, 20, 4, factor=0.5)[3].item() == pytest.approx(-0.5)
