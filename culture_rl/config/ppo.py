@@ -49,6 +49,13 @@ class PPOConfig(ConfigSection):
         "mean over all tokens of the batch (DAPO, OpenRLHF), the mean over sequences of each "
         "one's token mean (the GRPO paper), or of each one's token sum divided by the longest "
         "possible response (rollout.max_new_tokens; Dr. GRPO: no length bias).")
+    dynamic_sampling: bool = Field(False, description="DAPO's dynamic sampling: prompts whose "
+                                   "samples all scored the same are set aside and more are "
+                                   "drawn until rollout_batch_size prompts have a spread (a "
+                                   "group estimator only).")
+    dynamic_sampling_max_draws: int = Field(4, ge=1, description="Most prompt batches one "
+                                            "step draws for dynamic sampling; short of enough "
+                                            "spread, the set-aside prompts fill the step.")
     overlong_buffer: int = Field(0, ge=0, description="DAPO's soft overlong punishment: over "
                                  "the last this many tokens before rollout.max_new_tokens the "
                                  "score falls linearly by up to overlong_penalty (a response "
@@ -120,6 +127,10 @@ class PPOConfig(ConfigSection):
                                f"'{self.advantage_estimator}' compares the samples of a "
                                f"prompt: it needs samples_per_prompt >= 2 (got "
                                f"{self.samples_per_prompt})")
+        if self.dynamic_sampling and self.advantage_estimator not in GROUP_ESTIMATORS:
+            raise FieldProblem("dynamic_sampling", f"dynamic_sampling filters the groups of a "
+                               f"group estimator ({', '.join(GROUP_ESTIMATORS)}), not "
+                               f"'{self.advantage_estimator}'")
         if (self.advantage_estimator in CRITIC_FREE_ESTIMATORS
                 and "critic_learning_rate" in self.model_fields_set):
             warnings.warn(f"ppo.critic_learning_rate is set but advantage_estimator "

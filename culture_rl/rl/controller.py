@@ -24,6 +24,7 @@ from culture_rl.eval.evaluate import ranking_parse_failure_rate, ranking_scores
 from culture_rl.eval.metrics import length_summary
 from culture_rl.rl import ppo
 from culture_rl.rl.advantages import compute_step_advantages, sequence_kl
+from culture_rl.rl.dynamic_sampling import GroupFilter
 from culture_rl.rl.experience import Experience
 from culture_rl.rl.plan import BatchPlan, batch_plan, check_ppo_plan, ppo_roles
 from culture_rl.rl.prompt_iterator import PromptIterator
@@ -106,11 +107,7 @@ class PPOController:
         that batch again (generated then from the checkpoint's weights)."""
         before = self.iterator.state_dict()
         batch = self.iterator.next_batch()
-
-        def work():
-            exp, texts = self.rollout(batch, step)
-            return exp, texts, self.runtime.pool.score(texts, exp.meta)
-        self.prefetched = Prefetch(work, tag={"step": step, "iterator": before},
+        self.prefetched = Prefetch(lambda: self._sample(batch, step), tag={"step": step, "iterator": before},
                                    name=f"rollout-{step}")
 
     def _iterator_state(self) -> dict:
@@ -120,13 +117,37 @@ class PPOController:
             return self.prefetched.tag["iterator"]
         return self.iterator.state_dict()
 
-    def rollout(self, batch: list[dict], step: int) -> tuple[Experience, list[str]]:
+    def _sample(self, batch: list[dict], step: int, lap=lambda phase: None
+                ) -> tuple[Experience, list[str], list[float], dict]:
+        """The step's samples of ``batch``, their scores and sampling metrics; with
+        ``ppo.dynamic_sampling`` more batches are drawn until enough groups have a spread."""
+        cfg = self.config.ppo
+
+        def draw(prompts: list[dict], index: int):
+            exp, texts = self.rollout(prompts, step, index)
+            lap("rollout")
+            scores = self.runtime.pool.score(texts, exp.meta)
+            lap("reward")
+            return exp, texts, scores
+
+        first = draw(batch, 0)
+        if not cfg.dynamic_sampling:
+            return (*first, {})
+        groups = GroupFilter(cfg.rollout_batch_size, cfg.samples_per_prompt)
+        groups.add(*first)
+        while not groups.full and groups.draws < cfg.dynamic_sampling_max_draws:
+            groups.add(*draw(self.iterator.next_batch(), groups.draws))
+        return groups.batch()
+
+    def rollout(self, batch: list[dict], step: int, draw: int = 0
+                ) -> tuple[Experience, list[str]]:
         cfg, ro = self.config.ppo, self.config.rollout
         params = SamplingParams(temperature=ro.temperature, top_p=ro.top_p,
                                 max_new_tokens=ro.max_new_tokens,
                                 samples_per_prompt=cfg.samples_per_prompt,
                                 batch_size=ro.generate_batch_size)
-        return self.runtime.experience(batch, params, self.config.run.seed * 100_003 + step * 131,
+        seed = self.config.run.seed * 100_003 + step * 131 + draw * 7_919
+        return self.runtime.experience(batch, params, seed,
                                        f"rollout of step {step}",
                                        lambda i: {**_meta_of(batch[i]), "group": i})
 
@@ -139,14 +160,11 @@ class PPOController:
         lap = timer.lap
 
         if self.prefetched is not None and self.prefetched.tag["step"] == step:
-            exp, texts, scores = self.prefetched.result()  # made while step - 1 trained
+            exp, texts, scores, sampling = self.prefetched.result()  # made while step - 1 trained
             lap("rollout")
             lap("reward")
         else:
-            exp, texts = self.rollout(self.iterator.next_batch(), step)
-            lap("rollout")
-            scores = self.runtime.pool.score(texts, exp.meta)
-            lap("reward")
+            exp, texts, scores, sampling = self._sample(self.iterator.next_batch(), step, lap)
         self.prefetched = None
         rollout_log_probs = exp.old_log_probs
         exp.scores = torch.tensor(scores, dtype=torch.float32)
@@ -164,7 +182,8 @@ class PPOController:
         sync_stats = self.sync()
         lap("sync")
         return self._step_values(exp, texts, scores, rollout_log_probs, timer,
-                                 {**update_metrics, "sync_seconds": sync_stats.get("seconds", 0.0),
+                                 {**update_metrics, **sampling,
+                                  "sync_seconds": sync_stats.get("seconds", 0.0),
                                   "sync_bytes": sync_stats.get("bytes", 0)})
 
     def _update(self, exp: Experience, step: int, lap) -> dict:

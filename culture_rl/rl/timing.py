@@ -6,7 +6,8 @@ import time
 
 
 class PhaseTimer:
-    """``lap(name)`` closes the phase that just ran; ``seconds`` holds ``seconds_<name>``."""
+    """``lap(name)`` closes the phase that just ran; ``seconds`` holds ``seconds_<name>``,
+    summed over the laps of one name (a step that draws again generates twice)."""
 
     def __init__(self) -> None:
         self.started = self._clock = time.perf_counter()
@@ -14,7 +15,8 @@ class PhaseTimer:
 
     def lap(self, name: str) -> None:
         now = time.perf_counter()
-        self.seconds[f"seconds_{name}"] = now - self._clock
+        key = f"seconds_{name}"
+        self.seconds[key] = self.seconds.get(key, 0.0) + now - self._clock
         self._clock = now
 
     def total(self) -> float:

@@ -392,14 +392,16 @@ def test_overlapped_rollout_is_one_step_off_policy_and_resumes_without_losing_a_
 
 def test_critic_free_rloo_with_the_sequence_level_gspo_loss_trains_a_step(ray_session, tmp_path,
                                                                           tiny_policy):
-    """RLOO starts no critic; GSPO with DAPO's asymmetric clip and overlong punishment and Dr.
-    GRPO's aggregation runs through the real trainer (the maths: tests/unit/test_ppo_math.py)."""
+    """RLOO starts no critic; GSPO with DAPO's asymmetric clip, overlong punishment and dynamic
+    sampling and Dr. GRPO's aggregation runs through the real trainer (the maths:
+    tests/unit/test_ppo_math.py, tests/unit/test_dynamic_sampling.py)."""
     with pytest.warns(UserWarning, match="trains no critic"):  # SMALL sets a critic rate
         config = ppo_config(tmp_path, tiny_policy, "rloo", [
             "ppo.advantage_estimator=rloo", "ppo.policy_loss=gspo", "ppo.max_steps=1",
             "ppo.clip_ratio_low=0.0003", "ppo.clip_ratio_high=0.0004",
             "ppo.loss_aggregation=seq_mean_token_sum", "ppo.entropy_coef=0.01",
-            "ppo.overlong_buffer=4"])
+            "ppo.overlong_buffer=4", "ppo.dynamic_sampling=true",
+            "ppo.dynamic_sampling_max_draws=2"])
     controller = controller_for(config, tiny_policy)
     try:
         controller.start()
@@ -415,3 +417,6 @@ def test_critic_free_rloo_with_the_sequence_level_gspo_loss_trains_a_step(ray_se
     assert values["reward_mean"] <= raw
     if values["response_length_at_limit_share"] == 1.0:
         assert values["reward_mean"] == pytest.approx(raw - 1.0)
+    # Short of groups with a spread after the first batch, the step drew a second one.
+    assert values["dynamic_sampling_spread_share"] == 1.0 or values["dynamic_sampling_draws"] == 2
+    assert values["samples"] == 4 * 2  # still rollout_batch_size x samples_per_prompt

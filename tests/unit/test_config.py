@@ -200,3 +200,10 @@ def test_the_overlong_buffer_must_fit_below_the_generation_limit():
         load_config(None, ["ppo.overlong_buffer=16", "rollout.max_new_tokens=16"])
     assert load_config(None, ["ppo.overlong_buffer=4", "rollout.max_new_tokens=16"]
                        ).ppo.overlong_buffer == 4
+
+
+def test_dynamic_sampling_needs_a_group_estimator():
+    with pytest.raises(ConfigError, match="ppo.dynamic_sampling.*'gae'"):
+        load_config(None, ["ppo.dynamic_sampling=true"])
+    load_config(None, ["ppo.dynamic_sampling=true", "ppo.advantage_estimator=grpo",
+                       "ppo.samples_per_prompt=2", "ppo.mini_batch_size=16"])
