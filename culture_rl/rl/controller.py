@@ -107,8 +107,8 @@ class PPOController:
         that batch again (generated then from the checkpoint's weights)."""
         before = self.iterator.state_dict()
         batch = self.iterator.next_batch()
-        self.prefetched = Prefetch(lambda: self._sample(batch, step), tag={"step": step, "iterator": before},
-                                   name=f"rollout-{step}")
+        self.prefetched = Prefetch(lambda: self._sample(batch, step),
+                                   tag={"step": step, "iterator": before}, name=f"rollout-{step}")
 
     def _iterator_state(self) -> dict:
         """The prompt iterator's position as of the last finished step (a prefetched batch
