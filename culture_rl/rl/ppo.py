@@ -213,7 +213,7 @@ def reinforce_pp_baseline(rewards: torch.Tensor, scores: torch.Tensor, mask: tor
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """REINFORCE++-baseline (OpenRLHF's ``reinforce_baseline``): each score minus its group's
     mean score first, then REINFORCE++ (returns of the token rewards, whitened globally)."""
-    baseline = scores.float() - _per_group(scores, group_ids, lambda s: s - s.mean())
+    baseline = _per_group(scores, group_ids, lambda s: s.mean().expand_as(s))
     return reinforce_pp(token_level_rewards(-baseline, torch.zeros_like(rewards), mask, 0.0)
                         + rewards, mask, gamma=gamma)
 
