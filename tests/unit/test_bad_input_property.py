@@ -841,9 +841,12 @@ def survey_jsonl_faults(draw) -> Fault:
     return Fault(content, numbers[at], (needle,), ".jsonl")
 
 
-def goqa_row(question: dict, distributions=None) -> dict:
+_OWN = object()  # goqa_row's default: the question's own distributions (None is a fault)
+
+
+def goqa_row(question: dict, distributions=_OWN) -> dict:
     selections = {c: list(v) for c, v in question["distributions"].items()}
-    selections = selections if distributions is None else distributions
+    selections = selections if distributions is _OWN else distributions
     return {"question": question["question"],
             "selections": f"defaultdict(<class 'list'>, {selections!r})",
             "options": repr(list(question["options"])), "source": "WVS"}
