@@ -18,7 +18,7 @@ from pydantic import Field, field_validator, model_validator
 # on it without importing this module (which imports them). The sections defined elsewhere are
 # re-exported here, so `from culture_rl.config import TrainConfig` keeps working.
 from culture_rl.config.base import (ConfigSection, CultureKey,  # noqa: E402,F401  (re-exported)
-                                    FieldProblem)
+                                    FieldProblem, section_with_defaults)
 from culture_rl.config.calm import CalmConfig  # noqa: E402
 from culture_rl.config.reflect import ReflectConfig  # noqa: E402
 from culture_rl.config.ppo import (PPOConfig, PPOResourcesConfig,  # noqa: E402,F401
@@ -243,9 +243,9 @@ class ExperimentConfig(ConfigSection):
                                        description="DeepSpeed ZeRO settings.")
     world: WorldConfig = Field(default_factory=WorldConfig, description="Synthetic culture world.")
     data: DataConfig = Field(default_factory=DataConfig, description="Data sets and examples.")
-    pretrain: TrainConfig = Field(default_factory=lambda: TrainConfig(
-        epochs=12, learning_rate=3e-3, warmup_ratio=0.05, micro_batch_size=16),
-        description="Plain LM training of the tiny base model on the synthetic corpus.")
+    pretrain: section_with_defaults(
+        TrainConfig, epochs=12, learning_rate=3e-3, warmup_ratio=0.05, micro_batch_size=16
+    ) = Field(description="Plain LM training of the tiny base model on the synthetic corpus.")
     sft: TrainConfig = Field(default_factory=TrainConfig, description="LoRA SFT on association "
                              "norms (ALIGN stage 1).")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 
 class ConfigSection(BaseModel):
@@ -30,3 +30,16 @@ def _culture_key(value: Any) -> Any:
 
 
 CultureKey = Annotated[str, BeforeValidator(_culture_key)]
+
+
+def section_with_defaults(section: type[ConfigSection], **defaults: Any) -> Any:
+    """The annotation of a config field of type ``section`` whose defaults differ from the
+    class's own (``pretrain:`` trains at 3e-3, not TrainConfig's 1e-4): its default is
+    ``section(**defaults)``, and a partial value -- a YAML block setting some fields, or one
+    dotted override such as ``pretrain.epochs=3`` -- is merged over ``defaults``. Without the
+    merge, that override would silently reset every other field to the class's defaults."""
+    def merged(value: Any) -> Any:
+        return {**defaults, **value} if isinstance(value, dict) else value
+
+    return Annotated[section, BeforeValidator(merged),
+                     Field(default_factory=lambda: section(**defaults))]

@@ -64,10 +64,17 @@ def format_type(annotation: object) -> str:
     return str(annotation).replace("typing.", "")
 
 
-def format_default(info: FieldInfo) -> str:
+def format_default(info: FieldInfo, path: str | None = None) -> str:
+    """A field's default; with its dotted ``path``, as the default config holds it (a section
+    such as ``pretrain`` has defaults of its own, not its class's)."""
     if info.is_required():
         return "required"
-    return repr(info.get_default(call_default_factory=True))
+    if path is None:
+        return repr(info.get_default(call_default_factory=True))
+    value = ExperimentConfig()
+    for name in path.split("."):
+        value = getattr(value, name)
+    return repr(value)
 
 
 def _cell(text: str) -> str:
@@ -140,7 +147,7 @@ def render_config_reference() -> str:
         for name, info in fields:
             out.append("| " + " | ".join([
                 _cell(_code(name)), _cell(_code(format_type(info.annotation))),
-                _cell(_code(format_default(info))), _cell(_prose(info.description or ""))]) + " |")
+                _cell(_code(format_default(info, name))), _cell(_prose(info.description or ""))]) + " |")
     return "\n".join(out) + "\n"
 
 

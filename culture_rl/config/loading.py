@@ -189,22 +189,28 @@ def config_to_yaml(config: BaseModel) -> str:
                           allow_unicode=True)
 
 
-def describe_fields(model: type[BaseModel] | None = None, prefix: str = "") -> list[str]:
+def describe_fields(model: type[BaseModel] | None = None, prefix: str = "",
+                    defaults: BaseModel | None = None) -> list[str]:
     """One line per leaf field of ``model`` (default: the whole ExperimentConfig): dotted
-    path, default and help text."""
+    path, default and help text. The defaults are read from ``defaults`` (default: the model's
+    default instance), so a section whose defaults differ from its class's (``pretrain``)
+    shows its own."""
     if model is None:
         from culture_rl.config import ExperimentConfig
 
         model = ExperimentConfig
+    if defaults is None:
+        defaults = model()
     lines = []
     for name, field in model.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             lines.append(f"{prefix}{name}: {field.description}")
-            lines.extend(describe_fields(annotation, f"{prefix}{name}."))
+            lines.extend(describe_fields(annotation, f"{prefix}{name}.",
+                                         getattr(defaults, name)))
         else:
-            default = field.get_default(call_default_factory=True)
-            lines.append(f"  {prefix}{name} = {default!r}  # {field.description}")
+            lines.append(f"  {prefix}{name} = {getattr(defaults, name)!r}  "
+                         f"# {field.description}")
     return lines
 
 

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from culture_rl.config.base import ConfigSection
+from culture_rl.config.base import ConfigSection, section_with_defaults
 from culture_rl.config.train import TrainConfig
 
 WVS_TOPIC_AREAS = ["social values and norms", "happiness and well-being",
@@ -82,7 +82,8 @@ class SpaConfig(ConfigSection):
     lm_guard_margin: float = Field(0.10, ge=0, description="The fine-tuned model's held-out LM "
                                    "loss may rise at most this fraction above the base "
                                    "model's (the report says whether it held).")
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(
-        epochs=4, learning_rate=1e-3, warmup_ratio=0.05, micro_batch_size=8, logging_steps=10,
-        eval_each_epoch=False), description="LoRA fine-tuning on the culture-related "
-        "instances (lora.* sets the adapter).")
+    train: section_with_defaults(
+        TrainConfig, epochs=4, learning_rate=1e-3, warmup_ratio=0.05, micro_batch_size=8,
+        logging_steps=10, eval_each_epoch=False
+    ) = Field(description="LoRA fine-tuning on the culture-related instances (lora.* sets the "
+              "adapter).")

@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from culture_rl.config import ExperimentConfig, describe_fields, load_config, parse_override
+from culture_rl.config import (ExperimentConfig, TrainConfig, describe_fields, load_config,
+                               parse_override)
 from culture_rl.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -207,3 +208,21 @@ def test_dynamic_sampling_needs_a_group_estimator():
         load_config(None, ["ppo.dynamic_sampling=true"])
     load_config(None, ["ppo.dynamic_sampling=true", "ppo.advantage_estimator=grpo",
                        "ppo.samples_per_prompt=2", "ppo.mini_batch_size=16"])
+
+
+@pytest.mark.parametrize("override, section", [
+    ("pretrain.epochs=2", "pretrain"), ("spa.train.max_steps=6", "spa.train"),
+    ])
+def test_one_override_of_a_section_keeps_its_own_other_defaults(override, section):
+    """pretrain and spa.train default to other values than TrainConfig's; setting
+    one of their fields must not reset the rest to TrainConfig's (it once did)."""
+    def get(config):
+        for name in section.split("."):
+            config = getattr(config, name)
+        return config
+
+    default, changed = get(load_config(None, [])), get(load_config(None, [override]))
+    field = override.split("=")[0].split(".")[-1]
+    assert getattr(changed, field) != getattr(default, field)
+    assert default.learning_rate != TrainConfig().learning_rate  # the section's own default
+    assert changed.model_dump(exclude={field}) == default.model_dump(exclude={field})
