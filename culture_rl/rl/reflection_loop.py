@@ -15,12 +15,15 @@ it shares their fault handling (a dead generator or
 scorer is replaced and its chunk retried) and their resource plan (``ppo_resources``, no
 critic). The pure parts (templates, pairing, statistics) are :mod:`culture_rl.rl.reflection`,
 the losses :mod:`culture_rl.rl.preference`. A checkpoint per round holds the policy (weights and
-optimizer) and the prompt order's position; a rerun with the same run name resumes.
+optimizer) and the prompt order's position; a rerun with the same run name resumes. Every
+round's pairs are written as text to ``<stage>/pairs.jsonl``, the DPO stage's input
+(``culture-rl dpo`` with ``dpo.pairs: reflection``).
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 
@@ -138,11 +141,14 @@ class ReflectionController:
         return {"first": first, "revised": revised, "initial": initial, "best": best,
                 "finished": finished, "texts": (first_texts, revised_texts)}
 
-    def _train(self, out: dict, round_index: int) -> dict:
-        """Pairs of the round -> reference log-probs -> one update on every rank."""
+    def _pairs(self, out: dict) -> list:
+        cfg = self.cfg
+        return improvement_pairs(out["initial"], out["best"], cfg.min_improvement,
+                                 out["finished"] if cfg.require_finished else None)
+
+    def _train(self, out: dict, pairs: list, round_index: int) -> dict:
+        """The round's pairs -> reference log-probs -> one update on every rank."""
         cfg, ranks = self.cfg, self.config.ppo_resources.trainer_workers
-        pairs = improvement_pairs(out["initial"], out["best"], cfg.min_improvement,
-                                  out["finished"] if cfg.require_finished else None)
         if not pairs:
             return {"pairs": 0}
         used = repeat_to_multiple(pairs, ranks * cfg.micro_batch_size)
@@ -200,7 +206,9 @@ class ReflectionController:
         values = round_statistics(out["initial"], out["best"], out["first"].meta,
                                   self.cfg.min_improvement)
         self._write_samples(round_index, batch, out)
-        values.update(self._train(out, round_index))
+        pairs = self._pairs(out)
+        self._write_pairs(round_index, batch, out, pairs)
+        values.update(self._train(out, pairs, round_index))
         lap("train")
         sync = self.runtime.sync() if values["pairs"] else {}
         lap("sync")
@@ -225,13 +233,19 @@ class ReflectionController:
                             "cue": meta.get("cue"), "prompt": batch[i // per_prompt]["prompt"],
                             "initial": first_texts[i], "initial_reward": out["initial"][i],
                             "revision": revised_texts[best], "revision_reward": reward})
-        path = self.job.stage_dir / "samples.jsonl"
-        kept = [line for line in (path.read_text("utf-8").splitlines() if path.is_file() else [])
-                if line.strip() and json.loads(line)["round"] < round_index]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(line + "\n" for line in kept)
-                        + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
-                        "utf-8")
+        _write_round(self.job.stage_dir / "samples.jsonl", round_index, records)
+
+    def _write_pairs(self, round_index: int, batch: list[dict], out: dict, pairs: list) -> None:
+        """Every pair the round trains on, as text (``pairs.jsonl``: the DPO stage's input with
+        ``dpo.pairs: reflection``): the original prompt, the revision chosen over the initial
+        answer, and the reward gain."""
+        first_texts, revised_texts = out["texts"]
+        per_prompt = len(first_texts) // len(batch)
+        records = [{"round": round_index, "culture": out["first"].meta[p.initial].get("culture"),
+                    "prompt": batch[p.initial // per_prompt]["prompt"],
+                    "chosen": revised_texts[p.revision], "rejected": first_texts[p.initial],
+                    "gain": p.gain} for p in pairs]
+        _write_round(self.job.stage_dir / "pairs.jsonl", round_index, records)
 
     # ---------------------------------------------------------------- checkpoints
     def save_checkpoint(self, round_index: int):
@@ -270,6 +284,17 @@ class ReflectionController:
                     raise CultureRLError(f"fault injected after the checkpoint of round "
                                          f"{round_index} ({saved}); rerun to resume")
         return last
+
+
+def _write_round(path: Path, round_index: int, records: list[dict]) -> None:
+    """Append a round's records to a JSON Lines file, first dropping any the file holds of this
+    round or later (a resumed round writes its lines again)."""
+    kept = [line for line in (path.read_text("utf-8").splitlines() if path.is_file() else [])
+            if line.strip() and json.loads(line)["round"] < round_index]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in kept)
+                    + "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
+                    "utf-8")
 
 
 def _progress_line(round_index: int, total: int, values: dict) -> str:

@@ -33,6 +33,7 @@ from culture_rl.rl.ppo import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, POLICY_LOSSES
 from culture_rl.rl.rewards import REWARD_FUNCTIONS
 
 SFT = "sft"
+PRETRAIN = "pretrain"
 
 
 @dataclass
@@ -73,9 +74,16 @@ def build_ppo_job(config: ExperimentConfig, data: AlignData, policy_path: str) -
 
 def policy_start(config: ExperimentConfig, data: AlignData, path: str | None = None,
                  field: str = "ppo.policy_path") -> str:
-    """The model an online loop starts from (``path``, default ``ppo.policy_path``); with
-    'sft', this run's SFT export (trained first if missing)."""
+    """The model a stage starts from (``path``, default ``ppo.policy_path``): 'sft', this
+    run's SFT export (trained first if missing); 'pretrain', this run's base model (the tiny
+    preset pretrained first if missing); else a folder or local hub name."""
     path = config.ppo.policy_path if path is None else path
+    if path == PRETRAIN:
+        if config.model.path != TINY:
+            return resolve_policy_path(config.model.path, field)
+        if not (pretrained_tiny_path(config) / "config.json").is_file():
+            run_pretrain(config, data)
+        return str(pretrained_tiny_path(config))
     if path != SFT:
         return resolve_policy_path(path, field)
     export = stage_dir(config, SFT) / "export"

@@ -22,16 +22,14 @@ from culture_rl.core.checkpoints import FINISHED
 from culture_rl.rl.runtime import PPOJob
 from culture_rl.data.align_data import AlignData, load_align_data
 from culture_rl.methods import MethodPlan
-from culture_rl.methods.align.sft import TINY, pretrained_tiny_path, run_pretrain, stage_dir
+from culture_rl.methods.align.sft import stage_dir
 from culture_rl.data.ranking_prompts import heldout_ranking_cues
 from culture_rl.distributed.metrics import StepMetrics
 from culture_rl.methods.align.ppo import policy_start
-from culture_rl.models.paths import resolve_policy_path
 from culture_rl.rl.reflection_loop import ReflectionController, check_reflection_plan
 from culture_rl.rl.rewards import REWARD_FUNCTIONS
 
 TASK_REWARDS = {"associations": "association_overlap", "ranking": "ranking_spearman"}
-PRETRAIN = "pretrain"
 CALM = "calm"
 
 
@@ -134,13 +132,7 @@ def resolve_start(config: ExperimentConfig, data: AlignData) -> str:
     path = config.reflect.policy_path
     if path == CALM:
         return _calm_start(config)
-    if path != PRETRAIN:
-        return policy_start(config, data, path, field="reflect.policy_path")
-    if config.model.path != TINY:
-        return resolve_policy_path(config.model.path, "reflect.policy_path")
-    if not (pretrained_tiny_path(config) / "config.json").is_file():
-        run_pretrain(config, data)
-    return str(pretrained_tiny_path(config))
+    return policy_start(config, data, path, field="reflect.policy_path")
 
 
 def _finite(value) -> bool:
