@@ -3,7 +3,7 @@
 (``ray_jobs/<job>.py``, :data:`JOBS`) run its commands, so a job and a local run share every
 line of code.
 
-A method (pretrain, sft, ppo, calm, reflect, spa) is a module keeping the protocol of
+A method (pretrain, sft, ppo, calm, reflect, dpo, spa) is a module keeping the protocol of
 :mod:`culture_rl.methods` -- ``plan(config)`` checks everything once, ``run(plan)`` runs it --
 and all of them go through :func:`run_method`. The operations (synth, elicit, sweep, eval, demo)
 have a runner each. Either way the inputs are checked before any Ray work or run-folder write
@@ -139,6 +139,9 @@ COMMANDS: dict[str, Command] = {
                        "reflect and revise as a person from the culture, score both, train on "
                        "the revisions that improve (SFT + DPO), sync, repeat",
                        method="culture_rl.methods.calm.reflect", job="reflect"),
+    "dpo": Command("offline preference training (DPO, IPO, cDPO, rDPO with TRL's "
+                   "DPOTrainer on Ray Train + DeepSpeed) on pairs from the reflection loop, "
+                   "CultureSPA or a JSON Lines file", method="culture_rl.methods.dpo", job="dpo"),
     "sweep": Command("Ray Tune sweep of SFT across cultures x hyper-parameters (ASHA); writes "
                      "the best configuration per culture", _sweep, job="sweep"),
     "eval": Command("evaluate models x cultures x evaluations (eval.models; default: every "

@@ -20,6 +20,7 @@ from pydantic import Field, field_validator, model_validator
 from culture_rl.config.base import (ConfigSection, CultureKey,  # noqa: E402,F401  (re-exported)
                                     FieldProblem, section_with_defaults)
 from culture_rl.config.calm import CalmConfig  # noqa: E402
+from culture_rl.config.dpo import DpoConfig  # noqa: E402,F401
 from culture_rl.config.reflect import ReflectConfig  # noqa: E402
 from culture_rl.config.ppo import (PPOConfig, PPOResourcesConfig,  # noqa: E402,F401
                                    RolloutConfig)  # (re-exported)
@@ -177,10 +178,10 @@ class EvalConfig(ConfigSection):
     max_new_tokens: int = Field(40, gt=0, description="Tokens generated per association answer.")
     batch_size: int = Field(16, gt=0, description="Prompts per generation batch.")
     models: dict[str, str] = Field({}, description="`culture-rl eval`: models to evaluate, "
-                                   "label -> a stage of this run ('pretrain', 'sft', 'ppo': its "
-                                   "export), a model or export folder, or a local Hugging Face "
-                                   "name. Empty: every exported stage of this run (base, sft, "
-                                   "ppo).")
+                                   "label -> a stage of this run ('pretrain', 'sft', 'ppo', "
+                                   "'calm', 'reflect', 'dpo': its export), a model or export "
+                                   "folder, or a local Hugging Face name. Empty: every exported "
+                                   "stage of this run.")
     cultures: list[CultureKey] = Field([], description="Cultures to score against (names, or "
                                        "indices of the synthetic world). Empty: every culture "
                                        "in the data.")
@@ -265,6 +266,8 @@ class ExperimentConfig(ConfigSection):
                              "ablation flags and loss weights (`culture-rl calm`).")
     reflect: ReflectConfig = Field(default_factory=ReflectConfig, description="Self-prompted "
                                    "reflective learning on Ray actors (`culture-rl reflect`).")
+    dpo: DpoConfig = Field(default_factory=DpoConfig, description="Offline preference "
+                           "training on pairs (`culture-rl dpo`).")
 
     @model_validator(mode="after")
     def _vllm_has_its_gpu(self) -> "ExperimentConfig":

@@ -45,7 +45,8 @@ from culture_rl.models.paths import resolve_policy_path
 SCHEMA = 1
 # Default label -> stage folder. A CALM export is evaluated with its identity state injected
 # into generation and scoring; the reflection loop's export is a plain causal LM.
-STAGES = {"base": "pretrain", "sft": "sft", "ppo": "ppo", "calm": "calm", "reflect": "reflect"}
+STAGES = {"base": "pretrain", "sft": "sft", "ppo": "ppo", "calm": "calm", "reflect": "reflect",
+          "dpo": "dpo"}
 RECORD_FIELDS = ("model", "culture", "evaluation", "metric", "subset", "value", "n")
 _LABEL = re.compile(r"^[A-Za-z0-9_.\-]+$")
 # Settings that change where the work runs, not what a model scores: not part of the cache key.

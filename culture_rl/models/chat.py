@@ -138,6 +138,17 @@ def sft_example(tokenizer, prompt: str, completion: str) -> dict:
             "completion": [{"role": "assistant", "content": completion.strip()}]}
 
 
+def preference_example(tokenizer, prompt: str, chosen: str, rejected: str) -> dict:
+    """One pair for TRL's DPOTrainer, as :func:`sft_example` makes an SFT row: strings for a
+    base model (each answer after the prompt as the model writes it, its leading space kept),
+    conversational messages for a chat model (TRL applies the template to both answers)."""
+    if not uses_chat(tokenizer):
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+    return {"prompt": template_messages(tokenizer, prompt),
+            "chosen": [{"role": "assistant", "content": chosen.strip()}],
+            "rejected": [{"role": "assistant", "content": rejected.strip()}]}
+
+
 def stop_token_ids(tokenizer, model=None) -> list[int]:
     """Every token that ends an answer: the tokenizer's EOS and the model's generation config
     EOS ids (instruct models list their end-of-turn there, e.g. Llama 3's <|eot_id|>)."""

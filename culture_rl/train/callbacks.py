@@ -73,7 +73,10 @@ class ProgressLogger(TrainerCallback):
         tokens = state.num_input_tokens_seen or 0
         record = {"stage": self.stage, "step": state.global_step,
                   "epoch": round(state.epoch or 0.0, 4), "time": time.time()}
-        record.update({k: v for k, v in logs.items() if isinstance(v, (int, float))})
+        # TRL's "/" is a namespace (DPO's "rewards/margins"); ours tags a culture
+        # (gauge_updates), so TRL's keys are flattened: "rewards_margins".
+        record.update({k.replace("/", "_"): v for k, v in logs.items()
+                       if isinstance(v, (int, float))})
         if "loss" in logs and self._last_time is not None and now > self._last_time:
             record["tokens_per_s"] = round((tokens - self._last_tokens) / (now - self._last_time), 1)
             self._last_time, self._last_tokens = now, tokens
@@ -96,7 +99,8 @@ def drop_records_after(path: Path, step: int) -> None:
 
 def _format_progress(record: dict, max_steps: int) -> str:
     parts = [f"step {record['step']}/{max_steps}", f"epoch {record['epoch']:.2f}"]
-    for key, fmt in (("loss", ".4f"), ("eval_loss", ".4f"), ("eval_p@5", ".3f"),
+    for key, fmt in (("loss", ".4f"), ("rewards_margins", ".3f"), ("rewards_accuracies", ".2f"),
+                     ("eval_loss", ".4f"), ("eval_p@5", ".3f"),
                      ("learning_rate", ".2e"), ("tokens_per_s", ".0f")):
         if key in record and not (isinstance(record[key], float) and math.isnan(record[key])):
             parts.append(f"{key} {record[key]:{fmt}}")

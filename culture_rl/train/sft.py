@@ -1,10 +1,13 @@
-"""Supervised training on Ray Train: TRL's ``SFTTrainer`` with DeepSpeed inside each worker.
+"""Training stages on Ray Train: TRL's ``SFTTrainer`` (or ``DPOTrainer``) with DeepSpeed inside
+each worker.
 
-One path serves two stages:
+One path serves three stages:
 
 - ``pretrain``: plain language modelling on a text corpus (packed sequences, all weights) — how
   the tiny "vanilla" base model is made from the synthetic world's corpus;
-- ``sft``: ALIGN stage 1, LoRA on prompt/completion pairs with the loss on the completion only.
+- ``sft``: ALIGN stage 1, LoRA on prompt/completion pairs with the loss on the completion only;
+- ``dpo``: the offline preference stage, TRL's ``DPOTrainer`` (LoRA; the adapter off is the
+  reference) on prompt/chosen/rejected pairs (a job with ``preference`` set).
 
 Ray's documented pattern for Hugging Face trainers is followed: ``RayTrainReportCallback``
 (behind a barrier of the ranks: ``callbacks.checkpoint_report``)
@@ -31,10 +34,12 @@ from culture_rl.core.checkpoints import (FINISHED,  # noqa: F401 (re-exported)
 from culture_rl.config import DeepSpeedConfig, LoraConfig, ResourcesConfig, TrainConfig
 from culture_rl.distributed.deepspeed import build_deepspeed_config, describe_batch
 from culture_rl.core.errors import CultureRLError
+from culture_rl.train.lm_head import use_dense_lm_head
 from culture_rl.train.worker_process import root_cause, start_worker
 from culture_rl.distributed.cluster import connect, check_resources
 from culture_rl.distributed.train_settings import ray_train_settings, worker_group
-from culture_rl.models.chat import sft_example
+from culture_rl.models.chat import preference_example, sft_example
+from culture_rl.rl.preference import PREFERENCE_LOSSES
 from culture_rl.models.loading import load_model, load_tokenizer, peft_lora_config, export_merged
 
 
@@ -56,6 +61,14 @@ class StageFolders:
     @property
     def metrics_path(self) -> Path:
         return Path(self.stage_dir) / "metrics.jsonl"
+
+
+@dataclass(frozen=True)
+class PreferenceSettings:
+    """A preference stage's loss: a name of culture_rl.rl.preference.PREFERENCE_LOSSES."""
+    loss: str
+    beta: float
+    label_smoothing: float = 0.0
 
 
 @dataclass
@@ -81,6 +94,8 @@ class TrainJob(StageFolders):
     eval_batch_size: int = 16
     stop_file: str | None = None  # set: training ends early once this file exists (sweeps)
     dense_lm_head: bool = True  # on CPU: see use_dense_lm_head (False: TRL's chunked head)
+    # Set: DPO on train_rows of prompt/chosen/rejected (culture_rl.data.preference_pairs).
+    preference: PreferenceSettings | None = None
 
 
 @dataclass
@@ -103,15 +118,13 @@ def checkpointing_argument(enabled: bool) -> dict:
     return {new_name if new_name in names else "gradient_checkpointing": enabled}
 
 
-def sft_args(job: TrainJob, world_size: int, use_gpu: bool, scratch_dir: str,
-             use_deepspeed: bool = True):
-    """TRL ``SFTConfig`` for a job (``use_deepspeed=False``: the plain single-process baseline
-    the benchmark compares against)."""
-    from trl import SFTConfig
-
+def training_arguments(job: TrainJob, world_size: int, use_gpu: bool, scratch_dir: str,
+                       use_deepspeed: bool = True) -> dict:
+    """The Hugging Face training arguments every stage shares (TRL's SFT and DPO configs both
+    extend ``TrainingArguments``)."""
     train = job.train
     has_eval = bool(job.eval_rows) and train.eval_each_epoch
-    return SFTConfig(
+    return dict(
         output_dir=scratch_dir,
         num_train_epochs=train.epochs, max_steps=train.max_steps,
         learning_rate=train.learning_rate, lr_scheduler_type=train.lr_scheduler,
@@ -121,12 +134,6 @@ def sft_args(job: TrainJob, world_size: int, use_gpu: bool, scratch_dir: str,
         per_device_eval_batch_size=train.micro_batch_size,
         gradient_accumulation_steps=train.gradient_accumulation_steps,
         max_length=train.max_seq_length,
-        # "wrapped" packing fills every row; best-fit packing is padding-free with
-        # per-document attention, which on CPU (no flash attention) ran at half the speed.
-        packing=job.text_field is not None and train.packing != "none",
-        packing_strategy="bfd" if train.packing == "none" else train.packing,  # unread if off
-        dataset_text_field=job.text_field or "text",
-        completion_only_loss=job.text_field is None or None,
         # Explicit: TRL defaults to bf16 autocast and gradient checkpointing, which made tiny
         # CPU runs 10x slower.
         bf16=job.deepspeed.precision == "bf16", fp16=job.deepspeed.precision == "fp16",
@@ -143,70 +150,34 @@ def sft_args(job: TrainJob, world_size: int, use_gpu: bool, scratch_dir: str,
     )
 
 
-# Largest logits tensor (bytes, float32) the dense CPU LM head below materialises per forward;
-# above it TRL's chunked head runs (it never builds the full logits).
-DENSE_LM_HEAD_MAX_BYTES = 256 * 2 ** 20
+def sft_args(job: TrainJob, world_size: int, use_gpu: bool, scratch_dir: str,
+             use_deepspeed: bool = True):
+    """TRL ``SFTConfig`` for a job (``use_deepspeed=False``: the plain single-process baseline
+    the benchmark compares against)."""
+    from trl import SFTConfig
+
+    train = job.train
+    return SFTConfig(
+        **training_arguments(job, world_size, use_gpu, scratch_dir, use_deepspeed),
+        # "wrapped" packing fills every row; best-fit packing is padding-free with
+        # per-document attention, which on CPU (no flash attention) ran at half the speed.
+        packing=job.text_field is not None and train.packing != "none",
+        packing_strategy="bfd" if train.packing == "none" else train.packing,  # unread if off
+        dataset_text_field=job.text_field or "text",
+        completion_only_loss=job.text_field is None or None,
+    )
 
 
-def use_dense_lm_head(trainer) -> bool:
-    """On CPU, score the LM head densely instead of with TRL's chunked log-prob kernel.
+def dpo_args(job: TrainJob, world_size: int, use_gpu: bool, scratch_dir: str,
+             use_deepspeed: bool = True):
+    """TRL ``DPOConfig`` for a preference job: our loss as TRL's loss types and weights."""
+    from trl import DPOConfig
 
-    TRL's ``SFTTrainer`` (1.16) patches the model so the loss never materialises the
-    ``(batch, seq, vocab)`` logits: the head is projected in tiles and re-projected in the
-    backward pass. That saves GPU memory on large vocabularies; on CPUs, without its Triton
-    kernel, the tiles run as a dozen element-wise torch ops each and the recomputation doubles
-    the head's matmul — a third of each training step of the tiny model went there (py-spy,
-    docs/benchmarks.md). This swaps in a forward that returns the same ``FusedCausalLMOutput``
-    fields TRL's loss and metrics read (per-token log-probs, entropy, top-1 hits, label mask)
-    from ordinary logits and ``log_softmax``, so the loss and logged metrics are the same
-    numbers; a batch whose logits would exceed ``DENSE_LM_HEAD_MAX_BYTES`` still goes through
-    TRL's kernel. Models with logit soft-capping, logit scaling or router losses keep TRL's
-    head. Returns whether the swap was made."""
-    import types
-
-    import torch
-    from trl.trainer.utils import FusedCausalLMOutput
-
-    model = trainer.model
-    model = model.get_base_model() if hasattr(model, "get_base_model") else model
-    chunked_forward = model.__dict__.get("forward")  # TRL's patch is an instance attribute
-    text_config = model.config.get_text_config()
-    if chunked_forward is None or any(
-            getattr(text_config, name, None) is not None
-            for name in ("final_logit_softcapping", "logit_scale", "output_multiplier",
-                         "lm_head_multiplier", "logits_scaling", "output_router_logits")):
-        return False
-    vocab = model.get_output_embeddings().weight.shape[0]
-
-    def dense_forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None,
-                      num_items_in_batch=None, **kwargs):
-        rows = labels if shift_labels is None else shift_labels
-        if (not fused_lm_head or args or rows is None
-                or rows.numel() * vocab * 4 > DENSE_LM_HEAD_MAX_BYTES):
-            return chunked_forward(*args, fused_lm_head=fused_lm_head, labels=labels,
-                                   shift_labels=shift_labels,
-                                   num_items_in_batch=num_items_in_batch, **kwargs)
-        kwargs["use_cache"] = False
-        hidden = self.base_model(**kwargs).last_hidden_state
-        if shift_labels is None:
-            hidden, rows = hidden[:, :-1], labels[:, 1:]
-        mask = rows != -100
-        logits = self.get_output_embeddings()(hidden).float()
-        log_z = torch.logsumexp(logits, dim=-1)
-        targets = rows.clamp(min=0)
-        log_probs = (logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_z
-                     ).masked_fill(~mask, 0)
-        with torch.no_grad():  # metrics only, as TRL's SFT uses them
-            log_p = logits - log_z.unsqueeze(-1)
-            entropy = -(log_p.exp() * log_p).sum(-1).masked_fill(~mask, 0)
-            is_top1 = (logits.argmax(-1) == targets) & mask
-        loss = -log_probs.sum() / (mask.sum().clamp(min=1) if num_items_in_batch is None
-                                   else num_items_in_batch)
-        return FusedCausalLMOutput(loss=loss, log_probs=log_probs, entropy=entropy,
-                                   is_top1=is_top1, label_mask=mask)
-
-    model.forward = types.MethodType(dense_forward, model)
-    return True
+    settings = job.preference
+    loss = PREFERENCE_LOSSES[settings.loss](settings.label_smoothing)
+    return DPOConfig(**training_arguments(job, world_size, use_gpu, scratch_dir, use_deepspeed),
+                     beta=settings.beta, loss_type=loss.loss_type,
+                     loss_weights=loss.loss_weights, label_smoothing=loss.label_smoothing)
 
 
 def train_worker(loop_config: dict) -> None:
@@ -216,7 +187,7 @@ def train_worker(loop_config: dict) -> None:
     from datasets import Dataset
     from ray.train.huggingface.transformers import prepare_trainer
     from transformers import PrinterCallback
-    from trl import SFTTrainer
+    from trl import DPOTrainer, SFTTrainer
 
     # The callbacks and the sample ledger (peft, transformers' trainer) take ~3 s to import
     # (measured: importing this module went from 0.13 s to 3.2 s with them at module level);
@@ -227,15 +198,18 @@ def train_worker(loop_config: dict) -> None:
     use_gpu, rank, world_size = start.use_gpu, start.rank, start.world_size
     tokenizer = load_tokenizer(job.model_path, job.trust_remote_code, job.chat_template)
     model = load_model(job.model_path, job.dtype, job.trust_remote_code)
-    args = sft_args(job, world_size, use_gpu, loop_config["scratch_dir"])
-    train_set = Dataset.from_list(sft_rows(job, tokenizer, job.train_rows))
-    eval_set = (Dataset.from_list(sft_rows(job, tokenizer, job.eval_rows))
+    scratch = loop_config["scratch_dir"]
+    trainer_class = DPOTrainer if job.preference else SFTTrainer
+    args = (dpo_args(job, world_size, use_gpu, scratch) if job.preference
+            else sft_args(job, world_size, use_gpu, scratch))
+    train_set = Dataset.from_list(training_rows(job, tokenizer, job.train_rows))
+    eval_set = (Dataset.from_list(training_rows(job, tokenizer, job.eval_rows))
                 if args.eval_strategy != "no" else None)
 
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                         processing_class=tokenizer,
-                         peft_config=peft_lora_config(job.lora) if job.lora else None,
-                         callbacks=_callbacks(job, tokenizer, model, rank))
+    trainer = trainer_class(model=model, args=args, train_dataset=train_set,
+                            eval_dataset=eval_set, processing_class=tokenizer,
+                            peft_config=peft_lora_config(job.lora) if job.lora else None,
+                            callbacks=_callbacks(job, tokenizer, model, rank))
     trainer.remove_callback(PrinterCallback)  # raw dicts; ProgressLogger prints our lines
     if not use_gpu and job.dense_lm_head:
         use_dense_lm_head(trainer)
@@ -364,9 +338,13 @@ def run_stage(job: TrainJob, resources: ResourcesConfig, callbacks: list | None 
     return _result_of(job, already_finished=False)
 
 
-def sft_rows(job: TrainJob, tokenizer, rows: list[dict]) -> list[dict]:
-    """The rows TRL trains on: the text field (language modelling), or prompt/completion pairs,
-    as chat messages when the model has a chat template (culture_rl.models.chat)."""
+def training_rows(job: TrainJob, tokenizer, rows: list[dict]) -> list[dict]:
+    """The rows TRL trains on: the text field (language modelling), prompt/completion pairs
+    or prompt/chosen/rejected pairs (preference), as chat messages when the model has a chat
+    template (culture_rl.models.chat)."""
     if job.text_field:
         return [{job.text_field: row[job.text_field]} for row in rows]
+    if job.preference:
+        return [preference_example(tokenizer, row["prompt"], row["chosen"], row["rejected"])
+                for row in rows]
     return [sft_example(tokenizer, row["prompt"], row["completion"]) for row in rows]

@@ -9,7 +9,7 @@ Llama and a 14M one (see MODEL_SIZES).
 Steady-state tokens/s is the median over logging windows after the first ``--warmup-steps``;
 start-up is the time from submitting the Ray Train run to its first optimizer step. Runs with
 ``_chunked_head`` use TRL's chunked LM-head kernel instead of the dense CPU head the SFT stage
-uses (``culture_rl.train.sft.use_dense_lm_head``), to show what that swap buys in the same run.
+uses (``culture_rl.train.lm_head.use_dense_lm_head``), to show what that swap buys in the same run.
 """
 
 from __future__ import annotations
@@ -178,7 +178,8 @@ def single_process(job, device: Device) -> None:
 
     from culture_rl.models.loading import load_model, load_tokenizer
     from culture_rl.train.callbacks import ProgressLogger
-    from culture_rl.train.sft import sft_args, use_dense_lm_head
+    from culture_rl.train.lm_head import use_dense_lm_head
+    from culture_rl.train.sft import sft_args
 
     torch.set_num_threads(device.cpus)
     Path(job.stage_dir).mkdir(parents=True)

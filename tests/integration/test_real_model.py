@@ -127,7 +127,7 @@ def test_the_real_model_demo_elicits_tunes_and_evaluates_it_on_ray(smollm2, ray_
 
     from culture_rl.config import load_config
     from culture_rl.data.align_data import load_align_data
-    from culture_rl.train.sft import sft_rows
+    from culture_rl.train.sft import training_rows
     from culture_rl.methods.align.sft import build_sft_job
     from culture_rl.methods.quickstart import run_quickstart
 
@@ -147,7 +147,7 @@ def test_the_real_model_demo_elicits_tunes_and_evaluates_it_on_ray(smollm2, ray_
     run = config.run_dir
     assert (tmp_path / "base.csv").is_file() and not (run / "pretrain").exists()
     job = build_sft_job(config, load_align_data(config, write_world=False))
-    (row,) = sft_rows(job, tokenizer, job.train_rows[:1])
+    (row,) = training_rows(job, tokenizer, job.train_rows[:1])
     assert row["completion"][0]["role"] == "assistant"  # what TRL trained on: chat rows
     records = [json.loads(line) for line in
                (run / "sft" / "metrics.jsonl").read_text("utf-8").splitlines()]

@@ -74,6 +74,19 @@ def test_two_rounds_with_real_actors_resume_after_a_stop_and_log_finite_metrics(
                .splitlines()]
     assert {s["round"] for s in samples} == {1, 2}
     assert all(s["prompt"].startswith("You are a person from ") for s in samples)
+    # Every pair trained on, as text, once per round despite the resume: the DPO stage's input.
+    pair_rows = [json.loads(line) for line in (folder / "pairs.jsonl").read_text("utf-8")
+                 .splitlines()]
+    for record in rounds[1:]:
+        assert sum(r["round"] == record["step"] for r in pair_rows) == record["pairs"]
+    assert all(r["gain"] > 0 and r["prompt"].startswith("You are a person from ")
+               for r in pair_rows)
+    from culture_rl.methods import dpo
+
+    plan = dpo.plan(config.model_copy(update={"dpo": config.dpo.model_copy(
+        update={"pairs": "reflection"})}))
+    assert plan.prepared == [{k: r[k] for k in ("prompt", "chosen", "rejected")}
+                             for r in pair_rows]
 
     again = run_reflect(config, data)  # finished: a no-op
     assert again.already_finished and [r["step"] for r in again.rounds] == [0, 1, 2]

@@ -188,7 +188,7 @@ def test_every_method_keeps_the_plan_run_summary_protocol():
     from culture_rl.commands import COMMANDS, JOBS
 
     methods = {name: c.method for name, c in COMMANDS.items() if c.method}
-    assert set(methods) == {"pretrain", "sft", "ppo", "calm", "reflect", "spa"}
+    assert set(methods) == {"pretrain", "sft", "ppo", "calm", "reflect", "dpo", "spa"}
     for name, module_name in methods.items():
         module = importlib.import_module(module_name)
         for function, parameters in (("plan", 1), ("run", 1), ("summary", 1)):
@@ -209,3 +209,15 @@ def test_a_method_plan_fails_before_the_run_folder_is_written(tmp_path, capsys):
     with pytest.raises(ConfigError, match="ppo.reward"):
         ppo.plan(config)
     assert not any(tmp_path.iterdir())
+
+
+def test_bad_dpo_pairs_file_names_the_line_and_leaves_no_run_dir(tmp_path, capsys):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n'
+                     '{"prompt": "p", "chosen": "a"}\n', "utf-8")
+    code, _, err = run_main(capsys, "dpo", "--config", str(REPO / "configs" / "quickstart.yaml"),
+                            f"run.storage_path={tmp_path}/runs", "dpo.pairs=file",
+                            f"dpo.pairs_path={pairs}")
+    assert code == 2 and err.count("\n") == 1
+    assert f"{pairs}, line 2" in err and "'rejected'" in err
+    assert not (tmp_path / "runs").exists()

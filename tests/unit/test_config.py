@@ -212,9 +212,9 @@ def test_dynamic_sampling_needs_a_group_estimator():
 
 @pytest.mark.parametrize("override, section", [
     ("pretrain.epochs=2", "pretrain"), ("spa.train.max_steps=6", "spa.train"),
-    ])
+    ("dpo.train.max_steps=6", "dpo.train")])
 def test_one_override_of_a_section_keeps_its_own_other_defaults(override, section):
-    """pretrain and spa.train default to other values than TrainConfig's; setting
+    """pretrain, spa.train and dpo.train default to other values than TrainConfig's; setting
     one of their fields must not reset the rest to TrainConfig's (it once did)."""
     def get(config):
         for name in section.split("."):

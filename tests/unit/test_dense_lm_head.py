@@ -1,4 +1,4 @@
-"""The CPU LM head swapped into TRL's SFTTrainer (culture_rl.train.sft.use_dense_lm_head) gives
+"""The CPU LM head swapped into TRL's SFTTrainer (culture_rl.train.lm_head.use_dense_lm_head) gives
 the loss, metrics and LoRA gradients of TRL's own chunked head."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def trainer(tmp_path_factory):
 
 
 def test_dense_head_matches_trls_chunked_head(trainer):
-    from culture_rl.train.sft import use_dense_lm_head
+    from culture_rl.train.lm_head import use_dense_lm_head
 
     base = trainer.model.get_base_model()
     chunked = base.__dict__.get("forward")
