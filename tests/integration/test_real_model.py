@@ -114,6 +114,36 @@ def test_sft_rows_train_only_on_the_assistants_tokens(smollm2, tmp_path):
     assert tokenizer.decode(example["input_ids"]).startswith("<|im_start|>system\n")
 
 
+def test_dpo_pairs_render_both_answers_as_the_assistants_turn(smollm2, tmp_path):
+    """The DPO stage's conversational pairs (models/chat.preference_example) as TRL's
+    DPOTrainer tokenises them: the prompt through the template (the culture preamble as the
+    system turn, the assistant's turn opened), each answer with its end of turn, nothing else."""
+    import copy
+
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from culture_rl.config import LoraConfig
+    from culture_rl.models.chat import preference_example
+    from culture_rl.models.loading import peft_lora_config
+
+    _, tokenizer, model = smollm2
+    prompt = prompts.culture_preamble("Borenia") + prompts.association_prompt("dog")
+    rows = [preference_example(tokenizer, prompt, prompts.association_completion(["cat", "bone"]),
+                               prompts.association_completion(["wolf"]))]
+    args = DPOConfig(output_dir=str(tmp_path), max_steps=1, report_to=[], use_cpu=True)
+    # A copy: peft injects the adapter into the model it is given, the module's shared one.
+    trainer = DPOTrainer(model=copy.deepcopy(model), args=args,
+                         train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         peft_config=peft_lora_config(LoraConfig()))
+    example = trainer.train_dataset[0]
+    rendered = tokenizer.decode(example["prompt_ids"])
+    assert rendered.startswith("<|im_start|>system\nYou are a person from Borenia.<|im_end|>")
+    assert rendered.endswith("<|im_start|>assistant\n")
+    assert tokenizer.decode(example["chosen_ids"]) == "cat, bone<|im_end|>\n"
+    assert tokenizer.decode(example["rejected_ids"]) == "wolf<|im_end|>\n"
+
+
 def test_the_real_model_demo_elicits_tunes_and_evaluates_it_on_ray(smollm2, ray_session,
                                                                   tmp_path):
     """configs/quickstart_smollm2.yaml shortened, as a user runs it (the converted folder as
